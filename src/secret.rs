@@ -1,0 +1,209 @@
+//! Secrets held by PID 1: the real upstream credential and the per-run session secret.
+//!
+//! Invariants:
+//! - the bytes live in exactly one heap buffer per `Secret`, locked in RAM (`mlock`) so they
+//!   are never written to swap, and overwritten with zeros when the `Secret` is dropped;
+//! - `Debug` never prints the value, so a stray `{:?}` in a log line cannot leak it;
+//! - comparison against client input is constant time in the input's content.
+
+use std::fmt;
+
+/// A secret byte string. Construct with [`Secret::new`] (takes ownership of the bytes, so no
+/// second copy is left behind) or [`Secret::random_session`].
+pub struct Secret {
+    buf: Box<[u8]>,
+}
+
+impl Secret {
+    /// Takes ownership of `bytes`. The vector's spare capacity is zeroed first: it may hold
+    /// bytes of the secret from an earlier reallocation.
+    pub fn new(mut bytes: Vec<u8>) -> Secret {
+        let len = bytes.len();
+        let spare = bytes.spare_capacity_mut();
+        for b in spare.iter_mut() {
+            b.write(0);
+        }
+        // `into_boxed_slice` may reallocate when capacity > len; zeroing above means the old
+        // allocation held no secret beyond `len`, and we copy out of it ourselves so we can
+        // wipe it before it is freed.
+        let mut boxed = vec![0u8; len].into_boxed_slice();
+        boxed.copy_from_slice(&bytes);
+        wipe(&mut bytes);
+        drop(bytes);
+        lock(&boxed);
+        Secret { buf: boxed }
+    }
+
+    /// A fresh per-run session secret: `bottle-` followed by 64 hex digits (256 random bits
+    /// from the kernel's CSPRNG). Printable, so it can sit in an environment variable and an
+    /// HTTP header unchanged.
+    pub fn random_session() -> std::io::Result<Secret> {
+        let mut raw = [0u8; 32];
+        fill_random(&mut raw)?;
+        let mut out = Vec::with_capacity(7 + 64);
+        out.extend_from_slice(b"bottle-");
+        for b in raw {
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0x0f) as usize]);
+        }
+        wipe(&mut raw);
+        Ok(Secret::new(out))
+    }
+
+    /// The secret's bytes. Callers must not copy them anywhere long-lived.
+    pub fn expose(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Constant-time equality: the time taken depends only on the lengths, never on where the
+    /// first differing byte is.
+    pub fn ct_eq(&self, candidate: &[u8]) -> bool {
+        ct_eq(&self.buf, candidate)
+    }
+}
+
+impl Clone for Secret {
+    fn clone(&self) -> Secret {
+        Secret::new(self.buf.to_vec())
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        wipe(&mut self.buf);
+        unlock(&self.buf);
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes, redacted>)", self.buf.len())
+    }
+}
+
+/// Which upstream credential PID 1 holds; decides the header the proxy injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// `CLAUDE_CODE_OAUTH_TOKEN` / `BOTTLE_TOKEN_FILE`: sent as `Authorization: Bearer`.
+    OAuth,
+    /// `ANTHROPIC_API_KEY`: sent as `x-api-key`.
+    ApiKey,
+}
+
+/// The real upstream credential.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub kind: CredentialKind,
+    pub secret: Secret,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Constant time in the content of both slices (length differences return early: lengths are
+/// not secret, the session secret's length is fixed and public).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    // black_box keeps the optimiser from turning the fold into an early-exit loop.
+    std::hint::black_box(diff) == 0
+}
+
+/// Overwrites `buf` with zeros in a way the optimiser may not remove.
+pub fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: `b` is a valid, aligned, exclusive reference into `buf`.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+fn lock(buf: &[u8]) {
+    if buf.is_empty() {
+        return;
+    }
+    // SAFETY: the range is one live allocation owned by the caller. mlock failing (RLIMIT_MEMLOCK)
+    // is not fatal: the secret is still wiped on drop; swap is simply not excluded.
+    let rc = unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        log::debug!("mlock of a secret buffer failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn unlock(buf: &[u8]) {
+    if buf.is_empty() {
+        return;
+    }
+    // SAFETY: same live allocation that `lock` was given; munlock on unlocked pages is harmless.
+    unsafe { libc::munlock(buf.as_ptr().cast(), buf.len()) };
+}
+
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new(b"sk-ant-oat01-very-secret".to_vec());
+        let shown = format!("{s:?} {:?}", Credential { kind: CredentialKind::OAuth, secret: s.clone() });
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn session_secrets_are_long_random_and_printable() {
+        let a = Secret::random_session().unwrap();
+        let b = Secret::random_session().unwrap();
+        assert_eq!(a.len(), 7 + 64);
+        assert!(a.expose().starts_with(b"bottle-"));
+        assert!(a.expose()[7..].iter().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.expose(), b.expose());
+    }
+
+    #[test]
+    fn ct_eq_matches_only_identical_bytes() {
+        let s = Secret::new(b"abcdef".to_vec());
+        assert!(s.ct_eq(b"abcdef"));
+        assert!(!s.ct_eq(b"abcdeg"));
+        assert!(!s.ct_eq(b"abcde"));
+        assert!(!s.ct_eq(b""));
+        assert!(!s.ct_eq(b"abcdefg"));
+    }
+
+    #[test]
+    fn wipe_zeroes() {
+        let mut v = *b"hello";
+        wipe(&mut v);
+        assert_eq!(v, [0; 5]);
+    }
+}
