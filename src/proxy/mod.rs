@@ -21,8 +21,29 @@ impl Upstream {
     /// Parses `BOTTLE_UPSTREAM`: `https://host[:port]` with an optional trailing `/`.
     /// Anything else (http, a path, user info, query) is refused with a message for a human.
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let _ = url;
-        Err("not implemented yet".into())
+        let rest = url.strip_prefix("https://").ok_or_else(|| {
+            format!("BOTTLE_UPSTREAM must start with https:// (got {url:?})")
+        })?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "BOTTLE_UPSTREAM must be https://host[:port] with no path, query or user (got {url:?})"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+                let port = p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("BOTTLE_UPSTREAM has an invalid port {p:?} (got {url:?})")
+                })?;
+                (h, port)
+            }
+            _ => (rest, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("BOTTLE_UPSTREAM has no host (got {url:?})"));
+        }
+        Ok(Upstream { host: host.to_ascii_lowercase(), port })
     }
 }
 
@@ -87,8 +108,28 @@ impl Proxy {
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
         let Proxy { listener, config } = self;
         std::thread::Builder::new().name("proxy".into()).spawn(move || {
-            let _ = (listener, config);
-            unimplemented!("proxy event loop")
+            // Placeholder until the event loop lands: keep the listener open so clients
+            // connect and wait, rather than failing with a connection refused.
+            let _keep = (listener, config);
+            loop {
+                std::thread::park();
+            }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Upstream;
+
+    #[test]
+    fn upstream_parse() {
+        let u = |s: &str| Upstream::parse(s);
+        assert_eq!(u("https://api.anthropic.com").unwrap(), Upstream { host: "api.anthropic.com".into(), port: 443 });
+        assert_eq!(u("https://API.example:8443/").unwrap(), Upstream { host: "api.example".into(), port: 8443 });
+        assert_eq!(u("https://[::1]:9").unwrap(), Upstream { host: "::1".into(), port: 9 });
+        for bad in ["http://x", "https://", "https://x/v1", "https://u@x", "https://x:0", "https://x:99999", "x"] {
+            assert!(u(bad).is_err(), "{bad} accepted");
+        }
     }
 }
