@@ -525,3 +525,286 @@ fn bind_validates_without_contacting_the_upstream() {
     assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 0);
     let _ = Instant::now();
 }
+
+/// A response far larger than the proxy's buffers, to a client that does not read: the proxy
+/// must stop reading the upstream (backpressure reaches the mock's writes) and hold only its
+/// bounded buffers.
+#[test]
+fn slow_reader_keeps_proxy_memory_bounded() {
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let ca = TestCa::new("test CA");
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = written.clone();
+    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+        write!(w, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {TOTAL}\r\n\r\n")?;
+        let block = vec![b'x'; 16 * 1024];
+        for _ in 0..TOTAL / block.len() {
+            w.write_all(&block)?;
+            w2.fetch_add(block.len(), Ordering::SeqCst);
+        }
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let rss_before = vm_rss_kib();
+    let mut s = connect(proxy.addr);
+    s.write_all(&post("/v1/messages", b"{}")).unwrap();
+    // Do not read for a while: everything the mock manages to write must fit in kernel socket
+    // buffers plus the proxy's bounded buffers.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stalled_at = written.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let still = written.load(Ordering::SeqCst);
+    let peak = proxy.stats.peak_connection_buffered.load(Ordering::SeqCst);
+    let rss_stalled = vm_rss_kib();
+    eprintln!(
+        "slow reader: mock wrote {stalled_at} then {still} bytes of {TOTAL}; proxy peak per-connection buffer {peak} B; VmRSS {rss_before} -> {rss_stalled} KiB"
+    );
+    assert!(still < TOTAL / 2, "the upstream was read without backpressure ({still} bytes)");
+    assert_eq!(stalled_at, still, "the mock kept writing while the client read nothing");
+    assert!(peak <= 200 * 1024, "proxy buffered {peak} bytes for one connection");
+    // Now read it all: every byte arrives, in order.
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r, false).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.len(), TOTAL);
+    assert!(resp.body.iter().all(|b| *b == b'x'));
+    let peak = proxy.stats.peak_connection_buffered.load(Ordering::SeqCst);
+    assert!(peak <= 200 * 1024, "proxy buffered {peak} bytes for one connection");
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An SSE stream whose handler reports when its connection goes away.
+fn endless_sse_handler(events_sent: Arc<std::sync::atomic::AtomicUsize>) -> Handler {
+    Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        for i in 0.. {
+            let ev = format!("event: ping\ndata: {{\"i\":{i}}}\n\n");
+            write!(w, "{:x}\r\n{ev}\r\n", ev.len())?;
+            w.flush()?;
+            events_sent.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            if i > 3000 {
+                break;
+            }
+        }
+        Ok(false)
+    })
+}
+
+#[test]
+fn client_disconnect_mid_stream_frees_the_upstream() {
+    let ca = TestCa::new("test CA");
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mock = Mock::start(&ca, endless_sse_handler(sent.clone()));
+    let proxy = proxy_for(&mock, &ca);
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&post("/v1/messages", br#"{"stream":true}"#)).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !line.contains("event: ping") {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    assert_eq!(proxy.stats.open_upstreams.load(Ordering::SeqCst), 1);
+    drop(r);
+    drop(w);
+    // The proxy closes its upstream connection; the mock's next writes fail.
+    wait_until("the upstream connection to close", Duration::from_secs(10), || {
+        mock.state.closed.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(proxy.stats.open_upstreams.load(Ordering::SeqCst), 0, "half-read connection kept");
+    assert!(logs().iter().any(|l| l.contains("client closed the connection")));
+    // The next request needs (and gets) a fresh upstream connection.
+    let mock_requests = mock.requests().len();
+    assert_eq!(mock_requests, 1);
+}
+
+#[test]
+fn upstream_closing_mid_stream_truncates_the_client_stream() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+        if req.target.contains("chunked") {
+            w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")?;
+        } else {
+            w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-this")?;
+        }
+        w.flush()?;
+        Ok(false) // close without finishing the body
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+
+    let mut s = connect(proxy.addr);
+    s.write_all(&post("/v1/messages", b"{}")).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nonly-this"), "truncated body must end as sent: {text}");
+
+    let mut s = connect(proxy.addr);
+    s.write_all(&post("/v1/messages?chunked", b"{}")).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("5\r\nhello\r\n"), "no terminating chunk may be invented: {text:?}");
+    assert_no_leak("truncated", &all);
+    assert!(logs().iter().any(|l| l.contains("truncated")));
+}
+
+#[test]
+fn two_hundred_concurrent_streams_complete() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        for i in 0..3 {
+            let ev = format!("data: {} {i}\n\n", req.target);
+            write!(w, "{:x}\r\n{ev}\r\n", ev.len())?;
+            w.flush()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w.write_all(b"0\r\n\r\n")?;
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let addr = proxy.addr;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..200)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let resp = roundtrip(addr, &post(&format!("/v1/messages?n={n}"), b"{}")).unwrap();
+                assert_eq!(resp.status, 200);
+                let want: String = (0..3).map(|i| format!("data: /v1/messages?n={n} {i}\n\n")).collect();
+                assert_eq!(resp.body_text(), want);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    eprintln!("200 concurrent streams in {:?}", start.elapsed());
+    assert_eq!(mock.requests().len(), 200);
+}
+
+#[test]
+fn slowloris_head_gets_408() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits { head_timeout: Duration::from_secs(1), ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let mut s = connect(proxy.addr);
+    let start = Instant::now();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"X-Slow: 1\r\n").unwrap();
+    let resp = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(resp.status, 408);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn idle_keepalive_connections_are_closed() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits { idle_timeout: Duration::from_millis(500), ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(&post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(r.read(&mut buf).unwrap(), 0, "idle connection closed without a response");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn connection_cap_answers_503() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits { max_connections: 2, ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let _a = connect(proxy.addr);
+    let _b = connect(proxy.addr);
+    wait_until("two open connections", Duration::from_secs(5), || {
+        proxy.stats.open_clients.load(Ordering::SeqCst) == 2
+    });
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.anthropic_error().0, "overloaded_error");
+    drop((_a, _b));
+    wait_until("connections to close", Duration::from_secs(5), || {
+        proxy.stats.open_clients.load(Ordering::SeqCst) == 0
+    });
+    assert_eq!(roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap().status, 200);
+}
+
+#[test]
+fn upstream_refusing_connections_gives_502() {
+    init_logs();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let ca = TestCa::new("test CA");
+    let proxy = start_proxy(&format!("https://localhost:{port}"), Some(&ca.pem), CredentialKind::OAuth, Limits::default());
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 502);
+    let (kind, msg) = resp.anthropic_error();
+    assert_eq!(kind, "api_error");
+    assert!(msg.contains("cannot connect"), "{msg}");
+}
+
+#[test]
+fn upstream_that_never_handshakes_gives_504() {
+    init_logs();
+    // Accepts TCP but never speaks TLS.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(conns);
+    });
+    let ca = TestCa::new("test CA");
+    let limits = Limits { connect_timeout: Duration::from_secs(1), ..Limits::default() };
+    let proxy = start_proxy(&format!("https://127.0.0.1:{port}"), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let start = Instant::now();
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 504);
+    assert!(resp.anthropic_error().1.contains("took longer than 1 s"));
+    assert!(start.elapsed() < Duration::from_secs(4));
+    drop(held);
+}
+
+#[test]
+fn upstream_that_never_answers_gives_504_after_the_stream_idle_timeout() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|_req: &MockRequest, _w: &mut dyn Write| {
+        std::thread::sleep(Duration::from_secs(4));
+        Ok(false)
+    });
+    let mock = Mock::start(&ca, handler);
+    let limits = Limits { stream_idle_timeout: Duration::from_secs(1), ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 504);
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[test]
+fn default_limits_allow_long_streams() {
+    let l = Limits::default();
+    assert!(l.stream_idle_timeout >= Duration::from_secs(600), "claude waits 600 s");
+    assert!(l.head_timeout <= Duration::from_secs(30));
+    assert!(l.max_connections >= 256);
+}

@@ -88,6 +88,8 @@ pub(crate) struct Client {
     /// Meaning depends on the phase: idle/head deadline, linger end.
     pub(crate) deadline: Instant,
     registered: Option<Interest>,
+    /// The exchange that was running when the client went away, kept for its log line.
+    pub(crate) ended_exchange: Option<Box<Exchange>>,
 }
 
 impl Client {
@@ -109,6 +111,7 @@ impl Client {
             read_eof: false,
             deadline,
             registered: None,
+            ended_exchange: None,
         }
     }
 
@@ -116,6 +119,13 @@ impl Client {
         match &mut self.phase {
             Phase::Exchange(ex) => Some(ex),
             _ => None,
+        }
+    }
+
+    /// The client is gone or must go: the connection is removed at the end of this event.
+    pub(crate) fn die(&mut self) {
+        if let Phase::Exchange(ex) = std::mem::replace(&mut self.phase, Phase::Dead) {
+            self.ended_exchange = Some(ex);
         }
     }
 

@@ -259,7 +259,7 @@ impl Server {
                 }
                 Err(e) => {
                     log::warn!("proxy: cannot register a connection with the poller: {e}");
-                    c.phase = Phase::Dead;
+                    c.die();
                 }
             }
         }
@@ -271,12 +271,12 @@ impl Server {
             .peak_connection_buffered
             .fetch_max(c.buffered(), Ordering::Relaxed);
         c.deregister(&self.ctx.registry);
+        // Log first: once the upstream is dropped, observers may already see its effects.
+        if let Some(ex) = c.ended_exchange.take() {
+            self.ctx.log_exchange(&ex, ex.status, "client closed the connection");
+        }
         if let Some(up) = c.up.take() {
             self.ctx.drop_upstream(up);
-        }
-        if let Phase::Exchange(ex) = &c.phase {
-            self.ctx
-                .log_exchange(ex, ex.status, "client closed the connection");
         }
         self.ctx.stats.open_clients.fetch_sub(1, Ordering::Relaxed);
     }
@@ -340,7 +340,7 @@ impl Server {
                         self.ctx
                             .refuse(c, None, Rejection::new(408, "invalid_request_error", msg));
                     } else {
-                        c.phase = Phase::Dead;
+                        c.die();
                     }
                     touched.push(*id);
                     continue;
@@ -364,7 +364,7 @@ impl Server {
                 }
                 Phase::Closing { .. } => {
                     if now >= c.deadline {
-                        c.phase = Phase::Dead;
+                        c.die();
                         touched.push(*id);
                     }
                     continue;
@@ -436,7 +436,7 @@ impl Ctx {
                     // The client is gone (HTTP clients do not half-close): drop the exchange,
                     // and with it the upstream connection.
                     c.read_eof = true;
-                    c.phase = Phase::Dead;
+                    c.die();
                     return true;
                 }
                 Ok(n) => {
@@ -446,7 +446,7 @@ impl Ctx {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    c.phase = Phase::Dead;
+                    c.die();
                     return true;
                 }
             }
@@ -879,7 +879,7 @@ fn step_closing(c: &mut Client) -> bool {
         return false;
     }
     if !*graceful {
-        c.phase = Phase::Dead;
+        c.die();
         return true;
     }
     c.sock.shutdown_write();
@@ -894,14 +894,14 @@ fn discard_input(c: &mut Client) -> bool {
     loop {
         match c.sock.read(&mut scratch) {
             Ok(0) => {
-                c.phase = Phase::Dead;
+                c.die();
                 return true;
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
-                c.phase = Phase::Dead;
+                c.die();
                 return true;
             }
         }
@@ -918,7 +918,7 @@ fn flush_client(c: &mut Client) -> bool {
         }
         match c.sock.write(out) {
             Ok(0) => {
-                c.phase = Phase::Dead;
+                c.die();
                 return true;
             }
             Ok(n) => {
@@ -928,7 +928,7 @@ fn flush_client(c: &mut Client) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return progress,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
-                c.phase = Phase::Dead;
+                c.die();
                 return true;
             }
         }
