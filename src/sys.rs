@@ -72,16 +72,30 @@ pub fn set_sigmask(set: &libc::sigset_t) -> Result<(), Errno> {
     if rc != 0 { Err(Errno(rc)) } else { Ok(()) }
 }
 
+/// The kernel's `struct sigaction` (not libc's): handler, flags, restorer, mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
 /// Restores every catchable signal to its default disposition. Async-signal-safe.
-/// Rust's runtime ignores SIGPIPE; an ignored disposition survives execve, so this matters.
+/// Rust's runtime ignores SIGPIPE, and whoever started us may have ignored others; an ignored
+/// disposition survives execve, so this matters. Raw rt_sigaction because libc's wrappers
+/// refuse the signals libc reserves for itself (32, 33), which can still arrive ignored.
 pub fn reset_signal_dispositions() {
+    let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: signal(2) with SIG_DFL on a signal number; invalid numbers fail with EINVAL,
-        // which we ignore. No memory is touched.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
+        // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8; no old
+        // action requested. Invalid numbers fail with EINVAL, ignored.
+        unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, std::ptr::null_mut::<KernelSigaction>(), 8usize)
+        };
     }
 }
 
