@@ -4,6 +4,7 @@
 //! The binary (src/main.rs) is the init half; the library exposes the modules so integration
 //! tests can drive pure pieces (HTTP parsing, the proxy) in-process.
 
+pub mod egress;
 pub mod http;
 pub mod proxy;
 pub mod secret;
