@@ -137,10 +137,12 @@ impl HostPattern {
     pub fn matches_name(&self, name: &str) -> bool {
         match self {
             HostPattern::Exact(n) => n == name,
-            HostPattern::Suffix(s) => name.len() > s.len() + 1 && {
-                let (head, tail) = name.split_at(name.len() - s.len());
-                tail == s && head.ends_with('.')
-            },
+            HostPattern::Suffix(s) => {
+                name.len() > s.len() + 1 && {
+                    let (head, tail) = name.split_at(name.len() - s.len());
+                    tail == s && head.ends_with('.')
+                }
+            }
             HostPattern::Ip(_) => false,
         }
     }
@@ -398,7 +400,10 @@ fn check_literal(ip: IpAddr, allow_private: bool) -> Result<(), String> {
         return Ok(());
     }
     if !class.can_be_allowed() {
-        return Err(format!("{ip} is {}: it can never be allowed", class.describe()));
+        return Err(format!(
+            "{ip} is {}: it can never be allowed",
+            class.describe()
+        ));
     }
     if !allow_private {
         return Err(format!(
@@ -432,8 +437,14 @@ mod tests {
         assert_eq!(EgressMode::parse(None), Ok(EgressMode::Open));
         assert_eq!(EgressMode::parse(Some("")), Ok(EgressMode::Open));
         assert_eq!(EgressMode::parse(Some("open")), Ok(EgressMode::Open));
-        assert_eq!(EgressMode::parse(Some(" API-Only ")), Ok(EgressMode::ApiOnly));
-        assert_eq!(EgressMode::parse(Some("allowlist")), Ok(EgressMode::Allowlist));
+        assert_eq!(
+            EgressMode::parse(Some(" API-Only ")),
+            Ok(EgressMode::ApiOnly)
+        );
+        assert_eq!(
+            EgressMode::parse(Some("allowlist")),
+            Ok(EgressMode::Allowlist)
+        );
         for m in [EgressMode::Open, EgressMode::ApiOnly, EgressMode::Allowlist] {
             assert_eq!(EgressMode::parse(Some(m.as_str())), Ok(m));
         }
@@ -443,14 +454,26 @@ mod tests {
 
     #[test]
     fn mode_errors_name_the_choices() {
-        for bad in ["api_only", "allow", "closed", "apionly", "1", "open,api-only"] {
+        for bad in [
+            "api_only",
+            "allow",
+            "closed",
+            "apionly",
+            "1",
+            "open,api-only",
+        ] {
             let e = EgressMode::parse(Some(bad)).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains("BOTTLE_EGRESS"), "{msg}");
-            assert!(msg.contains("api-only") && msg.contains("allowlist"), "{msg}");
+            assert!(
+                msg.contains("api-only") && msg.contains("allowlist"),
+                "{msg}"
+            );
             assert!(msg.contains(bad), "{msg}");
         }
-        let e = EgressMode::parse(Some("x\n\u{1b}[31m")).unwrap_err().to_string();
+        let e = EgressMode::parse(Some("x\n\u{1b}[31m"))
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains('\n') && !e.contains('\u{1b}'), "{e}");
     }
 
@@ -602,9 +625,16 @@ mod tests {
         assert_eq!(l.matching_name("x.b.com", 8443).count(), 1);
         assert_eq!(l.matching_name("x.b.com", 443).count(), 0);
         assert_eq!(l.matching_ip("1.1.1.1".parse().unwrap(), 53).count(), 1);
-        assert_eq!(l.matching_ip("::ffff:1.1.1.1".parse().unwrap(), 53).count(), 1);
+        assert_eq!(
+            l.matching_ip("::ffff:1.1.1.1".parse().unwrap(), 53).count(),
+            1
+        );
         assert_eq!(l.matching_ip("1.1.1.1".parse().unwrap(), 443).count(), 0);
-        assert_eq!(l.matching_ip("2606:4700::1111".parse().unwrap(), 443).count(), 1);
+        assert_eq!(
+            l.matching_ip("2606:4700::1111".parse().unwrap(), 443)
+                .count(),
+            1
+        );
     }
 
     #[test]

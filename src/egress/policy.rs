@@ -89,7 +89,11 @@ fn is_metadata_v6(a: Ipv6Addr) -> bool {
 fn classify_v4(a: Ipv4Addr) -> AddrClass {
     let o = a.octets();
     let in_net = |net: [u8; 4], bits: u32| {
-        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
         (u32::from(a) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
     };
     if is_metadata_v4(a) {
@@ -100,7 +104,9 @@ fn classify_v4(a: Ipv4Addr) -> AddrClass {
         AddrClass::Unspecified
     } else if o[0] == 127 {
         AddrClass::Loopback
-    } else if in_net([10, 0, 0, 0], 8) || in_net([172, 16, 0, 0], 12) || in_net([192, 168, 0, 0], 16)
+    } else if in_net([10, 0, 0, 0], 8)
+        || in_net([172, 16, 0, 0], 12)
+        || in_net([192, 168, 0, 0], 16)
     {
         AddrClass::Private
     } else if in_net([169, 254, 0, 0], 16) {
@@ -517,8 +523,16 @@ mod tests {
     #[test]
     fn connect_private_marker_is_union_of_matches() {
         let l = list("*.corp.example git.corp.example/private");
-        assert!(decide_connect("git.corp.example:443", &l).unwrap().allow_private);
-        assert!(!decide_connect("www.corp.example:443", &l).unwrap().allow_private);
+        assert!(
+            decide_connect("git.corp.example:443", &l)
+                .unwrap()
+                .allow_private
+        );
+        assert!(
+            !decide_connect("www.corp.example:443", &l)
+                .unwrap()
+                .allow_private
+        );
     }
 
     #[test]
@@ -602,7 +616,11 @@ mod tests {
     #[test]
     fn resolved_addresses_default() {
         let g = grant(TargetHost::Name("example.com".into()), false);
-        for ok in ["93.184.216.34", "2606:2800:220:1::1", "::ffff:93.184.216.34"] {
+        for ok in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "::ffff:93.184.216.34",
+        ] {
             assert_eq!(check_resolved(ip(ok), &g), Ok(()), "{ok}");
         }
         for no in [
@@ -645,11 +663,29 @@ mod tests {
     #[test]
     fn resolved_addresses_with_private() {
         let g = grant(TargetHost::Name("git.corp.example".into()), true);
-        for ok in ["10.1.2.3", "127.0.0.1", "::1", "fd12::1", "169.254.1.1", "100.64.0.1", "192.0.2.1", "::ffff:10.0.0.1"] {
+        for ok in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "::1",
+            "fd12::1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "192.0.2.1",
+            "::ffff:10.0.0.1",
+        ] {
             assert_eq!(check_resolved(ip(ok), &g), Ok(()), "{ok}");
         }
         // A name that resolves to metadata is refused even with /private.
-        for no in ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "0.0.0.0", "::", "ff02::1", "255.255.255.255", "239.1.1.1"] {
+        for no in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "0.0.0.0",
+            "::",
+            "ff02::1",
+            "255.255.255.255",
+            "239.1.1.1",
+        ] {
             assert!(check_resolved(ip(no), &g).is_err(), "{no}");
         }
     }
@@ -676,10 +712,15 @@ mod tests {
     #[test]
     fn deny_messages_are_one_line_and_escaped() {
         let l = list("example.com");
-        let e = decide_connect("ev\u{1b}il\n.com:443", &l).unwrap_err().to_string();
+        let e = decide_connect("ev\u{1b}il\n.com:443", &l)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains('\n') && !e.contains('\u{1b}'), "{e}");
         let e = decide_connect("evil.com:443", &l).unwrap_err().to_string();
-        assert_eq!(e, "egress denied: evil.com:443 is not in BOTTLE_ALLOW_HOSTS");
+        assert_eq!(
+            e,
+            "egress denied: evil.com:443 is not in BOTTLE_ALLOW_HOSTS"
+        );
         let e = decide_connect("1.2.3.4:443", &l).unwrap_err().to_string();
         assert!(e.contains("1.2.3.4") && e.contains("IP literals"), "{e}");
     }
