@@ -536,7 +536,7 @@ mod tests {
             one("[::ffff:1.1.1.1]").pattern,
             HostPattern::Ip("1.1.1.1".parse().unwrap())
         );
-        assert_eq!(one("10.1.2.3:8080/private").allow_private, true);
+        assert!(one("10.1.2.3:8080/private").allow_private);
         assert_eq!(one("[fd00::5]/private").port, 443);
     }
 

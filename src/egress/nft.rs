@@ -5,9 +5,10 @@
 //! sees the destination the child asked for (Docker's resolver 127.0.0.11:53 included) and a
 //! refused packet leaves no conntrack entry. Every packet whose socket belongs to the child's
 //! uid (`meta skuid`) goes to a chain that accepts TCP to the proxy's loopback address:port and
-//! drops everything else: TCP, UDP (DNS to anywhere), ICMP ping sockets, IPv4 and IPv6. A drop
-//! on the output hook makes `connect`/`sendto` fail at once with `EPERM`, so refused traffic
-//! fails fast instead of hanging.
+//! refuses everything else, IPv4 and IPv6 alike: other TCP gets a reset (`connect` fails at
+//! once with `ECONNREFUSED` instead of retrying for minutes), the rest — UDP (DNS to anywhere,
+//! Docker's 127.0.0.11 included), ICMP ping sockets, anything else — is dropped, which makes
+//! `sendto` fail at once with `EPERM`.
 //!
 //! Deliberately absent: an `established,related` accept. The proxy rule already covers both
 //! directions of the one connection the child may make, and a generic established rule would
@@ -92,6 +93,15 @@ impl Ruleset {
                 comment: format!("{TAG}: proxy {a}"),
             });
         }
+        // TCP gets a reset, so connect() fails at once with ECONNREFUSED (a dropped SYN
+        // would leave it retrying for minutes); everything else is dropped, which makes
+        // sendto() fail at once with EPERM.
+        rules.push(Rule {
+            chain: "child_egress",
+            matches: "meta l4proto tcp".into(),
+            verdict: "reject with tcp reset",
+            comment: format!("{TAG}: uid {uid} TCP elsewhere is refused"),
+        });
         rules.push(Rule {
             chain: "child_egress",
             matches: String::new(),
@@ -324,7 +334,7 @@ impl Nft {
             .iter()
             .map(Path::new)
             .find(|p| p.is_file())
-            .map(|p| Nft::at(p))
+            .map(Nft::at)
             .ok_or_else(|| NftError::NftNotFound {
                 tried: NFT_CANDIDATES.iter().map(PathBuf::from).collect(),
             })
@@ -452,6 +462,7 @@ table inet bottle_init {
 \tchain child_egress {
 \t\tip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"
 \t\tip6 daddr ::1 tcp dport 4567 accept comment \"bottle-init: proxy [::1]:4567\"
+\t\tmeta l4proto tcp reject with tcp reset comment \"bottle-init: uid 1000 TCP elsewhere is refused\"
 \t\tdrop comment \"bottle-init: uid 1000 may reach nothing else\"
 \t}
 }
@@ -485,6 +496,7 @@ table inet bottle_init {
 
 	chain child_egress {
 		ip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"
+		meta l4proto tcp reject with tcp reset comment \"bottle-init: uid 1000 TCP elsewhere is refused\"
 		drop comment \"bottle-init: uid 1000 may reach nothing else\"
 	}
 }
@@ -502,14 +514,16 @@ table inet bottle_init {
         let cases = [
             LISTED.replace("hook output", "hook input"),
             LISTED.replace("\t\tdrop comment", "\t\taccept comment"),
+            LISTED.replace("reject with tcp reset", "accept"),
             LISTED.replace("skuid 1000", "skuid 1001"),
             LISTED.replace("dport 4567", "dport 4568"),
             LISTED.replace("jump child_egress", "accept"),
-            // Rules out of order: the drop before the proxy accept.
-            LISTED.replace(
-                "\t\tip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"\n\t\tdrop comment \"bottle-init: uid 1000 may reach nothing else\"",
-                "\t\tdrop comment \"bottle-init: uid 1000 may reach nothing else\"\n\t\tip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"",
-            ),
+            // Rules out of order: the TCP reset before the proxy accept.
+            {
+                let proxy = "\t\tip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"\n";
+                let reset = "\t\tmeta l4proto tcp reject with tcp reset comment \"bottle-init: uid 1000 TCP elsewhere is refused\"\n";
+                LISTED.replace(&format!("{proxy}{reset}"), &format!("{reset}{proxy}"))
+            },
             String::new(),
         ];
         for (i, listing) in cases.iter().enumerate() {

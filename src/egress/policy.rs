@@ -151,6 +151,17 @@ fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
+/// Non-routable IPv6 space other than the classes handled before it.
+fn is_reserved_v6(s: [u16; 8]) -> bool {
+    let ietf = s[0] == 0x2001 && s[1] < 0x0200; // 2001::/23 IETF assignments (Teredo, ...)
+    let doc = (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32
+        || (s[0] == 0x3fff && s[1] < 0x1000); // 3fff::/20
+    let discard = s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0; // 100::/64
+    let srv6 = s[0] == 0x5f00; // 5f00::/16 SRv6 SIDs
+    let not_global = s[0] & 0xe000 != 0x2000; // outside 2000::/3 global unicast
+    ietf || doc || discard || srv6 || not_global
+}
+
 fn classify_v6(a: Ipv6Addr) -> AddrClass {
     let s = a.segments();
     if a.is_unspecified() {
@@ -175,14 +186,7 @@ fn classify_v6(a: Ipv6Addr) -> AddrClass {
     } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
         // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): translated inside the site.
         AddrClass::Private
-    } else if (s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF assignments (Teredo, ...)
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] & 0xfff0 == 0x3ff0) // 3fff::/20 documentation
-        || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard-only
-        || s[0] == 0x5f00 // SRv6 SIDs
-        || s[0] & 0xe000 != 0x2000
-    // outside 2000::/3 global unicast
-    {
+    } else if is_reserved_v6(s) {
         AddrClass::Reserved
     } else {
         AddrClass::Public
@@ -457,6 +461,9 @@ mod tests {
             ("ff05::2", Multicast),
             ("2001:db8::1", Reserved),
             ("3fff::1", Reserved),
+            ("3fff:fff::1", Reserved),
+            ("3fff:1000::1", Public),
+            ("3ff0::1", Public),
             ("2001::1", Reserved), // Teredo
             ("100::1", Reserved),
             ("5f00::1", Reserved),
