@@ -7,6 +7,7 @@
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod envclean;
 pub mod exec;
 pub mod http;
