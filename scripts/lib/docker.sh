@@ -1,0 +1,86 @@
+# A private Docker engine for the tests: its own socket, data root, exec root and pid file, so
+# it never touches another engine on the machine. Sourced by scripts/test.
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# Short, per-checkout paths: unix socket paths are limited to 108 bytes.
+DOCKER_ID="$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-10)"
+DOCKER_RUN="/run/bottle-test/$DOCKER_ID"
+DOCKER_SOCK="$DOCKER_RUN/docker.sock"
+DOCKER_PIDFILE="$DOCKER_RUN/dockerd.pid"
+DOCKER_DATA="$CACHE/docker"
+DOCKER_LOG="$CACHE/dockerd.log"
+DOCKERD_PID=""
+
+# Starts dockerd unless one already answers on our private socket. Sets DOCKER_HOST.
+docker_start() {
+    export DOCKER_HOST="unix://$DOCKER_SOCK"
+    command -v dockerd >/dev/null || { log "dockerd is missing (apt-get install docker.io)"; return 1; }
+    command -v docker >/dev/null || { log "docker CLI is missing (apt-get install docker.io)"; return 1; }
+    if docker info >/dev/null 2>&1; then
+        log "reusing the private dockerd on $DOCKER_SOCK"
+        return 0
+    fi
+    mkdir -p "$DOCKER_RUN" "$DOCKER_DATA"
+    # No bridge and no iptables: containers only ever get loopback; the host's firewall
+    # and routes stay untouched.
+    dockerd --iptables=false --ip6tables=false --bridge=none \
+        --data-root "$DOCKER_DATA" --exec-root "$DOCKER_RUN/exec" \
+        --pidfile "$DOCKER_PIDFILE" --host "$DOCKER_HOST" \
+        >"$DOCKER_LOG" 2>&1 &
+    DOCKERD_PID=$!
+    local i
+    for i in $(seq 1 120); do
+        if docker info >/dev/null 2>&1; then
+            log "dockerd $DOCKERD_PID up on $DOCKER_SOCK after ~$((i / 4))s"
+            return 0
+        fi
+        kill -0 "$DOCKERD_PID" 2>/dev/null || break
+        sleep 0.25
+    done
+    log "dockerd did not come up; last lines of $DOCKER_LOG:"
+    tail -n 30 "$DOCKER_LOG" >&2 || true
+    return 1
+}
+
+# Stops the dockerd this script started (by its pid only).
+docker_stop() {
+    [ -n "$DOCKERD_PID" ] || return 0
+    kill -TERM "$DOCKERD_PID" 2>/dev/null || return 0
+    local i
+    for i in $(seq 1 60); do
+        kill -0 "$DOCKERD_PID" 2>/dev/null || { log "dockerd $DOCKERD_PID stopped"; DOCKERD_PID=""; return 0; }
+        sleep 0.25
+    done
+    log "dockerd $DOCKERD_PID ignored SIGTERM for 15 s; sending SIGKILL"
+    kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+    DOCKERD_PID=""
+}
+
+# local/bookworm: debootstrap minbase, cached as $CACHE/bookworm-rootfs.tar.zst.
+BASE_IMAGE_TAG="${BOTTLE_TEST_BASE_IMAGE:-local/bookworm}"
+base_image() {
+    if docker image inspect "$BASE_IMAGE_TAG" >/dev/null 2>&1; then
+        log "base image $BASE_IMAGE_TAG present"
+        return 0
+    fi
+    local tarball="$CACHE/bookworm-rootfs.tar.zst"
+    if [ ! -s "$tarball" ]; then
+        command -v debootstrap >/dev/null || { log "debootstrap is missing (apt-get install debootstrap)"; return 1; }
+        local rootfs; rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
+        log "debootstrap --variant=minbase bookworm into $rootfs"
+        debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 \
+            || { tail -n 30 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; return 1; }
+        cat >"$rootfs/etc/apt/sources.list" <<'SOURCES'
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+SOURCES
+        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
+        tar --numeric-owner -C "$rootfs" -c . | zstd -q -T0 -o "$tarball.tmp"
+        mv "$tarball.tmp" "$tarball"
+        rm -rf "$rootfs"
+    fi
+    log "importing $tarball as $BASE_IMAGE_TAG"
+    zstd -dc "$tarball" | docker import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE_TAG" >/dev/null
+}

@@ -1,0 +1,958 @@
+//! End to end with the real Claude Code client (BOTTLE_TEST_CLAUDE, pinned 2.1.126).
+//!
+//! Layout of every test: a fresh network namespace with only `lo` up; the Messages API mock
+//! listens inside it (the listening socket is created by a thread that joined the namespace);
+//! `unshare --pid --fork --mount-proc` starts, inside the same namespace, a tiny shell that
+//! bind-mounts a test /etc/passwd (uid 1000 = `claude`, HOME = a fresh temp dir) and a tmpfs on
+//! /run, then execs bottle-init as PID 1 with the real token, `BOTTLE_UPSTREAM=https://localhost:PORT`
+//! and the mock's CA in `BOTTLE_UPSTREAM_CA`. bottle-init runs claude as uid 1000.
+//!
+//! Needs root, util-linux (unshare, nsenter), iproute2, strace and tmux. Under CI=true missing
+//! prerequisites fail; otherwise the tests skip with a loud message.
+
+mod e2e_support;
+
+use std::io::BufRead;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e_support::mock::{Expect, Mock, MockConfig};
+use e2e_support::*;
+
+const INIT: &str = env!("CARGO_BIN_EXE_bottle-init");
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs as PID 1 of the new namespaces before bottle-init replaces it.
+const NS_WRAPPER: &str = r#"#!/bin/sh
+set -e
+d="$1"; shift
+mount --bind "$d/passwd" /etc/passwd
+mount --bind "$d/group" /etc/group
+# A private /run: bottle-init publishes its state for `bottle-init exec` under /run/bottle-init.
+mount -t tmpfs -o mode=0755,size=16m bottle-test-run /run
+exec "$@"
+"#;
+
+/// The credential handed to bottle-init.
+#[derive(Clone)]
+enum Cred {
+    OAuth(String),
+    ApiKey(String),
+}
+
+impl Cred {
+    fn secret(&self) -> &str {
+        match self {
+            Cred::OAuth(s) | Cred::ApiKey(s) => s,
+        }
+    }
+    fn var(&self) -> &'static str {
+        match self {
+            Cred::OAuth(_) => "CLAUDE_CODE_OAUTH_TOKEN",
+            Cred::ApiKey(_) => "ANTHROPIC_API_KEY",
+        }
+    }
+    fn expect(&self) -> Expect {
+        match self {
+            Cred::OAuth(s) => Expect::Bearer(s.clone()),
+            Cred::ApiKey(s) => Expect::ApiKey(s.clone()),
+        }
+    }
+}
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    work: PathBuf,
+    ns: NetNs,
+    mock: Mock,
+    claude: PathBuf,
+    cred: Cred,
+}
+
+/// Checks prerequisites (fail under CI, skip otherwise) and builds the sandbox.
+fn sandbox(cred: Cred, reply: &str, tweak: impl FnOnce(&mut MockConfig)) -> Option<Sandbox> {
+    if !require(
+        is_root(),
+        "root (these tests use namespaces and read /proc/PID/mem)",
+    ) {
+        return None;
+    }
+    for tool in ["unshare", "nsenter", "ip", "mount", "grep"] {
+        if !require(
+            have_tool(tool),
+            &format!("`{tool}` on PATH (apt-get install util-linux iproute2)"),
+        ) {
+            return None;
+        }
+    }
+    let claude = match claude_binary() {
+        Ok(p) => p,
+        Err(e) => {
+            require(false, &e);
+            return None;
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("bottle-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    // uid 1000 must reach its home and workspace through this directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    let work = dir.path().join("work");
+    for d in [&home, &work] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    write_identity_files(dir.path(), &home);
+    std::fs::write(dir.path().join("ns-wrapper.sh"), NS_WRAPPER).unwrap();
+
+    let ns = NetNs::new_loopback().expect("create a loopback-only network namespace");
+    let mut cfg = MockConfig::new(cred.expect(), reply);
+    tweak(&mut cfg);
+    let listeners = ns
+        .listen_localhost(0)
+        .expect("bind the mock inside the namespace");
+    let mock = Mock::start_on(listeners, cfg).expect("start the mock");
+    Some(Sandbox {
+        dir,
+        home,
+        work,
+        ns,
+        mock,
+        claude,
+        cred,
+    })
+}
+
+/// /etc/passwd and /etc/group for the namespace: the host's, with uid/gid 1000 replaced by a
+/// `claude` user whose home is the test's fresh home (the host may have its own uid 1000).
+fn write_identity_files(dir: &Path, home: &Path) {
+    let keep = |file: &str, id_field: usize| -> String {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                f.first() != Some(&"claude") && f.get(id_field) != Some(&"1000")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let passwd = keep("/etc/passwd", 2)
+        + &format!(
+            "claude:x:1000:1000:bottle test:{}:/bin/sh\n",
+            home.display()
+        );
+    let group = keep("/etc/group", 2) + "claude:x:1000:\n";
+    std::fs::write(dir.join("passwd"), passwd).unwrap();
+    std::fs::write(dir.join("group"), group).unwrap();
+}
+
+impl Sandbox {
+    /// `unshare ... bottle-init [init_args...]`, environment as `docker run -e` would give it.
+    fn init_command(&self, init_args: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "--",
+            "sh",
+        ])
+        .arg(self.dir.path().join("ns-wrapper.sh"))
+        .arg(self.dir.path())
+        .arg(INIT)
+        .args(init_args)
+        .env_clear()
+        .env("PATH", PATH)
+        .env(self.cred.var(), self.cred.secret())
+        .env("BOTTLE_UPSTREAM", self.mock.url())
+        .env("BOTTLE_UPSTREAM_CA", self.mock.ca_pem())
+        .env("BOTTLE_LOG", "debug")
+        .current_dir(&self.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        c
+    }
+
+    /// bottle-init running `claude ARGS...` as its child.
+    fn claude_command(&self, claude_args: &[&str]) -> Command {
+        let claude = self.claude.to_str().unwrap();
+        let mut args = vec!["--", claude];
+        args.extend_from_slice(claude_args);
+        self.init_command(&args)
+    }
+
+    fn spawn(&self, mut cmd: Command) -> Child {
+        self.ns
+            .run(move || cmd.spawn())
+            .expect("spawn inside the test namespace")
+    }
+
+    /// Asserts the secret is in none of the home directory's files.
+    fn assert_home_clean(&self) {
+        let hits = files_containing(&self.home, self.cred.secret().as_bytes());
+        assert!(hits.is_empty(), "the real secret was written to {hits:?}");
+    }
+}
+
+/// Waits until the mock holds a gated stream, failing early if `child` exits first.
+fn wait_gate(mock: &Mock, child: &mut Child, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if mock.wait_gate(Duration::from_millis(200)) {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!(
+                "bottle-init exited ({st}) before claude's request reached the mock\nstderr:\n{err}"
+            );
+        }
+    }
+    panic!(
+        "no streamed request reached the mock within {limit:?}; requests: {:?}",
+        mock.requests()
+    );
+}
+
+/// uid-1000 descendants of `root` running the claude binary.
+fn claude_pids(root: u32, claude: &Path) -> Vec<u32> {
+    let want = std::fs::canonicalize(claude).unwrap();
+    descendants(root)
+        .into_iter()
+        .filter(|p| real_uid(*p) == Some(1000))
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == want))
+        .collect()
+}
+
+/// What the real client sent for the prompt, checked against what the API expects.
+fn assert_prompt_request(mock: &Mock, prompt: &str, cred: &Cred, placeholder: Option<&str>) {
+    let all = mock.requests();
+    let msgs = mock.messages();
+    let req = msgs
+        .iter()
+        .find(|r| String::from_utf8_lossy(&r.body).contains(prompt))
+        .unwrap_or_else(|| panic!("no POST /v1/messages carried the prompt; saw {all:#?}"));
+    match cred {
+        Cred::OAuth(t) => {
+            assert_eq!(
+                req.header_all("authorization"),
+                [format!("Bearer {t}")],
+                "the real token, once"
+            );
+            assert!(
+                req.header("x-api-key").is_none(),
+                "no x-api-key in OAuth mode"
+            );
+            let beta = req.header_all("anthropic-beta").join(",");
+            assert!(
+                beta.split(',').any(|b| b.trim() == "oauth-2025-04-20"),
+                "oauth beta missing: {beta:?}"
+            );
+        }
+        Cred::ApiKey(k) => {
+            assert_eq!(
+                req.header_all("x-api-key"),
+                [k.clone()],
+                "the real API key, once"
+            );
+            assert!(
+                req.header("authorization").is_none(),
+                "no Authorization in API-key mode"
+            );
+        }
+    }
+    assert_eq!(
+        req.header("anthropic-version").as_deref(),
+        Some("2023-06-01")
+    );
+    let session = req.header("x-claude-code-session-id").unwrap_or_default();
+    assert!(
+        session.len() >= 32,
+        "X-Claude-Code-Session-Id missing or short: {session:?}"
+    );
+    if let Some(cl) = req.header("content-length") {
+        assert_eq!(
+            cl.parse::<usize>().ok(),
+            Some(req.body.len()),
+            "Content-Length vs body"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&req.body).expect("the forwarded body is JSON");
+    assert!(
+        json.get("messages").is_some_and(|m| m.is_array()),
+        "body has messages[]"
+    );
+    assert_eq!(
+        json.get("stream").and_then(|s| s.as_bool()),
+        Some(true),
+        "claude streams"
+    );
+    // The proxy answers the warm-up or forwards it; either way only loopback ever saw traffic.
+    for r in &all {
+        let line = format!("{:?}", r.headers);
+        assert!(
+            !line.contains(placeholder.unwrap_or("\u{0}never")),
+            "the placeholder reached upstream: {r:?}"
+        );
+        if r.method == "POST" {
+            let auth_ok = match cred {
+                Cred::OAuth(t) => r.header_all("authorization") == [format!("Bearer {t}")],
+                Cred::ApiKey(k) => r.header_all("x-api-key") == [k.clone()],
+            };
+            assert!(
+                auth_ok,
+                "a forwarded request without the real credential: {r:?}"
+            );
+        }
+    }
+}
+
+/// The child's session placeholder, read from its environment.
+fn placeholder_of(env: &[String], cred: &Cred) -> Option<String> {
+    let var = match cred {
+        Cred::OAuth(_) => "CLAUDE_CODE_OAUTH_TOKEN=",
+        Cred::ApiKey(_) => "ANTHROPIC_AUTH_TOKEN=",
+    };
+    env.iter()
+        .find_map(|e| e.strip_prefix(var).map(str::to_string))
+}
+
+/// Claude's environment and memory, read as root while its request is held open.
+fn inspect_claude(sb: &Sandbox, root: u32) -> String {
+    let pids = claude_pids(root, &sb.claude);
+    assert!(
+        !pids.is_empty(),
+        "no uid-1000 claude process under pid {root}: {:?}",
+        descendants(root)
+    );
+    let secret = sb.cred.secret();
+    let mut placeholder = None;
+    for pid in &pids {
+        let env = environ(*pid).expect("read claude's environ as root");
+        let joined = env.join("\n");
+        assert_absent(
+            &joined,
+            secret,
+            &format!("claude's environment (pid {pid})"),
+        );
+        let base = env
+            .iter()
+            .find_map(|e| e.strip_prefix("ANTHROPIC_BASE_URL="))
+            .unwrap_or("");
+        assert!(
+            base.starts_with("http://127.0.0.1:"),
+            "ANTHROPIC_BASE_URL={base:?}"
+        );
+        let ph = placeholder_of(&env, &sb.cred).expect("a placeholder credential in claude's env");
+        assert!(
+            ph.len() >= 22 && ph != secret,
+            "placeholder too short or equal to the secret"
+        );
+        for v in [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+        ] {
+            for e in env.iter().filter(|e| e.starts_with(&format!("{v}="))) {
+                assert!(!e.contains(secret), "{v} carries the secret");
+            }
+        }
+        assert!(
+            !env.iter().any(|e| e.starts_with("BOTTLE_")),
+            "BOTTLE_* leaked into claude's env"
+        );
+        let (scanned, found) = memory_contains(*pid, secret).expect("scan claude's memory as root");
+        assert!(
+            scanned > 1 << 20,
+            "scanned only {scanned} bytes of pid {pid}"
+        );
+        assert!(
+            !found,
+            "the secret is in claude's memory (pid {pid}, {scanned} bytes scanned)"
+        );
+        // Positive control: the same scan does find the placeholder claude really holds.
+        let (_, ph_found) = memory_contains(*pid, &ph).expect("scan for the placeholder");
+        assert!(
+            ph_found,
+            "memory scan control: the placeholder was not found in pid {pid}"
+        );
+        placeholder = Some(ph);
+    }
+    placeholder.unwrap()
+}
+
+fn host_pid1(unshare_pid: u32) -> u32 {
+    let start = Instant::now();
+    loop {
+        // unshare --fork has exactly one child: the namespace's PID 1.
+        if let Some(p) = descendants(unshare_pid)
+            .into_iter()
+            .find(|p| ppid(*p) == Some(unshare_pid))
+        {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no PID 1 under unshare {unshare_pid}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Control: the mock speaks the real client's protocol (plain HTTP, no bottle-init). If this
+/// fails, the mock is wrong, not bottle-init.
+#[test]
+fn control_mock_serves_the_real_client_directly() {
+    let _g = heavy();
+    let placeholder = fake_secret("placeholder-");
+    let Some(sb) = sandbox(
+        Cred::OAuth(placeholder.clone()),
+        "control reply from the mock",
+        |c| c.tls = false,
+    ) else {
+        return;
+    };
+    let mut c = Command::new(&sb.claude);
+    c.args(["-p", "control prompt"])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("HOME", &sb.home)
+        .env("ANTHROPIC_BASE_URL", sb.mock.url())
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &placeholder)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .current_dir(&sb.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = wait_timeout(sb.spawn(c), RUN_LIMIT);
+    assert!(
+        run.status.success(),
+        "claude against the plain mock: {}",
+        run.describe()
+    );
+    assert!(
+        run.stdout().contains("control reply from the mock"),
+        "{}",
+        run.describe()
+    );
+    assert_prompt_request(&sb.mock, "control prompt", &Cred::OAuth(placeholder), None);
+}
+
+/// Control for the TLS side: claude itself trusts the mock's CA (NODE_EXTRA_CA_CERTS) and talks
+/// to `https://localhost:PORT`, proving the certificate, SNI name and SSE framing over TLS.
+#[test]
+fn control_mock_tls_certificate_is_valid_for_localhost() {
+    let _g = heavy();
+    let placeholder = fake_secret("placeholder-");
+    let Some(sb) = sandbox(
+        Cred::OAuth(placeholder.clone()),
+        "tls control reply",
+        |_| {},
+    ) else {
+        return;
+    };
+    let mut c = Command::new(&sb.claude);
+    c.args(["-p", "tls control prompt"])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("HOME", &sb.home)
+        .env("ANTHROPIC_BASE_URL", sb.mock.url())
+        .env("NODE_EXTRA_CA_CERTS", sb.mock.ca_pem())
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &placeholder)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .current_dir(&sb.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = wait_timeout(sb.spawn(c), RUN_LIMIT);
+    assert!(
+        run.status.success(),
+        "claude against the TLS mock: {}",
+        run.describe()
+    );
+    assert!(
+        run.stdout().contains("tls control reply"),
+        "{}",
+        run.describe()
+    );
+    assert_prompt_request(
+        &sb.mock,
+        "tls control prompt",
+        &Cred::OAuth(placeholder),
+        None,
+    );
+}
+
+/// `claude -p` through bottle-init: the reply arrives, upstream sees the real token and the
+/// client's headers and body, and the token is in none of claude's environment, memory, output
+/// or home.
+#[test]
+fn print_mode_oauth_token_reaches_upstream_only() {
+    let _g = heavy();
+    let token = fake_secret("sk-ant-oat01-e2e-");
+    let reply = "the mock says hello through bottle-init";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |c| c.gated = true) else {
+        return;
+    };
+    let mut child = sb.spawn(sb.claude_command(&["-p", "e2e prompt one"]));
+    let unshare_pid = child.id();
+    let _guard_pid = unshare_pid;
+    wait_gate(&sb.mock, &mut child, RUN_LIMIT);
+
+    let pid1 = host_pid1(unshare_pid);
+    assert_eq!(comm(pid1), "bottle-init", "PID 1 of the namespace");
+    let init_env = environ(pid1).map(|e| e.join("\n")).unwrap_or_default();
+    assert_absent(&init_env, &token, "bottle-init's /proc/PID/environ");
+    let placeholder = inspect_claude(&sb, pid1);
+    sb.mock.release();
+
+    let run = wait_timeout(child, RUN_LIMIT);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        run.stdout().contains(reply),
+        "claude did not print the mock's reply: {}",
+        run.describe()
+    );
+    assert_absent(&run.stdout(), &token, "stdout");
+    assert_absent(&run.stderr(), &token, "stderr (bottle-init's log included)");
+    assert_absent(
+        &run.stderr(),
+        &placeholder,
+        "stderr (bottle-init's log included)",
+    );
+    assert_prompt_request(&sb.mock, "e2e prompt one", &sb.cred, Some(&placeholder));
+    sb.assert_home_clean();
+}
+
+/// The out-of-band traffic audit (claude-code#36998): under `strace -f`, no process of the
+/// tree (bottle-init, its proxy thread, claude and everything claude starts) tries to reach a
+/// non-loopback address, in -p mode.
+#[test]
+fn strace_no_connection_attempts_beyond_loopback() {
+    let _g = heavy();
+    if !require(have_tool("strace"), "strace (apt-get install strace)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-strace-");
+    let reply = "traced reply";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let trace = sb.dir.path().join("connect.trace");
+    let inner = sb.claude_command(&["-p", "strace prompt"]);
+    let mut c = Command::new("strace");
+    c.args([
+        "-f",
+        "-qq",
+        "-s",
+        "256",
+        "-e",
+        "trace=connect,sendto,sendmsg,sendmmsg",
+        "-e",
+        "signal=none",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(inner.get_program())
+    .args(inner.get_args())
+    .env_clear()
+    .envs(
+        inner
+            .get_envs()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+    )
+    .current_dir(&sb.work)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let run = wait_timeout(sb.spawn(c), RUN_LIMIT);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(run.stdout().contains(reply), "{}", run.describe());
+    let text = std::fs::read_to_string(&trace).expect("strace output");
+    let (mut loopback, mut other) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        for addr in inet_addresses(line) {
+            if is_loopback(&addr) {
+                loopback.push(addr);
+            } else {
+                other.push(line.to_string());
+            }
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "non-loopback connection attempts:\n{}",
+        other.join("\n")
+    );
+    // Control: the trace really saw claude reach the proxy and the proxy reach the mock.
+    let port = format!("sin_port=htons({})", sb.mock.port());
+    assert!(
+        text.contains(&port),
+        "strace saw no connect to the mock's port; trace:\n{text}"
+    );
+    assert!(
+        loopback.len() >= 2,
+        "strace saw too few loopback connects: {loopback:?}"
+    );
+    assert_absent(&run.stderr(), &token, "stderr");
+}
+
+/// The IPv4/IPv6 addresses in one strace line (`inet_addr("...")`, `inet_pton(AF_INET6, "...")`).
+fn inet_addresses(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for marker in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
+        let mut rest = line;
+        while let Some(i) = rest.find(marker) {
+            rest = &rest[i + marker.len()..];
+            if let Some(end) = rest.find('"') {
+                out.push(rest[..end].to_string());
+                rest = &rest[end..];
+            }
+        }
+    }
+    out
+}
+
+fn is_loopback(addr: &str) -> bool {
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn inet_address_parsing_of_strace_lines() {
+    let l = r#"12 connect(3, {sa_family=AF_INET, sin_port=htons(443), sin_addr=inet_addr("160.79.104.10")}, 16) = -1 ENETUNREACH"#;
+    assert_eq!(inet_addresses(l), ["160.79.104.10"]);
+    assert!(!is_loopback("160.79.104.10"));
+    let l6 = r#"connect(5, {sa_family=AF_INET6, sin6_port=htons(80), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr), sin6_scope_id=0}, 28) = 0"#;
+    assert_eq!(inet_addresses(l6), ["::ffff:127.0.0.1"]);
+    assert!(is_loopback("::ffff:127.0.0.1") && is_loopback("::1") && is_loopback("127.0.0.53"));
+}
+
+/// Streaming: the mock sends one SSE event per second; claude's stream-json output shows the
+/// text deltas arriving about a second apart, not all at once at the end.
+#[test]
+fn streaming_events_reach_the_client_paced() {
+    let _g = heavy();
+    let token = fake_secret("sk-ant-oat01-stream-");
+    let reply = "alpha beta gamma delta";
+    let pace = Duration::from_millis(1000);
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |c| c.pace = pace) else {
+        return;
+    };
+    let cmd = sb.claude_command(&[
+        "-p",
+        "stream prompt",
+        "--output-format",
+        "stream-json",
+        "--include-partial-messages",
+        "--verbose",
+    ]);
+    let mut child = sb.spawn(cmd);
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (Instant::now(), l))
+            .collect::<Vec<_>>()
+    });
+    let run = wait_timeout(child, RUN_LIMIT);
+    let lines = lines.join().unwrap();
+    assert!(run.status.success(), "{}", run.describe());
+    let deltas: Vec<(Instant, String)> = lines
+        .iter()
+        .filter(|(_, l)| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .is_some_and(|v| {
+                    v["type"] == "stream_event"
+                        && v["event"]["type"] == "content_block_delta"
+                        && v["event"]["delta"]["type"] == "text_delta"
+                })
+        })
+        .cloned()
+        .collect();
+    let all: Vec<&String> = lines.iter().map(|(_, l)| l).collect();
+    assert_eq!(
+        deltas.len(),
+        4,
+        "one stream_event per word; output:\n{all:#?}"
+    );
+    for w in deltas.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            gap >= pace.mul_f32(0.6),
+            "deltas arrived {gap:?} apart (mock paced them {pace:?}): buffered somewhere"
+        );
+    }
+    let result = lines.iter().rev().find_map(|(_, l)| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["type"] == "result").then(|| v["result"].as_str().unwrap_or("").to_string())
+    });
+    assert_eq!(result.as_deref(), Some(reply), "final result line");
+    assert_absent(
+        &all.iter().map(|s| s.as_str()).collect::<String>(),
+        &token,
+        "stream-json output",
+    );
+}
+
+/// API-key mode: `ANTHROPIC_API_KEY` goes upstream as `x-api-key`; claude works with its
+/// placeholder and never sees the key.
+#[test]
+fn api_key_mode_end_to_end() {
+    let _g = heavy();
+    let key = fake_secret("sk-ant-api03-e2e-");
+    let reply = "api key mode reply";
+    let Some(sb) = sandbox(Cred::ApiKey(key.clone()), reply, |c| c.gated = true) else {
+        return;
+    };
+    let mut child = sb.spawn(sb.claude_command(&["-p", "api key prompt"]));
+    wait_gate(&sb.mock, &mut child, RUN_LIMIT);
+    let pid1 = host_pid1(child.id());
+    let placeholder = inspect_claude(&sb, pid1);
+    sb.mock.release();
+    let run = wait_timeout(child, RUN_LIMIT);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(run.stdout().contains(reply), "{}", run.describe());
+    assert_absent(&run.stdout(), &key, "stdout");
+    assert_absent(&run.stderr(), &key, "stderr");
+    assert_prompt_request(&sb.mock, "api key prompt", &sb.cred, Some(&placeholder));
+    sb.assert_home_clean();
+}
+
+/// `bottle-init exec` with the real claude while PID 1 runs something else: the exec'd claude
+/// uses PID 1's proxy (real token upstream) although its own environment, like `docker exec`'s,
+/// started with the token in it.
+#[test]
+fn exec_runs_real_claude_through_the_running_pid1() {
+    let _g = heavy();
+    let token = fake_secret("sk-ant-oat01-exec-");
+    let reply = "exec mode reply";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |c| c.gated = true) else {
+        return;
+    };
+    let mut cmd = sb.init_command(&["--", "sleep", "300"]);
+    cmd.stdout(Stdio::null());
+    let pid1_child = sb.spawn(cmd);
+    let unshare_pid = pid1_child.id();
+    let mut pid1_guard = Guard(Some(pid1_child));
+    let pid1 = host_pid1(unshare_pid);
+    // PID 1 has published its state once its own child runs.
+    let start = Instant::now();
+    while !descendants(pid1)
+        .iter()
+        .any(|p| comm(*p) == "sleep" && real_uid(*p) == Some(1000))
+    {
+        if let Some(c) = pid1_guard.0.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("bottle-init (PID 1, running sleep) exited {st}: {err}");
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "PID 1's sleep never started as uid 1000"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let claude = sb.claude.to_str().unwrap().to_string();
+    let mut exec = Command::new("nsenter");
+    exec.arg(format!("--target={pid1}"))
+        .args([
+            "--pid",
+            "--mount",
+            "--",
+            INIT,
+            "exec",
+            "--",
+            &claude,
+            "-p",
+            "exec prompt",
+        ])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token) // what `docker exec` hands every process
+        .current_dir(&sb.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = sb.spawn(exec);
+    wait_gate(&sb.mock, &mut child, RUN_LIMIT);
+    let placeholder = inspect_claude(&sb, child.id());
+    sb.mock.release();
+    let run = wait_timeout(child, RUN_LIMIT);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(run.stdout().contains(reply), "{}", run.describe());
+    assert_absent(&run.stdout(), &token, "stdout");
+    assert_absent(&run.stderr(), &token, "stderr");
+    assert_prompt_request(&sb.mock, "exec prompt", &sb.cred, Some(&placeholder));
+    sb.assert_home_clean();
+    // Only PID 1's proxy served: one bottle-init in the namespace, none started by exec.
+    let inits: Vec<u32> = descendants(unshare_pid)
+        .into_iter()
+        .filter(|p| comm(*p) == "bottle-init")
+        .collect();
+    assert_eq!(inits, [pid1], "exec left a second bottle-init running");
+    drop(pid1_guard);
+}
+
+/// Interactive claude on a pty (tmux): with a fresh home it goes straight to its prompt (no
+/// theme picker, no login method), and a typed prompt shows the mock's reply.
+#[test]
+fn interactive_on_a_pty_with_fresh_home() {
+    let _g = heavy();
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-pty-");
+    let reply = "interactive reply 7f3a";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let sock = sb.dir.path().join("tmux.sock");
+    let inner = sb.claude_command(&[]);
+    let tmux = |args: &[&str]| -> std::process::Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("run tmux")
+    };
+    let mut start = Command::new("tmux");
+    start
+        .arg("-S")
+        .arg(&sock)
+        .args([
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "e2e",
+            "-x",
+            "180",
+            "-y",
+            "50",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_clear()
+        .envs(
+            inner
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .env("TERM", "xterm-256color")
+        .current_dir(&sb.work);
+    let st = sb.ns.run(move || start.status()).expect("start tmux");
+    assert!(st.success(), "tmux new-session failed");
+    struct Kill(PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // Ends only the server on our private socket (and with it the pane's processes).
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(&self.0)
+                .arg("kill-server")
+                .status();
+        }
+    }
+    let _kill = Kill(sock.clone());
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "e2e"]).stdout).into_owned();
+    let forbidden = [
+        "Select login method",
+        "Choose the text style",
+        "Log in with",
+        "Unable to connect",
+    ];
+    let mut seen = Vec::new();
+    let mut trust_dialogs = 0;
+    let wait_for = |want: &dyn Fn(&str) -> bool,
+                    limit: Duration,
+                    seen: &mut Vec<String>,
+                    trust: &mut i32|
+     -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = screen();
+            for f in forbidden {
+                assert!(!s.contains(f), "interactive claude showed {f:?}:\n{s}");
+            }
+            assert_absent(&s, &token, "the terminal");
+            if s.contains("Do you trust the files in this folder") {
+                // The per-folder trust dialog is not onboarding; accept it like a user would.
+                *trust += 1;
+                tmux(&["send-keys", "-t", "e2e", "Enter"]);
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            if want(&s) {
+                return s;
+            }
+            if seen.last() != Some(&s) {
+                seen.push(s.clone());
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "timed out; screens seen:\n{}",
+                seen.join("\n-----\n")
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // Claude's input box is ready when its footer hint shows.
+    wait_for(
+        &|s| s.contains("for shortcuts") || s.contains('❯'),
+        Duration::from_secs(60),
+        &mut seen,
+        &mut trust_dialogs,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "-t", "e2e", "-l", "please reply on the pty"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&["send-keys", "-t", "e2e", "Enter"]);
+    let s = wait_for(
+        &|s| s.contains(reply),
+        Duration::from_secs(60),
+        &mut seen,
+        &mut trust_dialogs,
+    );
+    eprintln!("interactive screen (trust dialogs accepted: {trust_dialogs}):\n{s}");
+    let msgs = sb.mock.messages();
+    assert!(
+        msgs.iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("please reply on the pty")),
+        "the typed prompt never reached the mock"
+    );
+    let onboarding = sb.home.join(".claude.json");
+    let meta =
+        std::fs::symlink_metadata(&onboarding).expect("~/.claude.json exists after the first run");
+    assert_eq!(meta.uid(), 1000, "~/.claude.json belongs to the child user");
+    sb.assert_home_clean();
+}

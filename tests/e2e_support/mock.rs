@@ -1,0 +1,600 @@
+//! A mock of the Anthropic Messages API for the end-to-end tests: HTTPS with a per-mock CA
+//! (or plain HTTP, to validate the mock against the real client without bottle-init), HTTP/1.1
+//! keep-alive, SSE in the real wire format (chunked, one event per chunk), optional pacing
+//! between events, an optional gate that holds a stream open until the test releases it, and a
+//! record of every request (head and body bytes exactly as received).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Which credential the mock accepts; anything else gets the API's 401.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// `Authorization: Bearer <token>` (OAuth).
+    Bearer(String),
+    /// `x-api-key: <key>`.
+    ApiKey(String),
+    /// Accept any request (for the plain-HTTP control run against the client's placeholder).
+    Anything,
+}
+
+/// How the mock answers.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    pub tls: bool,
+    pub expect: Expect,
+    /// The assistant's reply, sent as `text_delta`s of one word each.
+    pub reply: String,
+    /// Delay between consecutive SSE events of a streamed reply.
+    pub pace: Duration,
+    /// Hold streamed replies after `message_start` until [`Mock::release`].
+    pub gated: bool,
+}
+
+impl MockConfig {
+    pub fn new(expect: Expect, reply: &str) -> MockConfig {
+        MockConfig {
+            tls: true,
+            expect,
+            reply: reply.to_string(),
+            pace: Duration::ZERO,
+            gated: false,
+        }
+    }
+}
+
+/// One request as the mock received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    /// Header names as sent (case preserved), values as bytes, in wire order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+    /// The connection number it arrived on (to see keep-alive reuse).
+    pub conn: usize,
+}
+
+impl Recorded {
+    /// All values of a header (case-insensitive name), as lossy strings.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.header_all(name).into_iter().next()
+    }
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct GateState {
+    reached: bool,
+    released: bool,
+}
+
+struct Shared {
+    cfg: MockConfig,
+    requests: Mutex<Vec<Recorded>>,
+    gate: Mutex<GateState>,
+    gate_cv: Condvar,
+    stop: AtomicBool,
+    conns: AtomicUsize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A running mock. Dropping it stops accepting; open connections end with the test process.
+pub struct Mock {
+    addr: SocketAddr,
+    ca_pem: Option<PathBuf>,
+    shared: Arc<Shared>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mock {
+    /// Starts serving on `listener` (bound by the caller, possibly inside another network
+    /// namespace: a socket keeps the namespace it was created in).
+    pub fn start(listener: TcpListener, cfg: MockConfig) -> io::Result<Mock> {
+        Mock::start_on(vec![listener], cfg)
+    }
+
+    /// Like [`Mock::start`] on several listeners (e.g. 127.0.0.1 and ::1 with the same port, so
+    /// `localhost` works whichever address a client tries first). The first one names the port.
+    pub fn start_on(listeners: Vec<TcpListener>, cfg: MockConfig) -> io::Result<Mock> {
+        let dir = tempfile::tempdir()?;
+        let (tls, ca_pem) = if cfg.tls {
+            let (server, ca) = tls_config().map_err(io::Error::other)?;
+            let path = dir.path().join("mock-ca.pem");
+            std::fs::write(&path, ca)?;
+            (Some(Arc::new(server)), Some(path))
+        } else {
+            (None, None)
+        };
+        let addr = listeners
+            .first()
+            .ok_or_else(|| io::Error::other("no listener"))?
+            .local_addr()?;
+        let shared = Arc::new(Shared {
+            cfg,
+            requests: Mutex::new(Vec::new()),
+            gate: Mutex::new(GateState::default()),
+            gate_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            conns: AtomicUsize::new(0),
+            tls,
+        });
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("mock-accept".into())
+                .spawn(move || accept_loop(listener, s))?;
+        }
+        Ok(Mock {
+            addr,
+            ca_pem,
+            shared,
+            _dir: dir,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `https://localhost:PORT` (the name on the mock's certificate) or `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        if self.shared.cfg.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://127.0.0.1:{}", self.addr.port())
+        }
+    }
+
+    /// The PEM file of the CA that signed the mock's certificate (TLS mode).
+    pub fn ca_pem(&self) -> &Path {
+        self.ca_pem.as_deref().expect("mock runs without TLS")
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Requests to `POST /v1/messages` (any query).
+    pub fn messages(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path() == "/v1/messages")
+            .collect()
+    }
+
+    /// Waits until a gated stream is being held. False on timeout.
+    pub fn wait_gate(&self, timeout: Duration) -> bool {
+        let g = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .shared
+            .gate_cv
+            .wait_timeout_while(g, timeout, |g| !g.reached)
+            .unwrap_or_else(|e| e.into_inner());
+        g.reached
+    }
+
+    /// Lets every held and future stream run to its end.
+    pub fn release(&self) {
+        let mut g = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
+        g.released = true;
+        self.shared.gate_cv.notify_all();
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.release();
+    }
+}
+
+/// A fresh CA and a leaf for `localhost` / `127.0.0.1` signed by it.
+fn tls_config() -> Result<(rustls::ServerConfig, String), String> {
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: rcgen::Error| format!("{what}: {err}")
+    };
+    let ca_key = KeyPair::generate().map_err(e("CA key"))?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e("CA params"))?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bottle-init test mock CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(e("CA cert"))?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf_key = KeyPair::generate().map_err(e("leaf key"))?;
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(e("leaf params"))?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .map_err(e("leaf cert"))?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("protocol versions: {err}"))?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![
+                CertificateDer::from(leaf.der().to_vec()),
+                CertificateDer::from(ca_cert.der().to_vec()),
+            ],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .map_err(|err| format!("server cert: {err}"))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((server, ca_cert.pem()))
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                let n = shared.conns.fetch_add(1, Ordering::SeqCst);
+                let s = shared.clone();
+                let _ = std::thread::Builder::new()
+                    .name(format!("mock-conn-{n}"))
+                    .spawn(move || {
+                        if let Err(err) = serve(sock, n, &s) {
+                            eprintln!("mock: connection {n}: {err}");
+                        }
+                    });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => {
+                eprintln!("mock: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+fn serve(sock: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
+    sock.set_nonblocking(false)?;
+    sock.set_nodelay(true)?;
+    // Long enough for any test; short enough that a forgotten connection does not live forever.
+    sock.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut io: Box<dyn Io> = match &shared.tls {
+        Some(cfg) => {
+            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
+            Box::new(rustls::StreamOwned::new(tls, sock))
+        }
+        None => Box::new(sock),
+    };
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut io, &mut buf, conn)? else {
+            return Ok(());
+        };
+        shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(req.clone());
+        respond(&mut io, &req, shared)?;
+    }
+}
+
+/// Reads one request (head + body) from `io`; `buf` carries bytes read past its end.
+fn read_request(
+    io: &mut Box<dyn Io>,
+    buf: &mut Vec<u8>,
+    conn: usize,
+) -> io::Result<Option<Recorded>> {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(io, buf)? {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::other("EOF inside a request head"))
+            };
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let status = parsed
+        .parse(&buf[..head_end])
+        .map_err(|e| io::Error::other(format!("bad head: {e}")))?;
+    if status.is_partial() {
+        return Err(io::Error::other("partial head after CRLFCRLF"));
+    }
+    let method = parsed.method.unwrap_or("").to_string();
+    let target = parsed.path.unwrap_or("").to_string();
+    let headers: Vec<(String, Vec<u8>)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect();
+    buf.drain(..head_end);
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
+    };
+    let body = if get("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        read_chunked(io, buf)?
+    } else {
+        let len: usize = match get("content-length") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| io::Error::other(format!("bad content-length {v:?}")))?,
+            None => 0,
+        };
+        while buf.len() < len {
+            if !fill(io, buf)? {
+                return Err(io::Error::other("EOF inside a body"));
+            }
+        }
+        buf.drain(..len).collect()
+    };
+    Ok(Some(Recorded {
+        method,
+        target,
+        headers,
+        body,
+        at: Instant::now(),
+        conn,
+    }))
+}
+
+fn read_chunked(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = find(buf, b"\r\n") {
+                break i;
+            }
+            if !fill(io, buf)? {
+                return Err(io::Error::other("EOF inside a chunk size"));
+            }
+        };
+        let size_txt = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| io::Error::other(format!("bad chunk size {size_txt:?}")))?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers (none expected) end with an empty line.
+            loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    let empty = i == 0;
+                    buf.drain(..i + 2);
+                    if empty {
+                        return Ok(body);
+                    }
+                } else if !fill(io, buf)? {
+                    return Err(io::Error::other("EOF inside trailers"));
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            if !fill(io, buf)? {
+                return Err(io::Error::other("EOF inside a chunk"));
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+fn fill(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let mut tmp = [0u8; 16384];
+    loop {
+        match io.read(&mut tmp) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                buf.extend_from_slice(&tmp[..n]);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A peer that closes without close_notify is an EOF for our purposes.
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    || e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Position of `needle` in `hay` (small inputs: request heads and chunk lines).
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn respond(io: &mut Box<dyn Io>, req: &Recorded, shared: &Shared) -> io::Result<()> {
+    let cfg = &shared.cfg;
+    let n = shared
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
+    if req.method == "HEAD" && req.path() == "/" {
+        return write_plain(io, "200 OK", "text/plain", b"", n);
+    }
+    if !authorized(req, &cfg.expect) {
+        let body = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key or bearer token (mock)"}}"#;
+        return write_plain(io, "401 Unauthorized", "application/json", body, n);
+    }
+    match (req.method.as_str(), req.path()) {
+        ("POST", "/v1/messages") => {
+            let json: serde_json::Value =
+                serde_json::from_slice(&req.body).unwrap_or(serde_json::Value::Null);
+            let model = json
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or("claude-sonnet-4-5")
+                .to_string();
+            if json.get("stream").and_then(|s| s.as_bool()) == Some(true) {
+                stream_reply(io, &model, n, shared)
+            } else {
+                let body = serde_json::json!({
+                    "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": cfg.reply}],
+                    "stop_reason": "end_turn", "stop_sequence": null,
+                    "usage": {"input_tokens": 12, "output_tokens": 7}
+                });
+                write_plain(
+                    io,
+                    "200 OK",
+                    "application/json",
+                    body.to_string().as_bytes(),
+                    n,
+                )
+            }
+        }
+        ("POST", "/v1/messages/count_tokens") => write_plain(
+            io,
+            "200 OK",
+            "application/json",
+            br#"{"input_tokens":42}"#,
+            n,
+        ),
+        ("GET", "/v1/models") => {
+            let body = br#"{"data":[{"type":"model","id":"claude-sonnet-4-5","display_name":"Claude Sonnet 4.5","created_at":"2025-09-29T00:00:00Z"}],"has_more":false,"first_id":"claude-sonnet-4-5","last_id":"claude-sonnet-4-5"}"#;
+            write_plain(io, "200 OK", "application/json", body, n)
+        }
+        _ => {
+            let body = format!(
+                r#"{{"type":"error","error":{{"type":"not_found_error","message":"mock: no route for {} {}"}}}}"#,
+                req.method,
+                req.path()
+            );
+            write_plain(io, "404 Not Found", "application/json", body.as_bytes(), n)
+        }
+    }
+}
+
+fn authorized(req: &Recorded, expect: &Expect) -> bool {
+    match expect {
+        Expect::Anything => true,
+        Expect::Bearer(t) => req.header_all("authorization") == [format!("Bearer {t}")],
+        Expect::ApiKey(k) => {
+            req.header_all("x-api-key") == [k.clone()] && req.header("authorization").is_none()
+        }
+    }
+}
+
+fn write_plain(
+    io: &mut Box<dyn Io>,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    n: usize,
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nrequest-id: req_mock_{n}\r\n\
+         anthropic-ratelimit-requests-remaining: 999\r\n\r\n",
+        body.len()
+    );
+    io.write_all(head.as_bytes())?;
+    io.write_all(body)?;
+    io.flush()
+}
+
+/// The SSE events of one reply, in the order and shape the real API sends them.
+pub fn sse_events(model: &str, reply: &str, n: usize) -> Vec<String> {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![ev(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {
+            "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}
+        }}),
+    )];
+    out.push(ev(
+        "content_block_start",
+        serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    out.push(ev("ping", serde_json::json!({"type": "ping"})));
+    let words: Vec<&str> = reply.split_inclusive(' ').collect();
+    for w in words {
+        out.push(ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        ));
+    }
+    out.push(ev(
+        "content_block_stop",
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+    ));
+    out.push(ev(
+        "message_delta",
+        serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": 7}}),
+    ));
+    out.push(ev(
+        "message_stop",
+        serde_json::json!({"type": "message_stop"}),
+    ));
+    out
+}
+
+fn stream_reply(io: &mut Box<dyn Io>, model: &str, n: usize, shared: &Shared) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\
+         request-id: req_mock_{n}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    io.write_all(head.as_bytes())?;
+    io.flush()?;
+    let events = sse_events(model, &shared.cfg.reply, n);
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 && !shared.cfg.pace.is_zero() {
+            std::thread::sleep(shared.cfg.pace);
+        }
+        // One chunk per event, flushed, so every event is on the wire before the next waits.
+        io.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())?;
+        io.flush()?;
+        if i == 0 && shared.cfg.gated {
+            let mut g = shared.gate.lock().unwrap_or_else(|e| e.into_inner());
+            g.reached = true;
+            shared.gate_cv.notify_all();
+            let _g = shared
+                .gate_cv
+                .wait_timeout_while(g, Duration::from_secs(120), |g| !g.released)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    io.write_all(b"0\r\n\r\n")?;
+    io.flush()
+}
