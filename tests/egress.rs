@@ -616,3 +616,90 @@ fn allowlist_fails_closed_without_nft() {
     assert!(matches!(err, NftError::NftNotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("nftables package"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// api-only: the API socket
+
+#[test]
+fn api_socket_is_root_owned_and_checks_the_peer_uid() {
+    use bottle_init::egress::apisock::{SockError, bind_api_socket, check_peer};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    if !root_or_fail("api_socket_is_root_owned_and_checks_the_peer_uid") {
+        return;
+    }
+    let lab = Lab::new();
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = base.path().join("bottle-init");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("api.sock"), b"stale").unwrap();
+
+    let (listener, path) = bind_api_socket(&dir, CHILD_UID).unwrap();
+    let d = std::fs::symlink_metadata(&dir).unwrap();
+    assert_eq!((d.uid(), d.mode() & 0o7777), (0, 0o755));
+    let s = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!((s.uid(), s.gid(), s.mode() & 0o7777), (0, CHILD_UID, 0o660));
+
+    // The proxy's side: accept, check the peer, echo only for the child's uid.
+    let server = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (mut c, _) = listener.accept().unwrap();
+            let verdict = check_peer(&c, CHILD_UID);
+            if verdict.is_ok() {
+                let mut buf = [0u8; 64];
+                let n = c.read(&mut buf).unwrap();
+                c.write_all(&buf[..n]).unwrap();
+            }
+            seen.push(verdict.map_err(|e| e.to_string()));
+        }
+        seen
+    });
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let r = lab.run_child(&filtered(Some(CHILD_UID)), |rep| rep.put(unix_echo(&cpath)));
+    assert_eq!(
+        r.results,
+        [0],
+        "the child (api-only filter on) talks to the proxy"
+    );
+    let r = lab.run_child(&plain(Some(CHILD_UID + 1)), |rep| {
+        rep.put(unix_echo(&cpath))
+    });
+    assert_eq!(
+        r.results,
+        [EACCES],
+        "another uid cannot even connect (file mode)"
+    );
+    let r = lab.run_child(&plain(None), |rep| rep.put(unix_echo(&cpath)));
+    assert_ne!(r.results, [0], "root connects but gets nothing back");
+    let seen = server.join().unwrap();
+    assert_eq!(seen[0], Ok(()));
+    let refused = seen[1].as_ref().unwrap_err();
+    assert!(
+        refused.contains("uid 0") && refused.contains("only uid 1000"),
+        "{refused}"
+    );
+
+    // Directories the child could replace are refused.
+    let owned = base.path().join("owned");
+    std::fs::create_dir(&owned).unwrap();
+    std::os::unix::fs::chown(&owned, Some(CHILD_UID), Some(CHILD_UID)).unwrap();
+    let world = base.path().join("world");
+    std::fs::create_dir(&world).unwrap();
+    std::fs::set_permissions(&world, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    for (d, why) in [
+        (&owned, "not owned by root"),
+        (&world, "writable by group or others"),
+        (&link, "not a directory"),
+        (&owned.join("sub"), "not owned by root"), // a parent the child owns
+    ] {
+        match bind_api_socket(d, CHILD_UID) {
+            Err(e @ SockError::Unsafe { .. }) => assert!(e.to_string().contains(why), "{e}"),
+            other => panic!("{}: {other:?}", d.display()),
+        }
+    }
+}

@@ -12,10 +12,12 @@
 //! Pure parsing and policy live apart from the two mechanisms (`seccomp`, `nft`), which are the
 //! only files here that touch the kernel.
 
+pub mod apisock;
+pub mod env;
 pub mod mode;
 pub mod nft;
 pub mod policy;
 pub mod seccomp;
 
-pub use mode::{AllowEntry, AllowList, EgressMode, HostPattern};
+pub use mode::{AllowEntry, AllowList, ConfigError, EgressConfig, EgressMode, HostPattern};
 pub use policy::{AddrClass, Deny, Grant, check_resolved, classify, decide_connect};
