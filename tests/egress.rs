@@ -703,3 +703,93 @@ fn api_socket_is_root_owned_and_checks_the_peer_uid() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// allowlist: CONNECT decisions end to end (policy + lookup at connection time + kernel rules)
+
+#[test]
+fn allowlist_connect_tunnels_only_what_the_list_allows() {
+    use bottle_init::egress::AllowList;
+    use egress_support::connect::{ConnectProxy, connect_probe};
+
+    if !root_or_fail("allowlist_connect_tunnels_only_what_the_list_allows") {
+        return;
+    }
+    let lab = Lab::new();
+    // The lab's outside host lives in documentation space (192.0.2.0/24), which the policy
+    // treats as non-public: the entry needs /private, exactly as a user's internal host would.
+    let allow = AllowList::parse(&format!(
+        "{QUERY_NAME}:{ECHO_PORT}/private {INTERNAL_NAME}:{ECHO_PORT} \
+         {METADATA_NAME}:{ECHO_PORT}/private"
+    ))
+    .unwrap();
+    let proxy_addr = sa(Ipv4Addr::LOCALHOST, PROXY_PORT);
+    let proxy = ConnectProxy::start(&lab.client, proxy_addr, allow);
+    let rules = Ruleset::new(CHILD_UID, &[proxy_addr]).unwrap();
+    lab.client
+        .run_in(move || nft::install(&rules))
+        .unwrap_or_else(|e| panic!("install: {e}"));
+
+    let cases = [
+        (format!("{QUERY_NAME}:{ECHO_PORT}"), 0),
+        (format!("OUTSIDE.egress.test.:{ECHO_PORT}"), 0),
+        (format!("other.egress.test:{ECHO_PORT}"), -403),
+        (format!("{QUERY_NAME}:{}", ECHO_PORT + 1), -403),
+        (format!("{OUTSIDE_V4}:{ECHO_PORT}"), -403),
+        (format!("[{OUTSIDE_V6}]:{ECHO_PORT}"), -403),
+        (format!("{INTERNAL_NAME}:{ECHO_PORT}"), -403),
+        (format!("{METADATA_NAME}:{ECHO_PORT}"), -403),
+    ];
+    let requests: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|(t, _)| format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\n").into_bytes())
+        .collect();
+    let payload: Vec<u8> = (0..=255u8).collect();
+    let pa = RawAddr::new(proxy_addr);
+    let direct = RawAddr::new(sa(OUTSIDE_V4, ECHO_PORT));
+    let r = lab.run_child(&plain(Some(CHILD_UID)), |rep| {
+        for req in &requests {
+            rep.put(connect_probe(&pa, req, &payload));
+        }
+        // The tunnel is the only way: the same host directly is refused by the kernel.
+        rep.put(tcp_echo(&direct));
+    });
+    let mut want: Vec<i32> = cases.iter().map(|c| c.1).collect();
+    want.push(REFUSED);
+    assert_eq!(
+        r.results,
+        want,
+        "cases: {:?}",
+        cases.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+
+    let log = proxy.log.lock().unwrap().clone();
+    let has = |needle: &str| log.iter().any(|l| l.contains(needle));
+    assert_eq!(log.len(), cases.len(), "every decision is logged: {log:#?}");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("allow ")).count(),
+        2,
+        "{log:#?}"
+    );
+    assert!(
+        has(&format!("allow {QUERY_NAME}:{ECHO_PORT} -> {OUTSIDE_V4}")),
+        "{log:#?}"
+    );
+    assert!(
+        has("other.egress.test:7 is not in BOTTLE_ALLOW_HOSTS"),
+        "{log:#?}"
+    );
+    assert!(has("IP literals must be listed"), "{log:#?}");
+    assert!(
+        has(&format!(
+            "resolves to {INTERNAL_V4}, a private-network address"
+        )),
+        "{log:#?}"
+    );
+    assert!(
+        has(&format!(
+            "resolves to {METADATA_V4}, a cloud metadata address"
+        )),
+        "{log:#?}"
+    );
+}
