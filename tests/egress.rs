@@ -793,3 +793,39 @@ fn allowlist_connect_tunnels_only_what_the_list_allows() {
         "{log:#?}"
     );
 }
+
+/// nft runs with a cleared environment: whatever PID 1 still has in its environment (the
+/// credential is scrubbed earlier, but defence in depth) never reaches the subprocess.
+#[test]
+fn nft_runs_with_a_clean_environment_and_failures_carry_its_stderr() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("env.txt");
+    let fake = dir.path().join("nft");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nenv > {}\necho 'Error: Could not process rule: simulated failure' >&2\nexit 1\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The test process has CARGO_* variables; none may reach nft.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let rules = Ruleset::new(CHILD_UID, &proxy_addrs()).unwrap();
+    let err = Nft::at(&fake).install(&rules).unwrap_err();
+    let env = std::fs::read_to_string(&dump).unwrap();
+    let keys: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| !["PWD", "SHLVL", "_", "OLDPWD"].contains(k))
+        .collect();
+    assert_eq!(keys, ["PATH"], "nft saw: {env}");
+    assert!(matches!(err, NftError::NftFailed { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("load the ruleset") && msg.contains("simulated failure"),
+        "{msg}"
+    );
+}
