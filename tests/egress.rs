@@ -616,3 +616,216 @@ fn allowlist_fails_closed_without_nft() {
     assert!(matches!(err, NftError::NftNotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("nftables package"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// api-only: the API socket
+
+#[test]
+fn api_socket_is_root_owned_and_checks_the_peer_uid() {
+    use bottle_init::egress::apisock::{SockError, bind_api_socket, check_peer};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    if !root_or_fail("api_socket_is_root_owned_and_checks_the_peer_uid") {
+        return;
+    }
+    let lab = Lab::new();
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = base.path().join("bottle-init");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("api.sock"), b"stale").unwrap();
+
+    let (listener, path) = bind_api_socket(&dir, CHILD_UID).unwrap();
+    let d = std::fs::symlink_metadata(&dir).unwrap();
+    assert_eq!((d.uid(), d.mode() & 0o7777), (0, 0o755));
+    let s = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!((s.uid(), s.gid(), s.mode() & 0o7777), (0, CHILD_UID, 0o660));
+
+    // The proxy's side: accept, check the peer, echo only for the child's uid.
+    let server = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (mut c, _) = listener.accept().unwrap();
+            let verdict = check_peer(&c, CHILD_UID);
+            if verdict.is_ok() {
+                let mut buf = [0u8; 64];
+                let n = c.read(&mut buf).unwrap();
+                c.write_all(&buf[..n]).unwrap();
+            }
+            seen.push(verdict.map_err(|e| e.to_string()));
+        }
+        seen
+    });
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let r = lab.run_child(&filtered(Some(CHILD_UID)), |rep| rep.put(unix_echo(&cpath)));
+    assert_eq!(
+        r.results,
+        [0],
+        "the child (api-only filter on) talks to the proxy"
+    );
+    let r = lab.run_child(&plain(Some(CHILD_UID + 1)), |rep| {
+        rep.put(unix_echo(&cpath))
+    });
+    assert_eq!(
+        r.results,
+        [EACCES],
+        "another uid cannot even connect (file mode)"
+    );
+    let r = lab.run_child(&plain(None), |rep| rep.put(unix_echo(&cpath)));
+    assert_ne!(r.results, [0], "root connects but gets nothing back");
+    let seen = server.join().unwrap();
+    assert_eq!(seen[0], Ok(()));
+    let refused = seen[1].as_ref().unwrap_err();
+    assert!(
+        refused.contains("uid 0") && refused.contains("only uid 1000"),
+        "{refused}"
+    );
+
+    // Directories the child could replace are refused.
+    let owned = base.path().join("owned");
+    std::fs::create_dir(&owned).unwrap();
+    std::os::unix::fs::chown(&owned, Some(CHILD_UID), Some(CHILD_UID)).unwrap();
+    let world = base.path().join("world");
+    std::fs::create_dir(&world).unwrap();
+    std::fs::set_permissions(&world, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    for (d, why) in [
+        (&owned, "not owned by root"),
+        (&world, "writable by group or others"),
+        (&link, "not a directory"),
+        (&owned.join("sub"), "not owned by root"), // a parent the child owns
+    ] {
+        match bind_api_socket(d, CHILD_UID) {
+            Err(e @ SockError::Unsafe { .. }) => assert!(e.to_string().contains(why), "{e}"),
+            other => panic!("{}: {other:?}", d.display()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// allowlist: CONNECT decisions end to end (policy + lookup at connection time + kernel rules)
+
+#[test]
+fn allowlist_connect_tunnels_only_what_the_list_allows() {
+    use bottle_init::egress::AllowList;
+    use egress_support::connect::{ConnectProxy, connect_probe};
+
+    if !root_or_fail("allowlist_connect_tunnels_only_what_the_list_allows") {
+        return;
+    }
+    let lab = Lab::new();
+    // The lab's outside host lives in documentation space (192.0.2.0/24), which the policy
+    // treats as non-public: the entry needs /private, exactly as a user's internal host would.
+    let allow = AllowList::parse(&format!(
+        "{QUERY_NAME}:{ECHO_PORT}/private {INTERNAL_NAME}:{ECHO_PORT} \
+         {METADATA_NAME}:{ECHO_PORT}/private"
+    ))
+    .unwrap();
+    let proxy_addr = sa(Ipv4Addr::LOCALHOST, PROXY_PORT);
+    let proxy = ConnectProxy::start(&lab.client, proxy_addr, allow);
+    let rules = Ruleset::new(CHILD_UID, &[proxy_addr]).unwrap();
+    lab.client
+        .run_in(move || nft::install(&rules))
+        .unwrap_or_else(|e| panic!("install: {e}"));
+
+    let cases = [
+        (format!("{QUERY_NAME}:{ECHO_PORT}"), 0),
+        (format!("OUTSIDE.egress.test.:{ECHO_PORT}"), 0),
+        (format!("other.egress.test:{ECHO_PORT}"), -403),
+        (format!("{QUERY_NAME}:{}", ECHO_PORT + 1), -403),
+        (format!("{OUTSIDE_V4}:{ECHO_PORT}"), -403),
+        (format!("[{OUTSIDE_V6}]:{ECHO_PORT}"), -403),
+        (format!("{INTERNAL_NAME}:{ECHO_PORT}"), -403),
+        (format!("{METADATA_NAME}:{ECHO_PORT}"), -403),
+    ];
+    let requests: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|(t, _)| format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\n").into_bytes())
+        .collect();
+    let payload: Vec<u8> = (0..=255u8).collect();
+    let pa = RawAddr::new(proxy_addr);
+    let direct = RawAddr::new(sa(OUTSIDE_V4, ECHO_PORT));
+    let r = lab.run_child(&plain(Some(CHILD_UID)), |rep| {
+        for req in &requests {
+            rep.put(connect_probe(&pa, req, &payload));
+        }
+        // The tunnel is the only way: the same host directly is refused by the kernel.
+        rep.put(tcp_echo(&direct));
+    });
+    let mut want: Vec<i32> = cases.iter().map(|c| c.1).collect();
+    want.push(REFUSED);
+    assert_eq!(
+        r.results,
+        want,
+        "cases: {:?}",
+        cases.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+
+    let log = proxy.log.lock().unwrap().clone();
+    let has = |needle: &str| log.iter().any(|l| l.contains(needle));
+    assert_eq!(log.len(), cases.len(), "every decision is logged: {log:#?}");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("allow ")).count(),
+        2,
+        "{log:#?}"
+    );
+    assert!(
+        has(&format!("allow {QUERY_NAME}:{ECHO_PORT} -> {OUTSIDE_V4}")),
+        "{log:#?}"
+    );
+    assert!(
+        has("other.egress.test:7 is not in BOTTLE_ALLOW_HOSTS"),
+        "{log:#?}"
+    );
+    assert!(has("IP literals must be listed"), "{log:#?}");
+    assert!(
+        has(&format!(
+            "resolves to {INTERNAL_V4}, a private-network address"
+        )),
+        "{log:#?}"
+    );
+    assert!(
+        has(&format!(
+            "resolves to {METADATA_V4}, a cloud metadata address"
+        )),
+        "{log:#?}"
+    );
+}
+
+/// nft runs with a cleared environment: whatever PID 1 still has in its environment (the
+/// credential is scrubbed earlier, but defence in depth) never reaches the subprocess.
+#[test]
+fn nft_runs_with_a_clean_environment_and_failures_carry_its_stderr() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("env.txt");
+    let fake = dir.path().join("nft");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nenv > {}\necho 'Error: Could not process rule: simulated failure' >&2\nexit 1\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The test process has CARGO_* variables; none may reach nft.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let rules = Ruleset::new(CHILD_UID, &proxy_addrs()).unwrap();
+    let err = Nft::at(&fake).install(&rules).unwrap_err();
+    let env = std::fs::read_to_string(&dump).unwrap();
+    let keys: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| !["PWD", "SHLVL", "_", "OLDPWD"].contains(k))
+        .collect();
+    assert_eq!(keys, ["PATH"], "nft saw: {env}");
+    assert!(matches!(err, NftError::NftFailed { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("load the ruleset") && msg.contains("simulated failure"),
+        "{msg}"
+    );
+}

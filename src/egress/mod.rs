@@ -4,18 +4,25 @@
 //! - `open`: no restriction (the default; init logs that egress is not restricted).
 //! - `api-only`: the child's process tree has no IP network at all. [`seccomp`] refuses every
 //!   socket family but `AF_UNIX` and `AF_NETLINK` and closes the known bypasses; claude reaches
-//!   the API over a Unix socket served by the proxy.
+//!   the API over a Unix socket ([`apisock`]) served by the proxy.
 //! - `allowlist`: the kernel lets the child's uid send only to the proxy's loopback port
 //!   ([`nft`]); the proxy serves HTTP CONNECT to the hosts in `BOTTLE_ALLOW_HOSTS`
-//!   ([`mode::AllowList`]), deciding each tunnel with [`policy`].
+//!   ([`mode::AllowList`]), deciding each tunnel with [`policy`] and resolving names at each
+//!   connection with [`resolve`].
 //!
-//! Pure parsing and policy live apart from the two mechanisms (`seccomp`, `nft`), which are the
-//! only files here that touch the kernel.
+//! [`env`] says what changes in the child's environment per mode.
+//!
+//! Pure parsing and policy (`mode`, `policy`, `env`) live apart from the mechanisms
+//! (`seccomp`, `nft`, `apisock`, `resolve`), which are the only files here that touch the
+//! kernel or the network.
 
+pub mod apisock;
+pub mod env;
 pub mod mode;
 pub mod nft;
 pub mod policy;
+pub mod resolve;
 pub mod seccomp;
 
-pub use mode::{AllowEntry, AllowList, EgressMode, HostPattern};
-pub use policy::{AddrClass, Deny, Grant, check_resolved, classify, decide_connect};
+pub use mode::{AllowEntry, AllowList, ConfigError, EgressConfig, EgressMode, HostPattern};
+pub use policy::{AddrClass, Deny, Grant, TargetHost, check_resolved, classify, decide_connect};

@@ -121,6 +121,75 @@ impl fmt::Display for ModeError {
 
 impl std::error::Error for ModeError {}
 
+/// The egress configuration: the mode and, for `allowlist`, the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressConfig {
+    pub mode: EgressMode,
+    /// Empty unless the mode is `allowlist`.
+    pub allow: AllowList,
+}
+
+/// A bad egress configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Mode(ModeError),
+    AllowList(AllowListError),
+    /// `BOTTLE_ALLOW_HOSTS` set while the mode ignores it: refusing beats running open
+    /// while the user believes the list is enforced.
+    AllowHostsIgnored {
+        mode: EgressMode,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Mode(e) => e.fmt(f),
+            ConfigError::AllowList(e) => e.fmt(f),
+            ConfigError::AllowHostsIgnored { mode } => write!(
+                f,
+                "{ALLOW_HOSTS_ENV} is set but {EGRESS_ENV} is {mode}, which ignores it: \
+                 set {EGRESS_ENV}=allowlist to enforce the list, or unset {ALLOW_HOSTS_ENV}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl EgressConfig {
+    /// Read `BOTTLE_EGRESS` and `BOTTLE_ALLOW_HOSTS` from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var_os(k))
+    }
+
+    /// Same, from any variable lookup (for tests and for a pre-parsed environment).
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, ConfigError> {
+        let mode = match get(EGRESS_ENV) {
+            None => EgressMode::Open,
+            Some(v) => match v.to_str() {
+                Some(s) => EgressMode::parse(Some(s)).map_err(ConfigError::Mode)?,
+                None => return Err(ConfigError::Mode(ModeError::NotUtf8)),
+            },
+        };
+        let hosts = get(ALLOW_HOSTS_ENV);
+        let allow = match (mode, hosts) {
+            (EgressMode::Allowlist, None) => AllowList::default(),
+            (EgressMode::Allowlist, Some(v)) => match v.to_str() {
+                Some(s) => AllowList::parse(s).map_err(ConfigError::AllowList)?,
+                None => return Err(ConfigError::AllowList(AllowListError::NotUtf8)),
+            },
+            (_, Some(v)) if !v.to_string_lossy().trim().is_empty() => {
+                return Err(ConfigError::AllowHostsIgnored { mode });
+            }
+            (_, _) => AllowList::default(),
+        };
+        Ok(EgressConfig { mode, allow })
+    }
+}
+
 /// What an allowlist entry matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -643,5 +712,37 @@ mod tests {
         let l = AllowList::parse(text).unwrap();
         assert_eq!(l.to_string(), text);
         assert_eq!(AllowList::parse(&l.to_string()).unwrap(), l);
+    }
+
+    #[test]
+    fn config_combinations() {
+        let cfg = |m: Option<&str>, h: Option<&str>| {
+            EgressConfig::from_lookup(|k| match k {
+                EGRESS_ENV => m.map(Into::into),
+                ALLOW_HOSTS_ENV => h.map(Into::into),
+                _ => None,
+            })
+        };
+        assert_eq!(cfg(None, None).unwrap().mode, EgressMode::Open);
+        assert_eq!(
+            cfg(Some("api-only"), Some(" ")).unwrap().mode,
+            EgressMode::ApiOnly
+        );
+        let c = cfg(Some("allowlist"), Some("a.com b.com:8443")).unwrap();
+        assert_eq!(c.allow.entries().len(), 2);
+        assert!(cfg(Some("allowlist"), None).unwrap().allow.is_empty());
+        for m in [None, Some("open"), Some("api-only")] {
+            let e = cfg(m, Some("a.com")).unwrap_err();
+            assert!(matches!(e, ConfigError::AllowHostsIgnored { .. }), "{e}");
+            assert!(e.to_string().contains("BOTTLE_EGRESS=allowlist"), "{e}");
+        }
+        assert!(matches!(
+            cfg(Some("closed"), None),
+            Err(ConfigError::Mode(_))
+        ));
+        assert!(matches!(
+            cfg(Some("allowlist"), Some("10.0.0.1")),
+            Err(ConfigError::AllowList(_))
+        ));
     }
 }

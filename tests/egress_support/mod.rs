@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod connect;
+
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -80,6 +82,11 @@ impl Netns {
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    /// A second handle on the namespace (for a thread that will setns).
+    pub fn file_clone(&self) -> File {
+        self.file.try_clone().expect("dup netns fd")
     }
 
     /// `ip -n NAME ARGS...`
@@ -297,21 +304,35 @@ impl Servers {
     }
 }
 
-/// Answer an A or AAAA query with the given address; other types get an empty answer.
+/// Names whose A record points somewhere a CONNECT proxy must refuse (never contacted).
+pub const INTERNAL_NAME: &str = "internal.egress.test";
+pub const INTERNAL_V4: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+pub const METADATA_NAME: &str = "metadata.egress.test";
+pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// Answer an A or AAAA query: `v4`/`v6` for every name except the two above, which get
+/// A records in private and metadata space. Other types get an empty answer.
 pub fn dns_answer(q: &[u8], v4: Ipv4Addr, v6: Ipv6Addr) -> Option<Vec<u8>> {
     if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
         return None;
     }
     let mut i = 12;
+    let mut name = Vec::new();
     while *q.get(i)? != 0 {
-        i += 1 + q[i] as usize;
+        let len = q[i] as usize;
+        name.push(String::from_utf8_lossy(q.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
+        i += 1 + len;
     }
+    let name = name.join(".");
     let qend = i + 5;
     let qtype = u16::from_be_bytes([*q.get(i + 1)?, *q.get(i + 2)?]);
     q.get(qend - 1)?;
-    let rdata: Vec<u8> = match qtype {
-        1 => v4.octets().to_vec(),
-        28 => v6.octets().to_vec(),
+    let rdata: Vec<u8> = match (qtype, name.as_str()) {
+        (1, INTERNAL_NAME) => INTERNAL_V4.octets().to_vec(),
+        (1, METADATA_NAME) => METADATA_V4.octets().to_vec(),
+        (28, INTERNAL_NAME | METADATA_NAME) => Vec::new(),
+        (1, _) => v4.octets().to_vec(),
+        (28, _) => v6.octets().to_vec(),
         _ => Vec::new(),
     };
     let mut r = Vec::with_capacity(qend + 32);
@@ -328,15 +349,46 @@ pub fn dns_answer(q: &[u8], v4: Ipv4Addr, v6: Ipv6Addr) -> Option<Vec<u8>> {
     Some(r)
 }
 
-/// A DNS query for QUERY_NAME, type A, id 0x4242.
-pub fn dns_query_bytes() -> Vec<u8> {
-    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in QUERY_NAME.split('.') {
+/// Build a DNS query for `name` with the given type (1 = A, 28 = AAAA).
+pub fn dns_query_for(name: &str, qtype: u16, id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
     q
+}
+
+/// Resolve `name` (A and AAAA) through the lab's DNS server, as the stand-in proxy does.
+/// Runs on the calling thread, which must be in the client namespace.
+pub fn lab_resolve(name: &str) -> io::Result<Vec<IpAddr>> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = Vec::new();
+    for (qtype, id) in [(1u16, 0x1001u16), (28, 0x1002)] {
+        s.send_to(&dns_query_for(name, qtype, id), (OUTSIDE_V4, DNS_PORT))?;
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf)?;
+        let r = &buf[..n];
+        if n < 12 || r[..2] != id.to_be_bytes() || r[7] == 0 {
+            continue;
+        }
+        // One answer, at the end: the address is the last 4 or 16 bytes.
+        match qtype {
+            1 => out.push(IpAddr::from(<[u8; 4]>::try_from(&r[n - 4..]).unwrap())),
+            _ => out.push(IpAddr::from(<[u8; 16]>::try_from(&r[n - 16..]).unwrap())),
+        }
+    }
+    Ok(out)
+}
+
+/// A DNS query for QUERY_NAME, type A, id 0x4242.
+pub fn dns_query_bytes() -> Vec<u8> {
+    dns_query_for(QUERY_NAME, 1, 0x4242)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,7 +553,7 @@ fn child_fail(rep: &Report, step: i32) -> ! {
 #[derive(Clone, Copy)]
 pub struct RawAddr {
     storage: libc::sockaddr_storage,
-    len: libc::socklen_t,
+    pub len: libc::socklen_t,
     pub family: libc::c_int,
 }
 
@@ -545,7 +597,7 @@ impl RawAddr {
         }
     }
 
-    fn ptr(&self) -> *const libc::sockaddr {
+    pub fn ptr(&self) -> *const libc::sockaddr {
         (&raw const self.storage).cast()
     }
 }
