@@ -86,7 +86,12 @@ struct KernelSigaction {
 /// disposition survives execve, so this matters. Raw rt_sigaction because libc's wrappers
 /// refuse the signals libc reserves for itself (32, 33), which can still arrive ignored.
 pub fn reset_signal_dispositions() {
-    let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -94,7 +99,13 @@ pub fn reset_signal_dispositions() {
         // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8; no old
         // action requested. Invalid numbers fail with EINVAL, ignored.
         unsafe {
-            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, std::ptr::null_mut::<KernelSigaction>(), 8usize)
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
         };
     }
 }
