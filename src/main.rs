@@ -283,6 +283,18 @@ fn check_privileges(needed: &[&str]) -> Result<(), Failure> {
 /// PID 1 mode: steps 3 to 7 of the sequence.
 fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
     check_privileges(&["SETUID", "SETGID", "SETPCAP", "KILL"])?;
+    if env
+        .secrets
+        .iter()
+        .any(|(n, v)| n == config::ENV_AUTH_TOKEN && !v.is_empty())
+    {
+        log::warn!(
+            "{} is set but is not an accepted credential; it was removed (use {} or {})",
+            config::ENV_AUTH_TOKEN,
+            config::ENV_OAUTH,
+            config::ENV_API_KEY
+        );
+    }
     let config = Config::from_env(env).map_err(Failure::Config)?;
     let user = user::lookup(&config.user).map_err(Failure::User)?;
     let pid1 = sys::getpid() == 1;

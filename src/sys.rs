@@ -114,7 +114,7 @@ pub fn reset_signal_dispositions() {
 /// or interruption.
 pub fn sigtimedwait(set: &libc::sigset_t, timeout: Duration) -> Result<Option<i32>, Errno> {
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_sec: timeout.as_secs() as _,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `set` and `ts` are valid for the call; the siginfo out-pointer may be NULL.

@@ -536,6 +536,21 @@ fn signals_sent_to_pid1_reach_the_child() {
         ("CONT", libc::SIGCONT),
         ("PWR", libc::SIGPWR),
         ("XCPU", libc::SIGXCPU),
+        ("VTALRM", libc::SIGVTALRM),
+        ("PROF", libc::SIGPROF),
+        ("XFSZ", libc::SIGXFSZ),
+        ("SYS", libc::SIGSYS),
+        ("TRAP", libc::SIGTRAP),
+        ("ABRT", libc::SIGABRT),
+        ("BUS", libc::SIGBUS),
+        ("FPE", libc::SIGFPE),
+        ("ILL", libc::SIGILL),
+        ("SEGV", libc::SIGSEGV),
+        ("16", libc::SIGSTKFLT),
+        ("TSTP", libc::SIGTSTP),
+        ("34", 34),
+        ("50", 50),
+        ("64", 64),
         ("TERM", libc::SIGTERM),
     ];
     let traps: String = sigs
@@ -769,6 +784,17 @@ fn onboarding_file_created_once_never_modified_never_through_symlink() {
             .file_type()
             .is_symlink()
     );
+
+    // A dangling link into a directory the child may write: still not followed.
+    std::fs::remove_file(&f).unwrap();
+    let dangling = w.home().join("created-through-link");
+    std::os::unix::fs::symlink(&dangling, &f).unwrap();
+    let o = run(
+        &w,
+        Opts::new(false, &["true"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
+    );
+    o.assert_code(0);
+    assert!(!dangling.exists(), "created through a symlink");
 }
 
 // ------------------------------------------------------------------------------------------
