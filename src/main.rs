@@ -141,12 +141,9 @@ impl Failure {
                 format!("cannot start the proxy thread: {e}; this is a system problem")
             }
             Failure::Exec(ExecError::NoState { dir, reason }) => format!(
-                "no running bottle-init found ({reason}); `bottle-init exec` only works in a container whose PID 1 is bottle-init (same BOTTLE_RUN_DIR, default {})",
-                if dir.as_os_str().is_empty() {
-                    runinfo::DEFAULT_RUN_DIR.into()
-                } else {
-                    dir.display().to_string()
-                }
+                "no running bottle-init found ({reason}); `bottle-init exec` only works in a container whose PID 1 is bottle-init, with the same BOTTLE_RUN_DIR (here {}, default {})",
+                dir.display(),
+                runinfo::DEFAULT_RUN_DIR
             ),
             Failure::Exec(ExecError::NotRunning { pid }) => format!(
                 "the bottle-init recorded as pid {pid} is not running; start the container with bottle-init as its entrypoint"

@@ -348,7 +348,7 @@ fn not_root_and_missing_capability_exit_77() {
     for (setpriv_args, needle) in cases {
         let o = std::process::Command::new("setpriv")
             .args(setpriv_args)
-            .args([BIN, "true"])
+            .args([bin(), "true"])
             .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
             .output()
             .unwrap();
@@ -364,7 +364,7 @@ fn not_root_and_missing_capability_exit_77() {
 
 #[test]
 fn help_and_version() {
-    let o = std::process::Command::new(BIN)
+    let o = std::process::Command::new(bin())
         .arg("--help")
         .output()
         .unwrap();
@@ -379,7 +379,7 @@ fn help_and_version() {
     ] {
         assert!(help.contains(word), "{word}: {help}");
     }
-    let o = std::process::Command::new(BIN)
+    let o = std::process::Command::new(bin())
         .arg("--version")
         .output()
         .unwrap();
@@ -913,9 +913,17 @@ fn strace_order_and_token_only_in_the_first_execve() {
     assert!(t.lines.len() > 20, "{}", t.dump());
     let main = t.lines[0].0;
     assert!(
-        t.lines[0].1.starts_with(&format!("execve(\"{BIN}\"")),
+        t.lines[0].1.starts_with(&format!("execve(\"{}\"", bin())),
         "{}",
         t.lines[0].1
+    );
+
+    // Nothing contacts the upstream (or anything else) at start-up.
+    assert_eq!(
+        t.find(None, "connect("),
+        None,
+        "a connect() at start-up:\n{}",
+        t.dump()
     );
 
     // The token: only in bottle-init's own execve (its envp).
@@ -1208,7 +1216,7 @@ fn exec_into(
     if let Some(out) = strace {
         c.args(["strace", "-f", "-v", "-s", "4096", "-o"]).arg(out);
     }
-    c.arg(BIN).arg("exec").args(args);
+    c.arg(bin()).arg("exec").args(args);
     c.env_clear()
         .env(
             "PATH",
@@ -1315,7 +1323,7 @@ fn exec_refuses_when_no_bottle_init_is_running() {
     }
     let tok = token();
     let run = |dir: &std::path::Path| {
-        std::process::Command::new(BIN)
+        std::process::Command::new(bin())
             .args(["exec", "--", "true"])
             .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
             .env("BOTTLE_RUN_DIR", dir)

@@ -14,7 +14,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_bottle-init");
+/// The binary under test: `BOTTLE_INIT_TEST_BIN` (e.g. the static release build) or the one
+/// cargo built for this test run.
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BOTTLE_INIT_TEST_BIN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_bottle-init").to_string())
+    })
+}
 pub const TEST_UID: u32 = 1000;
 
 /// Root and the tools are required; outside CI a missing requirement skips (returns false),
@@ -151,7 +161,7 @@ pub fn command(world: &World, opts: &Opts) -> Command {
     if let Some(out) = &opts.strace {
         c.args(["strace", "-f", "-v", "-s", "4096", "-o"]).arg(out);
     }
-    c.arg(BIN).args(&opts.args);
+    c.arg(bin()).args(&opts.args);
     c.env_clear()
         .env(
             "PATH",
