@@ -195,7 +195,7 @@ fn exit_code_of(failure: &Failure) -> u8 {
 fn main() -> ExitCode {
     // 1. Block every signal before any thread exists: a signal unblocked in some thread can be
     //    delivered there and lost. The init loop collects them with sigtimedwait.
-    if let Err(e) = sys::set_sigmask(&sys::full_sigset()) {
+    if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
         return report(Failure::SignalSetup(e));
     }
     // 1b. Not dumpable before the credential is touched: /proc/self/* becomes root-owned and
@@ -397,6 +397,13 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         let _ = sys::waitpid_blocking(child);
         remove_state(published.as_ref());
         return Err(Failure::ProxyThread(e));
+    }
+
+    // Creating the thread may have changed our mask: musl unblocks its internal signals
+    // 33 and 34 at the first pthread_create. Block everything again and make those harmless.
+    sys::ignore_libc_internal_signals();
+    if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
+        log::warn!("re-blocking signals after starting the proxy thread: {e}");
     }
 
     // 6. Init loop: forward signals, reap everything, stop leftovers after the child.
