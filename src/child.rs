@@ -26,7 +26,6 @@ pub struct Prepared {
     onboarding: Option<CString>,
     /// Hand the terminal on stdin to the child's new process group.
     pub tty: bool,
-    empty_mask: libc::sigset_t,
 }
 
 #[derive(Debug)]
@@ -125,7 +124,6 @@ impl Prepared {
             plan,
             onboarding,
             tty,
-            empty_mask: sys::empty_sigset(),
         })
     }
 }
@@ -172,7 +170,7 @@ pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     if let Some(path) = &p.onboarding {
         let _ = sys::create_exclusive(path, ONBOARDING_JSON, 0o600);
     }
-    if let Err(e) = sys::set_sigmask(&p.empty_mask) {
+    if let Err(e) = sys::set_sigmask(sys::NO_SIGNALS) {
         return (Step::SignalMask, e);
     }
     // execvp semantics: remember EACCES, keep looking past ENOENT.

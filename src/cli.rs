@@ -70,23 +70,21 @@ pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
         Some(a) if a == "exec" => (Mode::Exec, &args[1..]),
         _ => (Mode::Run, args),
     };
-    let mut i = 0;
-    while i < rest.len() {
-        let a = &rest[i];
-        if a == "--" {
-            i += 1;
-            break;
-        }
-        match a.to_str() {
+    // Every option ends parsing (help, version) or is an error, so only the first argument
+    // can be one; `--` ends options explicitly.
+    let start = match rest.first() {
+        Some(a) if a == "--" => 1,
+        Some(a) => match a.to_str() {
             Some("-h") | Some("--help") => return Ok(Cli::Help),
             Some("-V") | Some("--version") => return Ok(Cli::Version),
             _ if a.as_encoded_bytes().starts_with(b"-") && a.len() > 1 => {
                 return Err(UsageError(a.to_string_lossy().into_owned()));
             }
-            _ => break,
-        }
-    }
-    let mut command: Vec<OsString> = rest[i..].to_vec();
+            _ => 0,
+        },
+        None => 0,
+    };
+    let mut command: Vec<OsString> = rest[start..].to_vec();
     if command.is_empty() {
         command.push(DEFAULT_COMMAND.into());
     }

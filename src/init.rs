@@ -112,10 +112,9 @@ pub fn parse_ppid(stat: &str) -> Option<i32> {
 
 /// Runs until the main child has exited and the leftovers are gone; returns how it ended.
 pub fn supervise(child: i32, grace: Duration, pid1: bool) -> ChildEnd {
-    let all = sys::full_sigset();
     let mut main_end = None;
     let end = loop {
-        match sys::sigtimedwait(&all, TICK) {
+        match sys::sigtimedwait(sys::ALL_SIGNALS, TICK) {
             Ok(Some(sig)) if forwardable(sig) => forward(child, sig),
             Ok(_) => {}
             Err(e) => log::warn!("sigtimedwait: {e}"),
@@ -147,10 +146,9 @@ fn stop_leftovers(grace: Duration, pid1: bool) {
     let mut termed = Vec::new();
     signal_leftovers(libc::SIGTERM, pid1, &mut termed);
     let deadline = Instant::now() + grace;
-    let all = sys::full_sigset();
     while Instant::now() < deadline {
         let wait = GRACE_TICK.min(deadline.saturating_duration_since(Instant::now()));
-        let _ = sys::sigtimedwait(&all, wait);
+        let _ = sys::sigtimedwait(sys::ALL_SIGNALS, wait);
         if !reap(0, &mut ignore) {
             return;
         }
@@ -163,7 +161,7 @@ fn stop_leftovers(grace: Duration, pid1: bool) {
     loop {
         // SIGKILL is re-sent every round (a fresh list each time): pids may be reused.
         signal_leftovers(libc::SIGKILL, pid1, &mut Vec::new());
-        let _ = sys::sigtimedwait(&all, GRACE_TICK);
+        let _ = sys::sigtimedwait(sys::ALL_SIGNALS, GRACE_TICK);
         if !reap(0, &mut ignore) {
             return;
         }

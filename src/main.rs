@@ -141,12 +141,9 @@ impl Failure {
                 format!("cannot start the proxy thread: {e}; this is a system problem")
             }
             Failure::Exec(ExecError::NoState { dir, reason }) => format!(
-                "no running bottle-init found ({reason}); `bottle-init exec` only works in a container whose PID 1 is bottle-init (same BOTTLE_RUN_DIR, default {})",
-                if dir.as_os_str().is_empty() {
-                    runinfo::DEFAULT_RUN_DIR.into()
-                } else {
-                    dir.display().to_string()
-                }
+                "no running bottle-init found ({reason}); `bottle-init exec` only works in a container whose PID 1 is bottle-init, with the same BOTTLE_RUN_DIR (here {}, default {})",
+                dir.display(),
+                runinfo::DEFAULT_RUN_DIR
             ),
             Failure::Exec(ExecError::NotRunning { pid }) => format!(
                 "the bottle-init recorded as pid {pid} is not running; start the container with bottle-init as its entrypoint"
@@ -198,7 +195,7 @@ fn exit_code_of(failure: &Failure) -> u8 {
 fn main() -> ExitCode {
     // 1. Block every signal before any thread exists: a signal unblocked in some thread can be
     //    delivered there and lost. The init loop collects them with sigtimedwait.
-    if let Err(e) = sys::set_sigmask(&sys::full_sigset()) {
+    if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
         return report(Failure::SignalSetup(e));
     }
     // 1b. Not dumpable before the credential is touched: /proc/self/* becomes root-owned and
@@ -283,6 +280,18 @@ fn check_privileges(needed: &[&str]) -> Result<(), Failure> {
 /// PID 1 mode: steps 3 to 7 of the sequence.
 fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
     check_privileges(&["SETUID", "SETGID", "SETPCAP", "KILL"])?;
+    if env
+        .secrets
+        .iter()
+        .any(|(n, v)| n == config::ENV_AUTH_TOKEN && !v.is_empty())
+    {
+        log::warn!(
+            "{} is set but is not an accepted credential; it was removed (use {} or {})",
+            config::ENV_AUTH_TOKEN,
+            config::ENV_OAUTH,
+            config::ENV_API_KEY
+        );
+    }
     let config = Config::from_env(env).map_err(Failure::Config)?;
     let user = user::lookup(&config.user).map_err(Failure::User)?;
     let pid1 = sys::getpid() == 1;
@@ -388,6 +397,13 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         let _ = sys::waitpid_blocking(child);
         remove_state(published.as_ref());
         return Err(Failure::ProxyThread(e));
+    }
+
+    // Creating the thread may have changed our mask: musl unblocks its internal signals
+    // 33 and 34 at the first pthread_create. Block everything again and make those harmless.
+    sys::ignore_libc_internal_signals();
+    if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
+        log::warn!("re-blocking signals after starting the proxy thread: {e}");
     }
 
     // 6. Init loop: forward signals, reap everything, stop leftovers after the child.

@@ -45,31 +45,29 @@ fn check(rc: libc::c_long) -> Result<libc::c_long, Errno> {
 // Signals
 // ---------------------------------------------------------------------------------------------
 
-/// A full signal set.
-pub fn full_sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigfillset initialises it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        set
-    }
-}
+/// A signal set in the kernel's layout (bit N-1 = signal N). We talk to the kernel directly
+/// because both glibc and musl silently leave their internal signals (32-34) out of
+/// `sigfillset`/`sigprocmask`: such a signal would then be unblocked, and with its default
+/// action it would kill bottle-init.
+pub type SigMask = u64;
 
-/// An empty signal set.
-pub fn empty_sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
-    }
-}
+/// Every signal (the kernel ignores SIGKILL and SIGSTOP in a mask).
+pub const ALL_SIGNALS: SigMask = !0;
+pub const NO_SIGNALS: SigMask = 0;
 
-/// Sets the calling thread's signal mask. Async-signal-safe.
-pub fn set_sigmask(set: &libc::sigset_t) -> Result<(), Errno> {
-    // SAFETY: `set` is a valid initialised sigset; the old mask is not requested.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set, std::ptr::null_mut()) };
-    if rc != 0 { Err(Errno(rc)) } else { Ok(()) }
+/// Sets the calling thread's signal mask (raw rt_sigprocmask). Async-signal-safe.
+pub fn set_sigmask(mask: SigMask) -> Result<(), Errno> {
+    // SAFETY: rt_sigprocmask with a pointer to an 8-byte mask and sigsetsize 8; no old mask.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const SigMask,
+            std::ptr::null_mut::<SigMask>(),
+            8usize,
+        )
+    })
+    .map(drop)
 }
 
 /// The kernel's `struct sigaction` (not libc's): handler, flags, restorer, mask.
@@ -86,7 +84,12 @@ struct KernelSigaction {
 /// disposition survives execve, so this matters. Raw rt_sigaction because libc's wrappers
 /// refuse the signals libc reserves for itself (32, 33), which can still arrive ignored.
 pub fn reset_signal_dispositions() {
-    let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -94,21 +97,60 @@ pub fn reset_signal_dispositions() {
         // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8; no old
         // action requested. Invalid numbers fail with EINVAL, ignored.
         unsafe {
-            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, std::ptr::null_mut::<KernelSigaction>(), 8usize)
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
         };
     }
 }
 
-/// Waits up to `timeout` for a signal in `set` (which must be blocked). `Ok(None)` on timeout
-/// or interruption.
-pub fn sigtimedwait(set: &libc::sigset_t, timeout: Duration) -> Result<Option<i32>, Errno> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+/// Sets SIG_IGN for the signals libc reserves for its own thread machinery (32-34), which
+/// musl unblocks in every thread when the first thread is created. A stray one sent to the
+/// process then lands on a thread with it unblocked; ignored, it cannot kill bottle-init.
+/// Safe only because bottle-init never uses pthread_cancel or multi-threaded set*id.
+pub fn ignore_libc_internal_signals() {
+    let ign = KernelSigaction {
+        handler: libc::SIG_IGN,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
     };
-    // SAFETY: `set` and `ts` are valid for the call; the siginfo out-pointer may be NULL.
-    let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    match check(rc as libc::c_long) {
+    for sig in 32..=34 {
+        // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &ign as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+}
+
+/// Waits up to `timeout` for a signal in `mask` (which must be blocked). `Ok(None)` on
+/// timeout or interruption. Raw rt_sigtimedwait, for the reason given at [`SigMask`].
+pub fn sigtimedwait(mask: SigMask, timeout: Duration) -> Result<Option<i32>, Errno> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // SAFETY: valid pointers to the mask and the timeout; the siginfo out-pointer may be NULL.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigtimedwait,
+            &mask as *const SigMask,
+            std::ptr::null_mut::<libc::siginfo_t>(),
+            &ts as *const libc::timespec,
+            8usize,
+        )
+    };
+    match check(rc) {
         Ok(sig) => Ok(Some(sig as i32)),
         Err(Errno(libc::EAGAIN)) | Err(Errno(libc::EINTR)) => Ok(None),
         Err(e) => Err(e),

@@ -14,7 +14,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_bottle-init");
+/// The binary under test: `BOTTLE_INIT_TEST_BIN` (e.g. the static release build) or the one
+/// cargo built for this test run.
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BOTTLE_INIT_TEST_BIN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_bottle-init").to_string())
+    })
+}
 pub const TEST_UID: u32 = 1000;
 
 /// Root and the tools are required; outside CI a missing requirement skips (returns false),
@@ -22,11 +32,17 @@ pub const TEST_UID: u32 = 1000;
 pub fn require_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["unshare", "ip", "mount", "sh"].iter().all(|t| which(t).is_some());
+    let tools = ["unshare", "ip", "mount", "sh"]
+        .iter()
+        .all(|t| which(t).is_some());
     if root && tools {
         return true;
     }
-    let why = if root { "unshare, ip, mount or sh missing" } else { "not root" };
+    let why = if root {
+        "unshare, ip, mount or sh missing"
+    } else {
+        "not root"
+    };
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("this test needs root and util-linux/iproute2 ({why}) and CI=true forbids skipping");
     }
@@ -49,7 +65,10 @@ pub fn token() -> String {
 
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -60,7 +79,10 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        let dir = tempfile::Builder::new().prefix("bottle-init-test").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("bottle-init-test")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let w = World { dir };
         let home = w.home();
@@ -139,9 +161,12 @@ pub fn command(world: &World, opts: &Opts) -> Command {
     if let Some(out) = &opts.strace {
         c.args(["strace", "-f", "-v", "-s", "4096", "-o"]).arg(out);
     }
-    c.arg(BIN).args(&opts.args);
+    c.arg(bin()).args(&opts.args);
     c.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("W", world.path())
         .env("PID1", if opts.pid1 { "1" } else { "0" })
         .env("BOTTLE_RUN_DIR", world.run_dir())
@@ -163,7 +188,9 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn code(&self) -> i32 {
-        self.status.code().unwrap_or_else(|| panic!("killed by a signal: {}", self.describe()))
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {}", self.describe()))
     }
     pub fn out(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
@@ -183,8 +210,16 @@ impl Outcome {
     }
     /// Fails the test if `secret` appears in stdout or stderr.
     pub fn assert_no_secret(&self, secret: &str) {
-        assert!(!contains(&self.stdout, secret.as_bytes()), "secret in stdout\n{}", self.describe());
-        assert!(!contains(&self.stderr, secret.as_bytes()), "secret in stderr\n{}", self.describe());
+        assert!(
+            !contains(&self.stdout, secret.as_bytes()),
+            "secret in stdout\n{}",
+            self.describe()
+        );
+        assert!(
+            !contains(&self.stderr, secret.as_bytes()),
+            "secret in stderr\n{}",
+            self.describe()
+        );
     }
     pub fn assert_code(&self, code: i32) {
         assert_eq!(self.status.code(), Some(code), "\n{}", self.describe());
@@ -199,9 +234,13 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub fn run(world: &World, opts: Opts) -> Outcome {
     let mut c = command(world, &opts);
     let cmdline = format!("{c:?}");
-    c.stdin(if opts.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.stdin(if opts.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = c.spawn().expect("spawn unshare");
     let stdin_thread = opts.stdin.map(|bytes| {
@@ -253,10 +292,17 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration, what: &str) -> ExitSta
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
             let rest = &stat[stat.rfind(')').unwrap() + 1..];
-            if rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+            if rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u32>().ok())
+                == Some(pid)
+            {
                 out.push(p);
             }
         }
@@ -269,7 +315,10 @@ pub fn wait_for_child(pid: u32, comm: &str, timeout: Duration) -> u32 {
     let deadline = Instant::now() + timeout;
     loop {
         for c in children_of(pid) {
-            if std::fs::read_to_string(format!("/proc/{c}/comm")).map(|s| s.trim() == comm).unwrap_or(false) {
+            if std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .map(|s| s.trim() == comm)
+                .unwrap_or(false)
+            {
                 return c;
             }
         }
@@ -292,7 +341,10 @@ pub fn read_memory(pid: u32) -> Vec<u8> {
             continue;
         }
         let (a, b) = range.split_once('-').unwrap();
-        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
         let mut buf = vec![0u8; (b - a) as usize];
         if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
             all.extend_from_slice(&buf);
@@ -304,7 +356,10 @@ pub fn read_memory(pid: u32) -> Vec<u8> {
 
 /// Parses `Key:\tvalue` lines of /proc/PID/status text.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 /// A line-oriented reader over a child's stdout for interactive tests.
@@ -325,7 +380,10 @@ impl Lines {
                 }
             }
         });
-        Lines { rx, seen: Vec::new() }
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
     }
     /// Waits for a line containing `needle`.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
