@@ -41,6 +41,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(200);
 const LINGER: Duration = Duration::from_secs(2);
 /// A closing connection that will not take our last bytes within this long is dropped.
 const CLOSE_FLUSH: Duration = Duration::from_secs(30);
+/// Rounds of a pump before other connections get their turn (each moves up to one buffer).
+const PUMP_BUDGET: usize = 16;
 /// Connections beyond `max_connections` that still get a 503 (beyond this: dropped).
 const OVERFLOW_ANSWERED: usize = 64;
 
@@ -50,6 +52,14 @@ fn client_token(id: u64) -> Token {
 
 fn upstream_token(id: u64) -> Token {
     Token(((id as usize) << 1) | 1)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Nothing more can move until the next readiness event.
+    Done,
+    /// Stopped at the budget with bytes still moving.
+    Unfinished,
 }
 
 /// What ended an exchange before its response completed.
@@ -68,6 +78,9 @@ pub(crate) struct Server {
     poll: Poll,
     listener: Listener,
     clients: HashMap<u64, Client>,
+    /// Clients whose pump stopped at its budget; pumped again after the next poll. Needed
+    /// because edge-triggered readiness will not be reported again for bytes already there.
+    again: Vec<u64>,
     ctx: Ctx,
 }
 
@@ -117,6 +130,7 @@ impl Server {
             poll,
             listener,
             clients: HashMap::new(),
+            again: Vec::new(),
             ctx: Ctx {
                 registry,
                 config,
@@ -143,7 +157,9 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(SWEEP_EVERY)) {
+            // Connections that used up their turn still have bytes to move: no sleeping.
+            let timeout = if self.again.is_empty() { SWEEP_EVERY } else { Duration::ZERO };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("proxy: poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(50));
@@ -156,6 +172,9 @@ impl Server {
                     WAKER => self.dns_answers(),
                     t => self.dispatch(t),
                 }
+            }
+            for id in std::mem::take(&mut self.again) {
+                self.pump(id);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep();
@@ -228,7 +247,9 @@ impl Server {
 
     fn pump(&mut self, id: u64) {
         if let Some(c) = self.clients.get_mut(&id) {
-            self.ctx.pump(id, c);
+            if self.ctx.pump(id, c) == Turn::Unfinished && !self.again.contains(&id) {
+                self.again.push(id);
+            }
         }
         self.finish(id);
     }
@@ -394,24 +415,26 @@ impl Ctx {
         id
     }
 
-    /// Moves bytes for one client and its upstream until nothing moves.
-    fn pump(&mut self, id: u64, c: &mut Client) {
-        loop {
+    /// Moves bytes for one client and its upstream until nothing moves, or until its turn is
+    /// over (so one fast stream cannot starve the others).
+    fn pump(&mut self, id: u64, c: &mut Client) -> Turn {
+        for _ in 0..PUMP_BUDGET {
             let mut progress = self.read_client(c);
             progress |= match c.phase {
                 Phase::Idle { .. } => self.next_request(id, c),
                 Phase::Exchange(_) => self.step_exchange(c),
                 Phase::Closing { .. } => step_closing(c),
-                Phase::Dead => return,
+                Phase::Dead => return Turn::Done,
             };
             progress |= flush_client(c);
             if let (true, Some(ex)) = (progress, c.exchange()) {
                 ex.last_activity = Instant::now();
             }
             if !progress || c.is_dead() {
-                return;
+                return Turn::Done;
             }
         }
+        Turn::Unfinished
     }
 
     /// Reads what the client sent, as far as the request side has room.
@@ -835,6 +858,8 @@ fn classify(ex: &mut Exchange, outbuf: &mut super::buf::Buf) -> Result<(), Fault
                 }
                 ex.status = Some(head.status);
                 ex.up_close |= head.close;
+                // The relayed head may say `Connection: close` to the client: honour it.
+                ex.client_close |= head.close;
                 ex.resp = if head.framing.is_done() {
                     Resp::Done
                 } else {
