@@ -1004,3 +1004,26 @@ fn fuzz_request_path_bounded() {
         "too few iterations to mean anything: {iterations}"
     );
 }
+
+/// An upstream that closes idle connections: the pool notices and the next request opens a
+/// fresh connection instead of failing on a dead one.
+#[test]
+fn pooled_connections_closed_by_the_upstream_are_dropped() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|_req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")?;
+        Ok(false) // close after answering, without announcing it
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    for i in 0..3 {
+        let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.body_text());
+        wait_until(
+            "the pool to drop the closed connection",
+            Duration::from_secs(5),
+            || proxy.stats.open_upstreams.load(Ordering::SeqCst) == 0,
+        );
+    }
+    assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 3);
+}

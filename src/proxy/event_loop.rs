@@ -158,7 +158,11 @@ impl Server {
         let mut last_sweep = Instant::now();
         loop {
             // Connections that used up their turn still have bytes to move: no sleeping.
-            let timeout = if self.again.is_empty() { SWEEP_EVERY } else { Duration::ZERO };
+            let timeout = if self.again.is_empty() {
+                SWEEP_EVERY
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("proxy: poll failed: {e}");
@@ -294,7 +298,8 @@ impl Server {
         c.deregister(&self.ctx.registry);
         // Log first: once the upstream is dropped, observers may already see its effects.
         if let Some(ex) = c.ended_exchange.take() {
-            self.ctx.log_exchange(&ex, ex.status, "client closed the connection");
+            self.ctx
+                .log_exchange(&ex, ex.status, "client closed the connection");
         }
         if let Some(up) = c.up.take() {
             self.ctx.drop_upstream(up);
