@@ -17,7 +17,8 @@
 //! - one info log line per request: method, path (no query), status, body bytes each way,
 //!   duration, whether the upstream connection was new or reused. Never a header value.
 //!
-//! Layout: `event_loop` (the loop, the policy and the exchange state machine), `conn` (client
+//! Layout: `event_loop` (poll, accept, dispatch, DNS answers, timeouts, teardown), `exchange`
+//! (the request policy and the exchange state machine), `conn` (client
 //! state), `upstream` (TCP connect + rustls), `buf` (bounded buffers), `dns` (resolver
 //! thread), `stream` (client socket kinds), `tls` (the shared rustls config).
 
@@ -25,6 +26,7 @@ mod buf;
 mod conn;
 mod dns;
 mod event_loop;
+mod exchange;
 mod stream;
 mod tls;
 mod upstream;
