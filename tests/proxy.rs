@@ -536,7 +536,10 @@ fn slow_reader_keeps_proxy_memory_bounded() {
     let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let w2 = written.clone();
     let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
-        write!(w, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {TOTAL}\r\n\r\n")?;
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {TOTAL}\r\n\r\n"
+        )?;
         let block = vec![b'x'; 16 * 1024];
         for _ in 0..TOTAL / block.len() {
             w.write_all(&block)?;
@@ -560,9 +563,18 @@ fn slow_reader_keeps_proxy_memory_bounded() {
     eprintln!(
         "slow reader: mock wrote {stalled_at} then {still} bytes of {TOTAL}; proxy peak per-connection buffer {peak} B; VmRSS {rss_before} -> {rss_stalled} KiB"
     );
-    assert!(still < TOTAL / 2, "the upstream was read without backpressure ({still} bytes)");
-    assert_eq!(stalled_at, still, "the mock kept writing while the client read nothing");
-    assert!(peak <= 200 * 1024, "proxy buffered {peak} bytes for one connection");
+    assert!(
+        still < TOTAL / 2,
+        "the upstream was read without backpressure ({still} bytes)"
+    );
+    assert_eq!(
+        stalled_at, still,
+        "the mock kept writing while the client read nothing"
+    );
+    assert!(
+        peak <= 200 * 1024,
+        "proxy buffered {peak} bytes for one connection"
+    );
     // Now read it all: every byte arrives, in order.
     let mut r = BufReader::new(s);
     let resp = read_response(&mut r, false).unwrap();
@@ -570,7 +582,10 @@ fn slow_reader_keeps_proxy_memory_bounded() {
     assert_eq!(resp.body.len(), TOTAL);
     assert!(resp.body.iter().all(|b| *b == b'x'));
     let peak = proxy.stats.peak_connection_buffered.load(Ordering::SeqCst);
-    assert!(peak <= 200 * 1024, "proxy buffered {peak} bytes for one connection");
+    assert!(
+        peak <= 200 * 1024,
+        "proxy buffered {peak} bytes for one connection"
+    );
 }
 
 fn vm_rss_kib() -> u64 {
@@ -605,7 +620,8 @@ fn client_disconnect_mid_stream_frees_the_upstream() {
     let proxy = proxy_for(&mock, &ca);
     let s = connect(proxy.addr);
     let mut w = s.try_clone().unwrap();
-    w.write_all(&post("/v1/messages", br#"{"stream":true}"#)).unwrap();
+    w.write_all(&post("/v1/messages", br#"{"stream":true}"#))
+        .unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     while !line.contains("event: ping") {
@@ -616,11 +632,21 @@ fn client_disconnect_mid_stream_frees_the_upstream() {
     drop(r);
     drop(w);
     // The proxy closes its upstream connection; the mock's next writes fail.
-    wait_until("the upstream connection to close", Duration::from_secs(10), || {
-        mock.state.closed.load(Ordering::SeqCst) == 1
-    });
-    assert_eq!(proxy.stats.open_upstreams.load(Ordering::SeqCst), 0, "half-read connection kept");
-    assert!(logs().iter().any(|l| l.contains("client closed the connection")));
+    wait_until(
+        "the upstream connection to close",
+        Duration::from_secs(10),
+        || mock.state.closed.load(Ordering::SeqCst) == 1,
+    );
+    assert_eq!(
+        proxy.stats.open_upstreams.load(Ordering::SeqCst),
+        0,
+        "half-read connection kept"
+    );
+    assert!(
+        logs()
+            .iter()
+            .any(|l| l.contains("client closed the connection"))
+    );
     // The next request needs (and gets) a fresh upstream connection.
     let mock_requests = mock.requests().len();
     assert_eq!(mock_requests, 1);
@@ -647,14 +673,20 @@ fn upstream_closing_mid_stream_truncates_the_client_stream() {
     s.read_to_end(&mut all).unwrap();
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-    assert!(text.ends_with("\r\n\r\nonly-this"), "truncated body must end as sent: {text}");
+    assert!(
+        text.ends_with("\r\n\r\nonly-this"),
+        "truncated body must end as sent: {text}"
+    );
 
     let mut s = connect(proxy.addr);
     s.write_all(&post("/v1/messages?chunked", b"{}")).unwrap();
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();
     let text = String::from_utf8_lossy(&all);
-    assert!(text.ends_with("5\r\nhello\r\n"), "no terminating chunk may be invented: {text:?}");
+    assert!(
+        text.ends_with("5\r\nhello\r\n"),
+        "no terminating chunk may be invented: {text:?}"
+    );
     assert_no_leak("truncated", &all);
     assert!(logs().iter().any(|l| l.contains("truncated")));
 }
@@ -682,7 +714,9 @@ fn two_hundred_concurrent_streams_complete() {
             std::thread::spawn(move || {
                 let resp = roundtrip(addr, &post(&format!("/v1/messages?n={n}"), b"{}")).unwrap();
                 assert_eq!(resp.status, 200);
-                let want: String = (0..3).map(|i| format!("data: /v1/messages?n={n} {i}\n\n")).collect();
+                let want: String = (0..3)
+                    .map(|i| format!("data: /v1/messages?n={n} {i}\n\n"))
+                    .collect();
                 assert_eq!(resp.body_text(), want);
             })
         })
@@ -698,11 +732,20 @@ fn two_hundred_concurrent_streams_complete() {
 fn slowloris_head_gets_408() {
     let ca = TestCa::new("test CA");
     let mock = Mock::start(&ca, ok_handler());
-    let limits = Limits { head_timeout: Duration::from_secs(1), ..Limits::default() };
-    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let limits = Limits {
+        head_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
     let mut s = connect(proxy.addr);
     let start = Instant::now();
-    s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     s.write_all(b"X-Slow: 1\r\n").unwrap();
     let resp = read_response(&mut BufReader::new(s), false).unwrap();
@@ -715,8 +758,16 @@ fn slowloris_head_gets_408() {
 fn idle_keepalive_connections_are_closed() {
     let ca = TestCa::new("test CA");
     let mock = Mock::start(&ca, ok_handler());
-    let limits = Limits { idle_timeout: Duration::from_millis(500), ..Limits::default() };
-    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
     let s = connect(proxy.addr);
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
@@ -724,7 +775,11 @@ fn idle_keepalive_connections_are_closed() {
     assert_eq!(read_response(&mut r, false).unwrap().status, 200);
     let start = Instant::now();
     let mut buf = [0u8; 16];
-    assert_eq!(r.read(&mut buf).unwrap(), 0, "idle connection closed without a response");
+    assert_eq!(
+        r.read(&mut buf).unwrap(),
+        0,
+        "idle connection closed without a response"
+    );
     assert!(start.elapsed() < Duration::from_secs(3));
 }
 
@@ -732,8 +787,16 @@ fn idle_keepalive_connections_are_closed() {
 fn connection_cap_answers_503() {
     let ca = TestCa::new("test CA");
     let mock = Mock::start(&ca, ok_handler());
-    let limits = Limits { max_connections: 2, ..Limits::default() };
-    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
     let _a = connect(proxy.addr);
     let _b = connect(proxy.addr);
     wait_until("two open connections", Duration::from_secs(5), || {
@@ -746,7 +809,12 @@ fn connection_cap_answers_503() {
     wait_until("connections to close", Duration::from_secs(5), || {
         proxy.stats.open_clients.load(Ordering::SeqCst) == 0
     });
-    assert_eq!(roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap().status, 200);
+    assert_eq!(
+        roundtrip(proxy.addr, &post("/v1/messages", b"{}"))
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -756,7 +824,12 @@ fn upstream_refusing_connections_gives_502() {
     let port = free.local_addr().unwrap().port();
     drop(free);
     let ca = TestCa::new("test CA");
-    let proxy = start_proxy(&format!("https://localhost:{port}"), Some(&ca.pem), CredentialKind::OAuth, Limits::default());
+    let proxy = start_proxy(
+        &format!("https://localhost:{port}"),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        Limits::default(),
+    );
     let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
     assert_eq!(resp.status, 502);
     let (kind, msg) = resp.anthropic_error();
@@ -776,8 +849,16 @@ fn upstream_that_never_handshakes_gives_504() {
         drop(conns);
     });
     let ca = TestCa::new("test CA");
-    let limits = Limits { connect_timeout: Duration::from_secs(1), ..Limits::default() };
-    let proxy = start_proxy(&format!("https://127.0.0.1:{port}"), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let limits = Limits {
+        connect_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &format!("https://127.0.0.1:{port}"),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
     let start = Instant::now();
     let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
     assert_eq!(resp.status, 504);
@@ -794,8 +875,16 @@ fn upstream_that_never_answers_gives_504_after_the_stream_idle_timeout() {
         Ok(false)
     });
     let mock = Mock::start(&ca, handler);
-    let limits = Limits { stream_idle_timeout: Duration::from_secs(1), ..Limits::default() };
-    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let limits = Limits {
+        stream_idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
     let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
     assert_eq!(resp.status, 504);
     assert_eq!(mock.requests().len(), 1);
@@ -804,7 +893,137 @@ fn upstream_that_never_answers_gives_504_after_the_stream_idle_timeout() {
 #[test]
 fn default_limits_allow_long_streams() {
     let l = Limits::default();
-    assert!(l.stream_idle_timeout >= Duration::from_secs(600), "claude waits 600 s");
+    assert!(
+        l.stream_idle_timeout >= Duration::from_secs(600),
+        "claude waits 600 s"
+    );
     assert!(l.head_timeout <= Duration::from_secs(30));
     assert!(l.max_connections >= 256);
+}
+
+/// The fuzz harness (`bottle_init::http::fuzz::request_path`, also the `cargo fuzz` target)
+/// driven by mutated seed requests for a bounded time. `FUZZ_SECONDS` (default 10) and
+/// `FUZZ_SEED` tune it; the seed and the iteration count are printed.
+#[test]
+fn fuzz_request_path_bounded() {
+    let seconds: u64 = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let seeds: Vec<Vec<u8>> = vec![
+        post("/v1/messages?beta=true", br#"{"stream":true}"#),
+        b"POST /v1/messages HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer s\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n".to_vec(),
+        b"GET /v1/models HTTP/1.1\r\nx-api-key: k\r\nConnection: keep-alive, X-Gone\r\nX-Gone: 1\r\nanthropic-beta: a,b\r\nTE: trailers\r\n\r\n".to_vec(),
+        b"HEAD / HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    let tokens: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b":",
+        b",",
+        b";",
+        b"0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: 0\r\n",
+        b"Connection: close, te\r\n",
+        b"Host: evil\r\n",
+        b"Authorization: Bearer x\r\n",
+        b"x-api-key: y\r\n",
+        b"Upgrade: h2c\r\n",
+        b"\x00",
+        b"\x7f",
+        b"\xff",
+        b"ffffffffffffffff\r\n",
+        b"HTTP/1.0",
+        b"http://a/",
+        b"anthropic-beta: oauth-2025-04-20\r\n",
+    ];
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut iterations = 0u64;
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            let mut input = vec![next() as u8];
+            input.extend_from_slice(&seeds[(next() as usize) % seeds.len()]);
+            for _ in 0..(next() % 6) {
+                let len = input.len().max(2);
+                let at = 1 + (next() as usize) % (len - 1);
+                let at = at.min(input.len());
+                match next() % 5 {
+                    0 => input.insert(at, next() as u8),
+                    1 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    2 if at < input.len() => input[at] ^= 1 << (next() % 8),
+                    3 => {
+                        let t = tokens[(next() as usize) % tokens.len()];
+                        input.splice(at..at, t.iter().copied());
+                    }
+                    _ => {
+                        let end = (at + (next() as usize) % 16).min(input.len());
+                        let dup = input[at..end].to_vec();
+                        input.splice(at..at, dup);
+                    }
+                }
+            }
+            let result = std::panic::catch_unwind(|| bottle_init::http::fuzz::request_path(&input));
+            if result.is_err() {
+                panic!(
+                    "seed {seed}: harness failed on input {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+            iterations += 1;
+        }
+    }
+    eprintln!(
+        "fuzz_request_path_bounded: {iterations} inputs ran clean (seed {seed}, {seconds} s)"
+    );
+    assert!(
+        iterations > 1000,
+        "too few iterations to mean anything: {iterations}"
+    );
+}
+
+/// An upstream that closes idle connections: the pool notices and the next request opens a
+/// fresh connection instead of failing on a dead one.
+#[test]
+fn pooled_connections_closed_by_the_upstream_are_dropped() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|_req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")?;
+        Ok(false) // close after answering, without announcing it
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    for i in 0..3 {
+        let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.body_text());
+        wait_until(
+            "the pool to drop the closed connection",
+            Duration::from_secs(5),
+            || proxy.stats.open_upstreams.load(Ordering::SeqCst) == 0,
+        );
+    }
+    assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 3);
 }

@@ -11,6 +11,8 @@
 //!   sent by a client can never be echoed back or logged).
 
 pub mod body;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod local;
 pub mod request;
 pub mod response;

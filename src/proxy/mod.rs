@@ -5,11 +5,28 @@
 //! the child starts and its port can go in the child's ANTHROPIC_BASE_URL), then, after
 //! dropping its own capabilities, calls [`Proxy::spawn`]. `bind` validates everything
 //! (upstream URL, extra CA roots) and never contacts the upstream.
+//!
+//! Policy (what `event_loop` enforces; the HTTP rules themselves are in `crate::http`):
+//! - `HEAD /` (claude's unauthenticated warm-up) is answered locally with 200;
+//! - every other request must carry the session secret (`Authorization: Bearer` or
+//!   `x-api-key`, compared in constant time), else 401 in the Anthropic error shape;
+//! - only origin-form targets under `/v1/` (no dot segments) are forwarded, else 404;
+//!   CONNECT/TRACE 405, absolute-form and Upgrade 400, HTTP/1.0 505;
+//! - the destination is always the configured upstream, whatever the Host header says;
+//! - bodies are relayed byte for byte in both directions, streamed through bounded buffers;
+//! - one info log line per request: method, path (no query), status, body bytes each way,
+//!   duration, whether the upstream connection was new or reused. Never a header value.
+//!
+//! Layout: `event_loop` (poll, accept, dispatch, DNS answers, timeouts, teardown), `exchange`
+//! (the request policy and the exchange state machine), `conn` (client
+//! state), `upstream` (TCP connect + rustls), `buf` (bounded buffers), `dns` (resolver
+//! thread), `stream` (client socket kinds), `tls` (the shared rustls config).
 
 mod buf;
 mod conn;
 mod dns;
 mod event_loop;
+mod exchange;
 mod stream;
 mod tls;
 mod upstream;

@@ -233,17 +233,12 @@ fn serve(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>, st: &MockState, ha
         inner: stream,
         count: &st.plain_bytes_in,
     });
-    loop {
-        match read_request(&mut reader) {
-            Ok(Some(req)) => {
-                st.requests.lock().unwrap().push(req.clone());
-                let keep = handler(&req, reader.get_mut());
-                let _ = reader.get_mut().flush();
-                if !matches!(keep, Ok(true)) {
-                    break;
-                }
-            }
-            _ => break,
+    while let Ok(Some(req)) = read_request(&mut reader) {
+        st.requests.lock().unwrap().push(req.clone());
+        let keep = handler(&req, reader.get_mut());
+        let _ = reader.get_mut().flush();
+        if !matches!(keep, Ok(true)) {
+            break;
         }
     }
     st.closed.fetch_add(1, Ordering::SeqCst);
