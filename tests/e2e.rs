@@ -834,6 +834,9 @@ fn interactive_on_a_pty_with_fresh_home() {
         return;
     };
     let sock = sb.dir.path().join("tmux.sock");
+    // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
+    let conf = sb.dir.path().join("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
     let inner = sb.claude_command(&[]);
     let tmux = |args: &[&str]| -> std::process::Output {
         Command::new("tmux")
@@ -847,18 +850,9 @@ fn interactive_on_a_pty_with_fresh_home() {
     start
         .arg("-S")
         .arg(&sock)
-        .args([
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "e2e",
-            "-x",
-            "180",
-            "-y",
-            "50",
-        ])
+        .arg("-f")
+        .arg(&conf)
+        .args(["new-session", "-d", "-s", "e2e", "-x", "180", "-y", "50"])
         .arg(inner.get_program())
         .args(inner.get_args())
         .env_clear()
@@ -901,6 +895,21 @@ fn interactive_on_a_pty_with_fresh_home() {
         let t0 = Instant::now();
         loop {
             let s = screen();
+            let dead = String::from_utf8_lossy(
+                &tmux(&[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    "e2e",
+                    "#{pane_dead} #{pane_dead_status}",
+                ])
+                .stdout,
+            )
+            .into_owned();
+            assert!(
+                !dead.starts_with('1'),
+                "the pane's process exited (status {dead:?}):\n{s}"
+            );
             for f in forbidden {
                 assert!(!s.contains(f), "interactive claude showed {f:?}:\n{s}");
             }
