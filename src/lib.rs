@@ -4,6 +4,19 @@
 //! The binary (src/main.rs) is the init half; the library exposes the modules so integration
 //! tests can drive pure pieces (HTTP parsing, the proxy) in-process.
 
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod egress;
+pub mod envclean;
+pub mod exec;
 pub mod http;
+pub mod init;
+pub mod privilege;
 pub mod proxy;
+pub mod runinfo;
+pub mod scrub;
 pub mod secret;
+pub mod sys;
+pub mod tokenfile;
+pub mod user;

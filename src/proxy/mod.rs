@@ -6,7 +6,18 @@
 //! dropping its own capabilities, calls [`Proxy::spawn`]. `bind` validates everything
 //! (upstream URL, extra CA roots) and never contacts the upstream.
 
+mod buf;
+mod conn;
+mod dns;
+mod event_loop;
+mod stream;
+mod tls;
+mod upstream;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
 
 use crate::secret::{Credential, Secret};
 
@@ -21,9 +32,9 @@ impl Upstream {
     /// Parses `BOTTLE_UPSTREAM`: `https://host[:port]` with an optional trailing `/`.
     /// Anything else (http, a path, user info, query) is refused with a message for a human.
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let rest = url.strip_prefix("https://").ok_or_else(|| {
-            format!("BOTTLE_UPSTREAM must start with https:// (got {url:?})")
-        })?;
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("BOTTLE_UPSTREAM must start with https:// (got {url:?})"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
             return Err(format!(
@@ -43,7 +54,10 @@ impl Upstream {
         if host.is_empty() {
             return Err(format!("BOTTLE_UPSTREAM has no host (got {url:?})"));
         }
-        Ok(Upstream { host: host.to_ascii_lowercase(), port })
+        Ok(Upstream {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 }
 
@@ -63,7 +77,10 @@ pub struct ProxyConfig {
 #[derive(Debug)]
 pub enum ProxyError {
     /// Binding `BOTTLE_LISTEN` failed.
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// `BOTTLE_UPSTREAM_CA` is not usable PEM.
     BadCa(String),
     /// Anything else about the TLS configuration.
@@ -85,36 +102,125 @@ impl std::fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
+/// Tunables of the proxy. [`Limits::default`] is what bottle-init runs with; tests shorten
+/// the timeouts.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open client connections; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Request head size, header count and body size (431 / 431 / 413).
+    pub request: crate::http::RequestLimits,
+    /// Bytes buffered per direction per connection (backpressure beyond it).
+    pub buffer_size: usize,
+    /// A request head must be complete this long after its first byte (slowloris): 408.
+    pub head_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// DNS + TCP connect + TLS handshake to the upstream: 504 beyond it.
+    pub connect_timeout: Duration,
+    /// Longest silence (no byte either way) inside one exchange. At least claude's own 600 s.
+    pub stream_idle_timeout: Duration,
+    /// Idle upstream connections kept for reuse.
+    pub pool_max_idle: usize,
+    /// An idle pooled upstream connection is closed after this long.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            request: crate::http::RequestLimits::default(),
+            buffer_size: 64 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(610),
+            pool_max_idle: 32,
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters the event loop publishes; read by tests and diagnostics. Never holds request data.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// TCP connections opened to the upstream (each one costs a TLS handshake).
+    pub upstream_connects: AtomicU64,
+    /// TLS handshakes with the upstream that completed.
+    pub upstream_handshakes: AtomicU64,
+    /// Requests that reused a pooled upstream connection.
+    pub upstream_reused: AtomicU64,
+    /// Requests answered (forwarded or refused), as logged.
+    pub requests: AtomicU64,
+    /// Client connections currently open.
+    pub open_clients: AtomicUsize,
+    /// Upstream connections currently open (in use or pooled).
+    pub open_upstreams: AtomicUsize,
+    /// Largest number of bytes one connection ever held in its proxy buffers.
+    pub peak_connection_buffered: AtomicUsize,
+}
+
 /// A bound, validated proxy that has not started serving yet.
 pub struct Proxy {
     listener: std::net::TcpListener,
     config: ProxyConfig,
+    tls: Arc<rustls::ClientConfig>,
+    limits: Limits,
+    stats: Arc<Stats>,
 }
 
 impl Proxy {
-    /// Validates the configuration and binds the listener. No upstream traffic.
+    /// Validates the configuration (upstream name usable for SNI, CA PEM, TLS config) and
+    /// binds the listener. No upstream traffic, no DNS.
     pub fn bind(listen: SocketAddr, config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let listener = std::net::TcpListener::bind(listen)
-            .map_err(|source| ProxyError::Bind { addr: listen, source })?;
-        Ok(Proxy { listener, config })
+        let tls = tls::client_config(config.extra_roots_pem.as_deref())?;
+        tls::server_name(&config.upstream.host)?;
+        let listener = std::net::TcpListener::bind(listen).map_err(|source| ProxyError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Ok(Proxy {
+            listener,
+            config,
+            tls,
+            limits: Limits::default(),
+            stats: Arc::default(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
-    /// Starts the event loop on its own thread. The calling thread's signal mask (all
-    /// blocked) and capability sets are inherited by the new thread.
+    /// Replaces the default [`Limits`] (before [`Proxy::spawn`]).
+    pub fn with_limits(mut self, limits: Limits) -> Proxy {
+        self.limits = limits;
+        self
+    }
+
+    /// Live counters of the running proxy.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Starts the event loop on its own thread (plus a small DNS helper thread). The calling
+    /// thread's signal mask (all blocked) and capability sets are inherited by both.
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let Proxy { listener, config } = self;
-        std::thread::Builder::new().name("proxy".into()).spawn(move || {
-            // Placeholder until the event loop lands: keep the listener open so clients
-            // connect and wait, rather than failing with a connection refused.
-            let _keep = (listener, config);
-            loop {
-                std::thread::park();
-            }
-        })
+        let Proxy {
+            listener,
+            config,
+            tls,
+            limits,
+            stats,
+        } = self;
+        listener.set_nonblocking(true)?;
+        let server = event_loop::Server::new(listener, config, tls, limits, stats)?;
+        std::thread::Builder::new()
+            .name("proxy".into())
+            .spawn(move || server.run())
     }
 }
 
@@ -125,10 +231,36 @@ mod tests {
     #[test]
     fn upstream_parse() {
         let u = |s: &str| Upstream::parse(s);
-        assert_eq!(u("https://api.anthropic.com").unwrap(), Upstream { host: "api.anthropic.com".into(), port: 443 });
-        assert_eq!(u("https://API.example:8443/").unwrap(), Upstream { host: "api.example".into(), port: 8443 });
-        assert_eq!(u("https://[::1]:9").unwrap(), Upstream { host: "::1".into(), port: 9 });
-        for bad in ["http://x", "https://", "https://x/v1", "https://u@x", "https://x:0", "https://x:99999", "x"] {
+        assert_eq!(
+            u("https://api.anthropic.com").unwrap(),
+            Upstream {
+                host: "api.anthropic.com".into(),
+                port: 443
+            }
+        );
+        assert_eq!(
+            u("https://API.example:8443/").unwrap(),
+            Upstream {
+                host: "api.example".into(),
+                port: 8443
+            }
+        );
+        assert_eq!(
+            u("https://[::1]:9").unwrap(),
+            Upstream {
+                host: "::1".into(),
+                port: 9
+            }
+        );
+        for bad in [
+            "http://x",
+            "https://",
+            "https://x/v1",
+            "https://u@x",
+            "https://x:0",
+            "https://x:99999",
+            "x",
+        ] {
             assert!(u(bad).is_err(), "{bad} accepted");
         }
     }

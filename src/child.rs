@@ -1,0 +1,307 @@
+//! Starting the child: everything is prepared before `fork` (argv, envp, the PATH candidates,
+//! the drop plan, the onboarding file), so the forked child only makes async-signal-safe
+//! system calls. `bottle-init exec` runs the same [`become_child`] without forking.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::envclean;
+use crate::privilege::{self, DropPlan, Step};
+use crate::sys::{self, Errno};
+
+/// What `~/.claude.json` gets when it does not exist: claude then skips its first-run
+/// theme/login picker (shared/facts/claude-code-client.md).
+pub const ONBOARDING_JSON: &[u8] = b"{\"hasCompletedOnboarding\": true}\n";
+
+/// Everything the child needs, allocated before fork.
+pub struct Prepared {
+    /// The command as the user wrote it, for messages.
+    pub command: String,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    candidates: Vec<CString>,
+    pub plan: DropPlan,
+    onboarding: Option<CString>,
+    /// Hand the terminal on stdin to the child's new process group.
+    pub tty: bool,
+    empty_mask: libc::sigset_t,
+}
+
+#[derive(Debug)]
+pub enum PrepareError {
+    /// An argument or environment string contains a NUL byte.
+    Nul(String),
+    Empty,
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::Nul(what) => write!(f, "{what} contains a NUL byte; remove it"),
+            PrepareError::Empty => write!(f, "the command is empty; give a command after `--`"),
+        }
+    }
+}
+
+/// Paths to try for `cmd`, like execvp: as given when it contains a `/`, else each `PATH`
+/// entry (an empty entry means the current directory).
+pub fn candidates(cmd: &[u8], path: &[u8]) -> Vec<Vec<u8>> {
+    if cmd.contains(&b'/') {
+        return vec![cmd.to_vec()];
+    }
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+            let mut p = dir.to_vec();
+            if !p.ends_with(b"/") {
+                p.push(b'/');
+            }
+            p.extend_from_slice(cmd);
+            p
+        })
+        .collect()
+}
+
+fn cstr(bytes: Vec<u8>, what: &str) -> Result<CString, PrepareError> {
+    CString::new(bytes).map_err(|_| PrepareError::Nul(what.to_string()))
+}
+
+impl Prepared {
+    pub fn new(
+        argv: &[OsString],
+        env: Vec<(Vec<u8>, Vec<u8>)>,
+        plan: DropPlan,
+        tty: bool,
+    ) -> Result<Prepared, PrepareError> {
+        let first = argv
+            .first()
+            .filter(|a| !a.is_empty())
+            .ok_or(PrepareError::Empty)?;
+        let command = first.to_string_lossy().into_owned();
+        let path = envclean::lookup(&env, "PATH")
+            .unwrap_or(envclean::DEFAULT_PATH)
+            .to_vec();
+        let candidates = candidates(first.as_bytes(), &path)
+            .into_iter()
+            .map(|c| cstr(c, "the command path"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let onboarding = envclean::lookup(&env, "HOME")
+            .filter(|h| h.starts_with(b"/"))
+            .map(|h| {
+                let mut p = h.to_vec();
+                if !p.ends_with(b"/") {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(b".claude.json");
+                cstr(p, "HOME")
+            })
+            .transpose()?;
+        let argv_c = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes().to_vec(), "an argument"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp_c = env
+            .into_iter()
+            .map(|(k, v)| {
+                let mut s = k;
+                s.push(b'=');
+                s.extend_from_slice(&v);
+                cstr(s, "an environment variable")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut argv_ptrs: Vec<_> = argv_c.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<_> = envp_c.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(Prepared {
+            command,
+            _argv: argv_c,
+            argv_ptrs,
+            _envp: envp_c,
+            envp_ptrs,
+            candidates,
+            plan,
+            onboarding,
+            tty,
+            empty_mask: sys::empty_sigset(),
+        })
+    }
+}
+
+impl Prepared {
+    /// Overwrites the prepared environment (it holds the session secret) once the child has
+    /// exec'd; the pointers are cleared with it.
+    pub fn wipe_env(&mut self) {
+        self.envp_ptrs = vec![std::ptr::null()];
+        for c in std::mem::take(&mut self._envp) {
+            let mut bytes = c.into_bytes();
+            crate::secret::wipe(&mut bytes);
+        }
+    }
+}
+
+/// Becomes the child and execs it. Returns only on failure. Async-signal-safe: called in the
+/// forked child. `keep_fd` survives the fd sweep (the error-report pipe).
+pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
+    // Ignored dispositions survive execve (Rust ignores SIGPIPE): back to defaults.
+    sys::reset_signal_dispositions();
+    if p.tty {
+        // Our own process group in the terminal's foreground, so Ctrl-C and Ctrl-Z reach the
+        // child (and its jobs) and not bottle-init. All signals are still blocked here, so
+        // tcsetpgrp from a background group cannot stop us with SIGTTOU.
+        let me = sys::getpid();
+        let _ = sys::setpgid(0, 0);
+        let _ = sys::tcsetpgrp(0, me);
+    }
+    // No descriptor of bottle-init's (proxy listener, run-info files) leaks into the child.
+    let swept = match keep_fd {
+        Some(fd) if fd >= 3 => sys::close_range(3, fd as u32 - 1)
+            .and_then(|_| sys::close_range(fd as u32 + 1, u32::MAX)),
+        _ => sys::close_range(3, u32::MAX),
+    };
+    if let Err(e) = swept {
+        return (Step::CloseFds, e);
+    }
+    if let Err(failed) = privilege::drop_to_user(&p.plan) {
+        return failed;
+    }
+    // As the child user, so a planted symlink or a file we may not write is the user's own
+    // problem, never a root write; O_EXCL|O_NOFOLLOW never touches an existing file.
+    if let Some(path) = &p.onboarding {
+        let _ = sys::create_exclusive(path, ONBOARDING_JSON, 0o600);
+    }
+    if let Err(e) = sys::set_sigmask(&p.empty_mask) {
+        return (Step::SignalMask, e);
+    }
+    // execvp semantics: remember EACCES, keep looking past ENOENT.
+    let mut saw_eacces = false;
+    for c in &p.candidates {
+        match sys::execve(c, &p.argv_ptrs, &p.envp_ptrs) {
+            Errno(libc::ENOENT) | Errno(libc::ENOTDIR) => {}
+            Errno(libc::EACCES) => saw_eacces = true,
+            other => return (Step::Exec, other),
+        }
+    }
+    (
+        Step::Exec,
+        Errno(if saw_eacces {
+            libc::EACCES
+        } else {
+            libc::ENOENT
+        }),
+    )
+}
+
+/// The child could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    Pipe(Errno),
+    Fork(Errno),
+    /// The forked child reported a failure before or at execve, then exited.
+    Child {
+        pid: i32,
+        step: Step,
+        errno: Errno,
+    },
+}
+
+/// Forks and starts the child; returns its pid once execve succeeded.
+pub fn spawn(p: &Prepared) -> Result<i32, SpawnError> {
+    // A CLOEXEC pipe: EOF means execve succeeded; 8 bytes mean (step, errno) of a failure.
+    let (rfd, wfd) = sys::pipe_cloexec().map_err(SpawnError::Pipe)?;
+    // SAFETY: the child below only calls async-signal-safe functions (become_child, write,
+    // _exit); everything it uses was allocated before this point.
+    let pid = match unsafe { sys::fork() } {
+        Ok(pid) => pid,
+        Err(e) => {
+            sys::close(rfd);
+            sys::close(wfd);
+            return Err(SpawnError::Fork(e));
+        }
+    };
+    if pid == 0 {
+        let (step, errno) = become_child(p, Some(wfd));
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.0.to_ne_bytes());
+        let _ = sys::write_all(wfd, &msg);
+        // bottle-init's exit code is decided by main from the report; this status is only
+        // reaped.
+        sys::exit_now(127);
+    }
+    sys::close(wfd);
+    if p.tty {
+        // Also from the parent, so the group exists whichever process runs first (shells do
+        // the same). EACCES after the child's execve is harmless.
+        let _ = sys::setpgid(pid, pid);
+    }
+    let mut msg = [0u8; 8];
+    let got = sys::read_full(rfd, &mut msg);
+    sys::close(rfd);
+    match got {
+        Ok(8) => {
+            let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
+            let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));
+            Err(SpawnError::Child {
+                pid,
+                step: Step::from_u32(step).unwrap_or(Step::Exec),
+                errno: Errno(errno),
+            })
+        }
+        // EOF (execve closed the pipe) or a short read we cannot interpret: the child runs.
+        _ => Ok(pid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_execvp() {
+        assert_eq!(candidates(b"./x", b"/bin"), vec![b"./x".to_vec()]);
+        assert_eq!(
+            candidates(b"/usr/bin/env", b"/bin"),
+            vec![b"/usr/bin/env".to_vec()]
+        );
+        assert_eq!(
+            candidates(b"claude", b"/usr/local/bin:/bin/::/x/"),
+            vec![
+                b"/usr/local/bin/claude".to_vec(),
+                b"/bin/claude".to_vec(),
+                b"./claude".to_vec(),
+                b"/x/claude".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn prepare_refuses_nul_and_empty() {
+        let plan = DropPlan {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000],
+        };
+        assert!(matches!(
+            Prepared::new(&["a\0b".into()], vec![], plan.clone(), false),
+            Err(PrepareError::Nul(_))
+        ));
+        assert!(matches!(
+            Prepared::new(&[], vec![], plan.clone(), false),
+            Err(PrepareError::Empty)
+        ));
+        let p = Prepared::new(
+            &["x".into()],
+            vec![(b"HOME".to_vec(), b"/home/n".to_vec())],
+            plan,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.onboarding.as_deref().map(|c| c.to_bytes()),
+            Some(b"/home/n/.claude.json".as_slice())
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Command line: a faithful parse of argv, no system calls. No option takes a secret
+//! (`/proc/PID/cmdline` is world-readable); configuration comes from the environment.
+
+use std::ffi::OsString;
+
+pub const DEFAULT_COMMAND: &str = "claude";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1: proxy, child, init loop.
+    Run,
+    /// `bottle-init exec`: join a running bottle-init (for `docker exec`).
+    Exec,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cli {
+    Help,
+    Version,
+    Start { mode: Mode, command: Vec<OsString> },
+}
+
+/// An unknown option, with the text to show.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown option {:?}; see `bottle-init --help` (put `--` before a command that starts with `-`)",
+            self.0
+        )
+    }
+}
+
+pub const HELP: &str = "\
+bottle-init: PID 1 for Claude Code containers. Holds the upstream credential in a root process
+that the command cannot read, serves it through a local proxy, and runs the command as an
+unprivileged user with a per-run placeholder credential.
+
+Usage:
+  bottle-init [OPTIONS] [--] [COMMAND [ARG...]]        run COMMAND (default: claude) as PID 1
+  bottle-init exec [OPTIONS] [--] [COMMAND [ARG...]]   run COMMAND inside a running bottle-init
+                                                       (for `docker exec`)
+Options:
+  -h, --help       print this help
+  -V, --version    print the version
+
+Environment (set exactly one credential):
+  CLAUDE_CODE_OAUTH_TOKEN  OAuth token (from `claude setup-token`), sent as Authorization: Bearer
+  ANTHROPIC_API_KEY        API key, sent as x-api-key
+  BOTTLE_TOKEN_FILE        file holding the OAuth token (Docker/Kubernetes secrets)
+  BOTTLE_USER              child user: uid[:gid] or a name from /etc/passwd (default 1000)
+  BOTTLE_UPSTREAM          https://host[:port] (default https://api.anthropic.com)
+  BOTTLE_UPSTREAM_CA       PEM file of extra trusted root certificates for the upstream
+  BOTTLE_LISTEN            proxy address (default 127.0.0.1:0, a free loopback port)
+  BOTTLE_GRACE             seconds between SIGTERM and SIGKILL for leftovers (default 5)
+  BOTTLE_LOG               log filter: error, warn, info (default), debug
+  BOTTLE_RUN_DIR           where PID 1 publishes state for `exec` (default /run/bottle-init)
+
+Exit status: the command's; 128+N if it died of signal N; 127 command not found;
+126 not executable; 64 usage; 69 `exec` found no running bottle-init; 71 system error;
+77 not root / missing capability; 78 configuration error.
+";
+
+/// Parses the arguments after argv[0].
+pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
+    let (mode, rest) = match args.first() {
+        Some(a) if a == "exec" => (Mode::Exec, &args[1..]),
+        _ => (Mode::Run, args),
+    };
+    let mut i = 0;
+    while i < rest.len() {
+        let a = &rest[i];
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        match a.to_str() {
+            Some("-h") | Some("--help") => return Ok(Cli::Help),
+            Some("-V") | Some("--version") => return Ok(Cli::Version),
+            _ if a.as_encoded_bytes().starts_with(b"-") && a.len() > 1 => {
+                return Err(UsageError(a.to_string_lossy().into_owned()));
+            }
+            _ => break,
+        }
+    }
+    let mut command: Vec<OsString> = rest[i..].to_vec();
+    if command.is_empty() {
+        command.push(DEFAULT_COMMAND.into());
+    }
+    Ok(Cli::Start { mode, command })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Cli, UsageError> {
+        parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    fn start(mode: Mode, cmd: &[&str]) -> Cli {
+        Cli::Start {
+            mode,
+            command: cmd.iter().map(OsString::from).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_to_claude() {
+        assert_eq!(p(&[]).unwrap(), start(Mode::Run, &["claude"]));
+        assert_eq!(p(&["--"]).unwrap(), start(Mode::Run, &["claude"]));
+        assert_eq!(p(&["exec"]).unwrap(), start(Mode::Exec, &["claude"]));
+    }
+
+    #[test]
+    fn command_args_are_verbatim() {
+        assert_eq!(
+            p(&["sh", "-c", "x", "--help"]).unwrap(),
+            start(Mode::Run, &["sh", "-c", "x", "--help"])
+        );
+        assert_eq!(
+            p(&["--", "-weird", "-h"]).unwrap(),
+            start(Mode::Run, &["-weird", "-h"])
+        );
+        assert_eq!(
+            p(&["exec", "--", "claude", "-p"]).unwrap(),
+            start(Mode::Exec, &["claude", "-p"])
+        );
+        assert_eq!(p(&["--", "exec"]).unwrap(), start(Mode::Run, &["exec"]));
+    }
+
+    #[test]
+    fn help_version_and_unknown() {
+        assert_eq!(p(&["--help"]).unwrap(), Cli::Help);
+        assert_eq!(p(&["-h"]).unwrap(), Cli::Help);
+        assert_eq!(p(&["exec", "--version"]).unwrap(), Cli::Version);
+        assert_eq!(p(&["-V"]).unwrap(), Cli::Version);
+        let e = p(&["--token=abc"]).unwrap_err();
+        assert_eq!(e, UsageError("--token=abc".into()));
+        assert!(e.to_string().contains("--help"));
+    }
+}

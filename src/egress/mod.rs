@@ -1,0 +1,21 @@
+//! Egress lockdown (issue 5): what the child may reach on the network.
+//!
+//! The modes (`BOTTLE_EGRESS`):
+//! - `open`: no restriction (the default; init logs that egress is not restricted).
+//! - `api-only`: the child's process tree has no IP network at all. [`seccomp`] refuses every
+//!   socket family but `AF_UNIX` and `AF_NETLINK` and closes the known bypasses; claude reaches
+//!   the API over a Unix socket served by the proxy.
+//! - `allowlist`: the kernel lets the child's uid send only to the proxy's loopback port
+//!   ([`nft`]); the proxy serves HTTP CONNECT to the hosts in `BOTTLE_ALLOW_HOSTS`
+//!   ([`mode::AllowList`]), deciding each tunnel with [`policy`].
+//!
+//! Pure parsing and policy live apart from the two mechanisms (`seccomp`, `nft`), which are the
+//! only files here that touch the kernel.
+
+pub mod mode;
+pub mod nft;
+pub mod policy;
+pub mod seccomp;
+
+pub use mode::{AllowEntry, AllowList, EgressMode, HostPattern};
+pub use policy::{AddrClass, Deny, Grant, check_resolved, classify, decide_connect};

@@ -1,0 +1,79 @@
+//! Responses the proxy generates itself, in the Anthropic API's error shape so that claude
+//! shows the message to its user verbatim:
+//! `{"type":"error","error":{"type":"authentication_error","message":"..."}}`.
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// A complete error response that closes the connection. `message` must not contain secrets;
+/// callers only pass fixed text and error descriptions that never include header values.
+pub fn error_response(status: u16, error_type: &str, message: &str) -> Vec<u8> {
+    let mut body = String::from(r#"{"type":"error","error":{"type":""#);
+    json_escape_into(&mut body, error_type);
+    body.push_str(r#"","message":""#);
+    json_escape_into(&mut body, message);
+    body.push_str("\"}}");
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-bottle-proxy: local\r\nconnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The answer to claude's unauthenticated `HEAD /` warm-up: answered locally so it neither
+/// costs an upstream handshake nor carries a credential anywhere.
+pub fn warmup_response() -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-bottle-proxy: local\r\n\r\n".to_vec()
+}
+
+fn json_escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_shape_and_length() {
+        let r = error_response(401, "authentication_error", "no \"key\"\n");
+        let text = String::from_utf8(r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("connection: close"));
+        assert_eq!(
+            body,
+            r#"{"type":"error","error":{"type":"authentication_error","message":"no \"key\"\n"}}"#
+        );
+    }
+}

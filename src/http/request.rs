@@ -1,0 +1,454 @@
+//! Request-head parsing with strict validation.
+//!
+//! The head is found by our own scan (so bare CR or LF anywhere in it is refused before
+//! httparse, which is lenient about line endings, sees it), then parsed by httparse, then
+//! checked for the shapes that let two HTTP parsers disagree about where a request ends.
+
+use super::Rejection;
+
+/// Size limits for a request. Defaults suit Claude Code (heads of a few KiB, bodies of a few
+/// MiB with images).
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Bytes in the request line plus headers (431 beyond).
+    pub max_head: usize,
+    /// Number of header fields (431 beyond).
+    pub max_headers: usize,
+    /// Body bytes, Content-Length or the sum of chunk sizes (413 beyond).
+    pub max_body: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> RequestLimits {
+        RequestLimits {
+            max_head: 64 * 1024,
+            max_headers: 128,
+            max_body: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One header field as received: the name as sent (case kept) and the raw value bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A validated request head. `head_len` is how many input bytes it used; the body follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target exactly as sent (origin-form: starts with `/`).
+    pub target: String,
+    pub headers: Vec<Header>,
+    pub head_len: usize,
+    pub body: BodyLength,
+}
+
+impl RequestHead {
+    /// The target without its query string: what the log line shows.
+    pub fn path(&self) -> &str {
+        self.target.split(['?', '#']).next().unwrap_or("")
+    }
+
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
+        self.headers.iter().filter(move |h| h.is(name))
+    }
+
+    /// Whether the client asked to close the connection after this exchange.
+    pub fn wants_close(&self) -> bool {
+        self.headers_named("connection")
+            .any(|h| list_contains(&h.value, "close"))
+    }
+}
+
+/// Parses and validates a request head at the start of `buf`.
+///
+/// `Ok(None)`: the head is incomplete and still within limits (read more bytes).
+/// `Err`: the request must be refused with that status; the connection should close.
+pub fn parse_request_head(
+    buf: &[u8],
+    limits: &RequestLimits,
+) -> Result<Option<RequestHead>, Rejection> {
+    let Some(head_len) = find_head_end(buf, limits.max_head)? else {
+        return Ok(None);
+    };
+    let head = &buf[..head_len];
+    reject_obs_fold(head)?;
+
+    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head_len => {}
+        Ok(_) => return Err(Rejection::bad_request("the request head is malformed")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejection::new(
+                431,
+                "invalid_request_error",
+                format!(
+                    "the request has more than {} header fields",
+                    limits.max_headers
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(Rejection::bad_request(format!(
+                "the request head is malformed ({e})"
+            )));
+        }
+    }
+    let method = req.method.unwrap_or_default().to_string();
+    let target = req.path.unwrap_or_default().to_string();
+    if req.version != Some(1) {
+        return Err(Rejection::new(
+            505,
+            "invalid_request_error",
+            "only HTTP/1.1 is supported by this proxy",
+        ));
+    }
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        if h.value
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(Rejection::bad_request(format!(
+                "header {:?} has a control character in its value",
+                h.name
+            )));
+        }
+        headers.push(Header {
+            name: h.name.to_string(),
+            value: h.value.to_vec(),
+        });
+    }
+
+    check_method_and_target(&method, &target)?;
+    let body = body_length(&headers, limits)?;
+    if headers.iter().filter(|h| h.is("host")).count() > 1 {
+        return Err(Rejection::bad_request(
+            "the request has more than one Host header",
+        ));
+    }
+    if headers.iter().any(|h| h.is("upgrade")) {
+        return Err(Rejection::bad_request(
+            "protocol upgrades (Upgrade header, e.g. WebSocket or h2c) are not supported",
+        ));
+    }
+    for h in headers.iter().filter(|h| h.is("connection")) {
+        for token in list_items(&h.value) {
+            let named_framing = ["content-length", "transfer-encoding", "host"]
+                .iter()
+                .any(|f| token.eq_ignore_ascii_case(f.as_bytes()));
+            if named_framing {
+                return Err(Rejection::bad_request(
+                    "the Connection header names a header that is not hop-by-hop",
+                ));
+            }
+        }
+    }
+    Ok(Some(RequestHead {
+        method,
+        target,
+        headers,
+        head_len,
+        body,
+    }))
+}
+
+/// Finds the end of the head (just past the empty line). Refuses a bare CR or LF before it and
+/// heads longer than `max_head`. Leading empty lines (CRLF) are tolerated as RFC 9112 allows.
+fn find_head_end(buf: &[u8], max_head: usize) -> Result<Option<usize>, Rejection> {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let mut i = start;
+    let scan_end = buf.len().min(max_head.saturating_add(1));
+    while i < scan_end {
+        match buf[i] {
+            b'\n' => {
+                if i == 0 || buf[i - 1] != b'\r' {
+                    return Err(Rejection::bad_request("the request head has a bare LF"));
+                }
+                if i >= start + 3 && &buf[i - 3..=i] == b"\r\n\r\n" {
+                    let len = i + 1;
+                    if len > max_head {
+                        break;
+                    }
+                    return Ok(Some(len));
+                }
+            }
+            b'\r' => {
+                if let Some(&next) = buf.get(i + 1) {
+                    if next != b'\n' {
+                        return Err(Rejection::bad_request("the request head has a bare CR"));
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if buf.len() > max_head {
+        return Err(Rejection::new(
+            431,
+            "invalid_request_error",
+            format!("the request head is larger than {max_head} bytes"),
+        ));
+    }
+    Ok(None)
+}
+
+/// Obsolete line folding (a header line starting with SP or HTAB) is refused: parsers disagree
+/// on it.
+fn reject_obs_fold(head: &[u8]) -> Result<(), Rejection> {
+    let folded = head
+        .windows(3)
+        .any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'));
+    if folded {
+        return Err(Rejection::bad_request(
+            "obsolete header line folding (obs-fold) is not accepted",
+        ));
+    }
+    Ok(())
+}
+
+fn check_method_and_target(method: &str, target: &str) -> Result<(), Rejection> {
+    if method == "CONNECT" || method == "TRACE" {
+        return Err(Rejection::new(
+            405,
+            "invalid_request_error",
+            format!("method {method} is not allowed by this proxy"),
+        ));
+    }
+    if !target.starts_with('/') {
+        return Err(Rejection::bad_request(
+            "only origin-form request targets (a path starting with /) are accepted; \
+             this is a reverse proxy for the Anthropic API, not a forward proxy",
+        ));
+    }
+    Ok(())
+}
+
+/// Works out the body framing, refusing every ambiguous combination.
+fn body_length(headers: &[Header], limits: &RequestLimits) -> Result<BodyLength, Rejection> {
+    let te: Vec<&Header> = headers
+        .iter()
+        .filter(|h| h.is("transfer-encoding"))
+        .collect();
+    let cl: Vec<&Header> = headers.iter().filter(|h| h.is("content-length")).collect();
+    if !te.is_empty() && !cl.is_empty() {
+        return Err(Rejection::bad_request(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if cl.len() > 1 {
+        return Err(Rejection::bad_request(
+            "the request has more than one Content-Length",
+        ));
+    }
+    if te.len() > 1 {
+        return Err(Rejection::bad_request(
+            "the request has more than one Transfer-Encoding",
+        ));
+    }
+    if let Some(te) = te.first() {
+        if !trim_ows(&te.value).eq_ignore_ascii_case(b"chunked") {
+            return Err(Rejection::bad_request(
+                "the only Transfer-Encoding accepted is exactly \"chunked\"",
+            ));
+        }
+        return Ok(BodyLength::Chunked);
+    }
+    if let Some(cl) = cl.first() {
+        let n = parse_content_length(&cl.value)
+            .ok_or_else(|| Rejection::bad_request("Content-Length is not a decimal number"))?;
+        if n > limits.max_body {
+            return Err(Rejection::new(
+                413,
+                "request_too_large",
+                format!("the request body is larger than {} bytes", limits.max_body),
+            ));
+        }
+        return Ok(if n == 0 {
+            BodyLength::None
+        } else {
+            BodyLength::Length(n)
+        });
+    }
+    Ok(BodyLength::None)
+}
+
+/// `1*DIGIT` only (no sign, no spaces inside, no list), at most 19 digits so it fits a u64.
+pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let v = trim_ows(value);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// The items of a comma-separated header list, trimmed, empty items skipped.
+pub(crate) fn list_items(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
+}
+
+pub(crate) fn list_contains(v: &[u8], token: &str) -> bool {
+    list_items(v).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> RequestLimits {
+        RequestLimits {
+            max_head: 1024,
+            max_headers: 8,
+            max_body: 1000,
+        }
+    }
+
+    fn parse(s: &[u8]) -> Result<Option<RequestHead>, Rejection> {
+        parse_request_head(s, &lim())
+    }
+
+    fn status(s: &[u8]) -> u16 {
+        parse(s).expect_err("should be refused").status
+    }
+
+    const GOOD: &[u8] = b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello";
+
+    #[test]
+    fn parses_a_good_head() {
+        let h = parse(GOOD).unwrap().unwrap();
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.target, "/v1/messages?beta=true");
+        assert_eq!(h.path(), "/v1/messages");
+        assert_eq!(h.body, BodyLength::Length(5));
+        assert_eq!(h.head_len, GOOD.len() - 5);
+        let names: Vec<_> = h.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["Host", "Content-Length", "X-A"]);
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_and_the_whole_is_complete() {
+        let head_len = GOOD.len() - 5;
+        for n in 0..head_len {
+            assert_eq!(parse(&GOOD[..n]), Ok(None), "prefix {n}");
+        }
+        for n in head_len..=GOOD.len() {
+            assert_eq!(parse(&GOOD[..n]).unwrap().unwrap().head_len, head_len);
+        }
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"POST /v1/x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nContent-Length: +1\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A: 1\r\n\tfolded\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\nX-A: 1\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A: 1\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A: a\rb\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX A: 1\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A : 1\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\n: 1\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A: a\x01b\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET http://evil/v1/x HTTP/1.1\r\n\r\n", 400),
+            (b"GET * HTTP/1.1\r\n\r\n", 400),
+            (b"CONNECT evil:443 HTTP/1.1\r\n\r\n", 405),
+            (b"TRACE /v1/x HTTP/1.1\r\n\r\n", 405),
+            (b"GET /v1/x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.1\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n", 400),
+            (b"GET /v1/x HTTP/1.0\r\n\r\n", 505),
+            (b"POST /v1/x HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413),
+            (b"GET /v1/x HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\nf: 1\r\ng: 1\r\nh: 1\r\ni: 1\r\n\r\n", 431),
+        ];
+        for (req, want) in cases {
+            assert_eq!(status(req), *want, "{}", String::from_utf8_lossy(req));
+        }
+    }
+
+    #[test]
+    fn head_size_limit_applies_before_the_head_is_complete() {
+        let mut big = b"GET /v1/x HTTP/1.1\r\nX-A: ".to_vec();
+        big.resize(1025, b'a');
+        assert_eq!(status(&big), 431);
+        let mut exact = b"GET /v1/x HTTP/1.1\r\nX-A: ".to_vec();
+        exact.resize(1020, b'a');
+        exact.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(exact.len(), 1024);
+        assert!(parse(&exact).unwrap().is_some());
+        exact.insert(30, b'a');
+        assert_eq!(status(&exact), 431);
+    }
+
+    #[test]
+    fn chunked_and_no_body() {
+        let h = parse(b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.body, BodyLength::Chunked);
+        let h = parse(b"GET /v1/x HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.body, BodyLength::None);
+        let h = parse(b"\r\nGET /v1/x HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.wants_close());
+    }
+
+    #[test]
+    fn rejection_messages_never_quote_values() {
+        let secret = "sk-ant-oat01-SECRETVALUE";
+        let reqs = [
+            format!("GET /v1/x HTTP/1.1\r\nAuthorization: Bearer {secret}\x01\r\n\r\n"),
+            format!("GET /v1/x HTTP/1.1\r\nContent-Length: {secret}\r\n\r\n"),
+            format!("GET /v1/x HTTP/1.1\r\nTransfer-Encoding: {secret}\r\n\r\n"),
+            format!("GET /v1/x HTTP/1.1\r\nConnection: {secret}, content-length\r\n\r\n"),
+        ];
+        for r in reqs {
+            let e = parse(r.as_bytes()).unwrap_err();
+            assert!(!e.message.contains("SECRETVALUE"), "{}", e.message);
+        }
+    }
+}

@@ -1,0 +1,943 @@
+//! The event loop: one thread, one `mio::Poll`, all connection state owned here.
+//!
+//! Shape (after the rustls mio examples, without their shortcuts):
+//! - tokens: the listener and the DNS waker have fixed tokens; client `id` uses `2*id` for its
+//!   socket and `2*id+1` for the upstream connection it is using; a pooled upstream connection
+//!   gets a fresh id and `2*id+1`;
+//! - every event on a client or its upstream runs [`Ctx::pump`], which moves bytes in both
+//!   directions until nothing moves (edge-triggered: always drain to WouldBlock or to a full
+//!   buffer); buffers are bounded, and a side whose peer buffer is full is simply not read,
+//!   which is the backpressure;
+//! - interest is recomputed from state after every pump;
+//! - errors only change a client's phase; [`Server::finish`] is the one teardown point;
+//! - timeouts are checked by a sweep a few times a second (no timer wheel needed at 1024
+//!   connections).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Registry, Token, Waker};
+use rustls::pki_types::ServerName;
+
+use super::conn::{Client, Exchange, HeadBytes, Phase, Resp};
+use super::dns::Resolver;
+use super::stream::{ClientStream, Listener};
+use super::upstream::{UpConn, UpError};
+use super::{Limits, ProxyConfig, Stats};
+use crate::http::{
+    self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, parse_request_head,
+    parse_response_head,
+};
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+/// How often timeouts are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+/// After an error answer: how long we keep discarding the client's input so it reads our
+/// answer rather than a connection reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// A closing connection that will not take our last bytes within this long is dropped.
+const CLOSE_FLUSH: Duration = Duration::from_secs(30);
+/// Connections beyond `max_connections` that still get a 503 (beyond this: dropped).
+const OVERFLOW_ANSWERED: usize = 64;
+
+fn client_token(id: u64) -> Token {
+    Token((id as usize) << 1)
+}
+
+fn upstream_token(id: u64) -> Token {
+    Token(((id as usize) << 1) | 1)
+}
+
+/// What ended an exchange before its response completed.
+enum Fault {
+    Dns(String),
+    Upstream(UpError),
+    /// The upstream's response could not be parsed or framed.
+    BadResponse(String),
+    /// The upstream ended the stream before the response was complete.
+    UpstreamEof,
+    RequestBody(FramingError),
+    Timeout(String),
+}
+
+pub(crate) struct Server {
+    poll: Poll,
+    listener: Listener,
+    clients: HashMap<u64, Client>,
+    ctx: Ctx,
+}
+
+/// Everything but the client table, so a client can be borrowed from the table while the
+/// context is used mutably.
+struct Ctx {
+    registry: Registry,
+    config: ProxyConfig,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    /// The Host header value sent upstream.
+    host_header: String,
+    limits: Limits,
+    stats: Arc<Stats>,
+    /// Idle upstream connections, most recently used last.
+    pool: Vec<(u64, UpConn)>,
+    next_id: u64,
+    resolver: Resolver,
+    dns_in_flight: bool,
+    dns_waiting: Vec<u64>,
+    _waker: Arc<Waker>,
+}
+
+impl Server {
+    pub(crate) fn new(
+        listener: std::net::TcpListener,
+        config: ProxyConfig,
+        tls: Arc<rustls::ClientConfig>,
+        limits: Limits,
+        stats: Arc<Stats>,
+    ) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = Listener::Tcp(mio::net::TcpListener::from_std(listener));
+        poll.registry()
+            .register(listener.source(), LISTENER, mio::Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::start(
+            config.upstream.host.clone(),
+            config.upstream.port,
+            waker.clone(),
+        )?;
+        let server_name = super::tls::server_name(&config.upstream.host)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let host_header = http::rewrite::host_header(&config.upstream.host, config.upstream.port);
+        let registry = poll.registry().try_clone()?;
+        Ok(Server {
+            poll,
+            listener,
+            clients: HashMap::new(),
+            ctx: Ctx {
+                registry,
+                config,
+                tls,
+                server_name,
+                host_header,
+                limits,
+                stats,
+                pool: Vec::new(),
+                next_id: 1,
+                resolver,
+                dns_in_flight: false,
+                dns_waiting: Vec::new(),
+                _waker: waker,
+            },
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        log::info!(
+            "proxy: forwarding to https://{} (session secret required)",
+            self.ctx.host_header
+        );
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(SWEEP_EVERY)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("proxy: poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.dns_answers(),
+                    t => self.dispatch(t),
+                }
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                self.sweep();
+                last_sweep = Instant::now();
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok(sock) => self.add_client(sock),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the backlog keeps the connection; try again on the
+                    // next event.
+                    log::warn!("proxy: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_client(&mut self, sock: ClientStream) {
+        let limits = self.ctx.limits.clone();
+        let open = self.clients.len();
+        if open >= limits.max_connections + OVERFLOW_ANSWERED {
+            log::warn!("proxy: connection dropped: {open} connections open");
+            return;
+        }
+        let id = self.ctx.next_id();
+        let in_cap = limits.buffer_size.max(limits.request.max_head + 1);
+        let out_cap = limits
+            .buffer_size
+            .max(http::response::MAX_RESPONSE_HEAD + 1);
+        let mut c = Client::new(sock, in_cap, out_cap, Instant::now() + limits.head_timeout);
+        self.ctx.stats.open_clients.fetch_add(1, Ordering::Relaxed);
+        if open >= limits.max_connections {
+            let msg = format!(
+                "bottle-init proxy: too many open connections (limit {}); retry shortly",
+                limits.max_connections
+            );
+            self.ctx
+                .refuse(&mut c, None, Rejection::new(503, "overloaded_error", msg));
+        }
+        self.clients.insert(id, c);
+        self.pump(id);
+    }
+
+    fn dispatch(&mut self, token: Token) {
+        let id = (token.0 >> 1) as u64;
+        if self.clients.contains_key(&id) {
+            self.pump(id);
+        } else if let Some(i) = self.ctx.pool.iter().position(|(pid, _)| *pid == id) {
+            let broken = self.ctx.pool[i].1.idle_is_broken(&self.ctx.registry);
+            if broken {
+                let (_, up) = self.ctx.pool.remove(i);
+                self.ctx.drop_upstream(up);
+            } else if let Err(e) = self.ctx.pool[i]
+                .1
+                .update_interest(&self.ctx.registry, token)
+            {
+                log::warn!("proxy: cannot re-register a pooled connection: {e}");
+                let (_, up) = self.ctx.pool.remove(i);
+                self.ctx.drop_upstream(up);
+            }
+        }
+    }
+
+    fn pump(&mut self, id: u64) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            self.ctx.pump(id, c);
+        }
+        self.finish(id);
+    }
+
+    /// The one teardown point, and where interest is derived from state.
+    fn finish(&mut self, id: u64) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !c.is_dead() {
+            let registered = c
+                .update_interest(&self.ctx.registry, client_token(id))
+                .and_then(|()| match c.up.as_mut() {
+                    Some(up) => up.update_interest(&self.ctx.registry, upstream_token(id)),
+                    None => Ok(()),
+                });
+            match registered {
+                Ok(()) => {
+                    self.ctx
+                        .stats
+                        .peak_connection_buffered
+                        .fetch_max(c.buffered(), Ordering::Relaxed);
+                    if matches!(c.phase, Phase::Idle { .. }) {
+                        c.inbuf.shrink_if_empty();
+                        c.outbuf.shrink_if_empty();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("proxy: cannot register a connection with the poller: {e}");
+                    c.die();
+                }
+            }
+        }
+        let Some(mut c) = self.clients.remove(&id) else {
+            return;
+        };
+        self.ctx
+            .stats
+            .peak_connection_buffered
+            .fetch_max(c.buffered(), Ordering::Relaxed);
+        c.deregister(&self.ctx.registry);
+        // Log first: once the upstream is dropped, observers may already see its effects.
+        if let Some(ex) = c.ended_exchange.take() {
+            self.ctx.log_exchange(&ex, ex.status, "client closed the connection");
+        }
+        if let Some(up) = c.up.take() {
+            self.ctx.drop_upstream(up);
+        }
+        self.ctx.stats.open_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn dns_answers(&mut self) {
+        while self.ctx.dns_in_flight {
+            let Some(answer) = self.ctx.resolver.try_answer() else {
+                break;
+            };
+            self.ctx.dns_in_flight = false;
+            for id in std::mem::take(&mut self.ctx.dns_waiting) {
+                let Some(c) = self.clients.get_mut(&id) else {
+                    continue;
+                };
+                if !c.waiting_dns {
+                    continue;
+                }
+                c.waiting_dns = false;
+                match &answer {
+                    Ok(addrs) => {
+                        match UpConn::connect(addrs.clone(), &self.ctx.tls, &self.ctx.server_name) {
+                            Ok(up) => {
+                                self.ctx
+                                    .stats
+                                    .upstream_connects
+                                    .fetch_add(1, Ordering::Relaxed);
+                                self.ctx
+                                    .stats
+                                    .open_upstreams
+                                    .fetch_add(1, Ordering::Relaxed);
+                                c.up = Some(up);
+                            }
+                            Err(e) => self.ctx.fail(c, Fault::Upstream(e)),
+                        }
+                    }
+                    Err(m) => self.ctx.fail(c, Fault::Dns(m.clone())),
+                }
+                self.pump(id);
+            }
+        }
+        if !self.ctx.dns_in_flight && !self.ctx.dns_waiting.is_empty() {
+            self.ctx.request_dns();
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let limits = self.ctx.limits.clone();
+        let mut touched = Vec::new();
+        for (id, c) in self.clients.iter_mut() {
+            let fault = match &mut c.phase {
+                Phase::Idle { head_started } => {
+                    if now < c.deadline {
+                        continue;
+                    }
+                    if *head_started {
+                        let msg = format!(
+                            "bottle-init proxy: the request head did not arrive within {} s",
+                            limits.head_timeout.as_secs()
+                        );
+                        self.ctx
+                            .refuse(c, None, Rejection::new(408, "invalid_request_error", msg));
+                    } else {
+                        c.die();
+                    }
+                    touched.push(*id);
+                    continue;
+                }
+                Phase::Exchange(ex) => {
+                    let connected = c.up.as_ref().is_some_and(UpConn::is_ready);
+                    if !connected && now.duration_since(ex.started) >= limits.connect_timeout {
+                        Fault::Timeout(format!(
+                            "connecting to the upstream {} (DNS, TCP and TLS) took longer than {} s",
+                            self.ctx.host_header,
+                            limits.connect_timeout.as_secs()
+                        ))
+                    } else if now.duration_since(ex.last_activity) >= limits.stream_idle_timeout {
+                        Fault::Timeout(format!(
+                            "no data moved for {} s on this request",
+                            limits.stream_idle_timeout.as_secs()
+                        ))
+                    } else {
+                        continue;
+                    }
+                }
+                Phase::Closing { .. } => {
+                    if now >= c.deadline {
+                        c.die();
+                        touched.push(*id);
+                    }
+                    continue;
+                }
+                Phase::Dead => continue,
+            };
+            self.ctx.fail(c, fault);
+            touched.push(*id);
+        }
+        for id in touched {
+            self.pump(id);
+        }
+        let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ctx.pool)
+            .into_iter()
+            .partition(|(_, up)| now.duration_since(up.idle_since) >= limits.pool_idle_timeout);
+        self.ctx.pool = fresh;
+        for (_, up) in stale {
+            self.ctx.drop_upstream(up);
+        }
+    }
+}
+
+impl Ctx {
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Moves bytes for one client and its upstream until nothing moves.
+    fn pump(&mut self, id: u64, c: &mut Client) {
+        loop {
+            let mut progress = self.read_client(c);
+            progress |= match c.phase {
+                Phase::Idle { .. } => self.next_request(id, c),
+                Phase::Exchange(_) => self.step_exchange(c),
+                Phase::Closing { .. } => step_closing(c),
+                Phase::Dead => return,
+            };
+            progress |= flush_client(c);
+            if let (true, Some(ex)) = (progress, c.exchange()) {
+                ex.last_activity = Instant::now();
+            }
+            if !progress || c.is_dead() {
+                return;
+            }
+        }
+    }
+
+    /// Reads what the client sent, as far as the request side has room.
+    fn read_client(&mut self, c: &mut Client) -> bool {
+        if c.read_eof {
+            return false;
+        }
+        if let Phase::Closing {
+            graceful: true,
+            shut: true,
+        } = c.phase
+        {
+            return discard_input(c);
+        }
+        if !matches!(c.phase, Phase::Idle { .. } | Phase::Exchange(_)) {
+            return false;
+        }
+        let mut progress = false;
+        while !c.inbuf.is_full() {
+            match c.inbuf.read_from(&mut c.sock) {
+                Ok(0) => {
+                    // The client is gone (HTTP clients do not half-close): drop the exchange,
+                    // and with it the upstream connection.
+                    c.read_eof = true;
+                    c.die();
+                    return true;
+                }
+                Ok(n) => {
+                    c.inbuf.mark_scanned(n);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.die();
+                    return true;
+                }
+            }
+        }
+        progress
+    }
+
+    /// Idle: parse the next request head, once the previous answer is fully written.
+    fn next_request(&mut self, id: u64, c: &mut Client) -> bool {
+        if !c.outbuf.is_empty() || c.inbuf.is_empty() {
+            return false;
+        }
+        match parse_request_head(c.inbuf.bytes(), &self.limits.request) {
+            Ok(None) => {
+                if let Phase::Idle {
+                    head_started: started @ false,
+                } = &mut c.phase
+                {
+                    *started = true;
+                    c.deadline = Instant::now() + self.limits.head_timeout;
+                }
+                false
+            }
+            Err(rejection) => {
+                self.refuse(c, None, rejection);
+                true
+            }
+            Ok(Some(head)) => {
+                c.inbuf.consume(head.head_len);
+                self.start_request(id, c, head);
+                true
+            }
+        }
+    }
+
+    /// The policy: what is answered locally, refused, or forwarded.
+    fn start_request(&mut self, id: u64, c: &mut Client, head: RequestHead) {
+        let now = Instant::now();
+        if head.method == "HEAD" && head.target == "/" && head.body == http::BodyLength::None {
+            // claude's unauthenticated warm-up: answered here, never forwarded.
+            c.outbuf.push(&http::warmup_response());
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            log::info!(
+                "proxy: HEAD / 200 in=0 out=0 0ms upstream=none (warm-up, answered locally)"
+            );
+            c.phase = if head.wants_close() {
+                closing(c, true)
+            } else {
+                c.deadline = now + self.limits.idle_timeout;
+                Phase::Idle {
+                    head_started: false,
+                }
+            };
+            return;
+        }
+        let auth = http::check_session_secret(&head, &self.config.session_secret);
+        if auth != AuthCheck::Ok {
+            self.refuse(
+                c,
+                Some(&head),
+                Rejection::new(401, "authentication_error", auth.message()),
+            );
+            return;
+        }
+        let path = head.path();
+        if !path.starts_with("/v1/") || has_dot_segment(path) {
+            let msg = "bottle-init proxy: only Anthropic API paths under /v1/ are forwarded";
+            self.refuse(c, Some(&head), Rejection::new(404, "not_found_error", msg));
+            return;
+        }
+        let bytes = http::upstream_request_head(&head, &self.config.credential, &self.host_header);
+        let ex = Exchange {
+            method: head.method.clone(),
+            path: path.to_string(),
+            started: now,
+            last_activity: now,
+            bytes_in: 0,
+            bytes_out: 0,
+            reused: false,
+            up_head: Some(HeadBytes { bytes, written: 0 }),
+            req: BodyFramer::from_request(head.body, self.limits.request.max_body),
+            resp: Resp::Head,
+            is_head: head.method == "HEAD",
+            status: None,
+            response_started: false,
+            client_close: head.wants_close(),
+            up_close: false,
+        };
+        let mut ex = Box::new(ex);
+        if let Some(up) = self.take_pooled() {
+            ex.reused = true;
+            self.stats.upstream_reused.fetch_add(1, Ordering::Relaxed);
+            c.up = Some(up);
+        } else {
+            c.waiting_dns = true;
+            self.dns_waiting.push(id);
+            if !self.dns_in_flight {
+                self.request_dns();
+            }
+        }
+        c.phase = Phase::Exchange(ex);
+    }
+
+    fn request_dns(&mut self) {
+        match self.resolver.request() {
+            Ok(()) => self.dns_in_flight = true,
+            Err(m) => log::error!("proxy: {m}"),
+        }
+    }
+
+    /// The most recently used pooled connection that is still healthy.
+    fn take_pooled(&mut self) -> Option<UpConn> {
+        while let Some((_, mut up)) = self.pool.pop() {
+            if up.idle_is_broken(&self.registry) {
+                self.drop_upstream(up);
+                continue;
+            }
+            return Some(up);
+        }
+        None
+    }
+
+    /// One exchange step: connect/handshake, send head and body, relay the response.
+    fn step_exchange(&mut self, c: &mut Client) -> bool {
+        match self.move_exchange_bytes(c) {
+            Ok(progress) => {
+                let done = c.exchange().is_some_and(|ex| ex.resp == Resp::Done);
+                if done {
+                    self.finish_exchange(c);
+                    return true;
+                }
+                progress
+            }
+            Err(Fault::UpstreamEof) => {
+                let Some(ex) = c.exchange() else { return true };
+                match ex.resp {
+                    Resp::Body(f) if f.is_until_close() => {
+                        ex.resp = Resp::Done;
+                        ex.up_close = true;
+                        ex.client_close = true;
+                        self.finish_exchange(c);
+                    }
+                    _ => self.fail(c, Fault::UpstreamEof),
+                }
+                true
+            }
+            Err(fault) => {
+                self.fail(c, fault);
+                true
+            }
+        }
+    }
+
+    fn move_exchange_bytes(&mut self, c: &mut Client) -> Result<bool, Fault> {
+        let Client {
+            up,
+            phase,
+            inbuf,
+            outbuf,
+            ..
+        } = c;
+        let (Some(up), Phase::Exchange(ex)) = (up.as_mut(), phase) else {
+            return Ok(false);
+        };
+        let mut progress = up.drive(&self.registry).map_err(Fault::Upstream)?;
+        if !up.is_ready() {
+            return Ok(progress);
+        }
+        if !up.counted {
+            up.counted = true;
+            self.stats
+                .upstream_handshakes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // Request head, then body bytes as far as rustls takes them.
+        if let Some(h) = &mut ex.up_head {
+            let n = up
+                .write_plain(&h.bytes[h.written..])
+                .map_err(Fault::Upstream)?;
+            h.written += n;
+            progress |= n > 0;
+            if h.written == h.bytes.len() {
+                ex.up_head = None;
+            }
+        }
+        if ex.up_head.is_none() && !ex.req.is_done() && !inbuf.is_empty() {
+            let mut probe = ex.req;
+            let avail = probe.advance(inbuf.bytes()).map_err(Fault::RequestBody)?;
+            if avail > 0 {
+                let n = up
+                    .write_plain(&inbuf.bytes()[..avail])
+                    .map_err(Fault::Upstream)?;
+                if n > 0 {
+                    ex.req
+                        .advance(&inbuf.bytes()[..n])
+                        .map_err(Fault::RequestBody)?;
+                    inbuf.consume(n);
+                    ex.bytes_in += n as u64;
+                    progress = true;
+                }
+            }
+        }
+        progress |= up.drive(&self.registry).map_err(Fault::Upstream)?;
+        // Response bytes, as far as the client side has room.
+        while ex.resp != Resp::Done && !outbuf.is_full() {
+            match up.read_plain(outbuf).map_err(Fault::Upstream)? {
+                None => break,
+                Some(0) => return Err(Fault::UpstreamEof),
+                Some(_) => {
+                    progress = true;
+                    classify(ex, outbuf)?;
+                }
+            }
+            // Reading plaintext may let rustls take more records off the socket.
+            progress |= up.drive(&self.registry).map_err(Fault::Upstream)?;
+        }
+        if ex.resp == Resp::Done && !outbuf.unscanned().is_empty() {
+            // Bytes after the end of the response: not relayed, and the connection is suspect.
+            outbuf.drop_unscanned();
+            ex.up_close = true;
+        }
+        Ok(progress)
+    }
+
+    /// The response is complete: log, pool or drop the upstream, and ready the client for the
+    /// next request (or close it).
+    fn finish_exchange(&mut self, c: &mut Client) {
+        let Phase::Exchange(ex) = std::mem::replace(&mut c.phase, Phase::Dead) else {
+            return;
+        };
+        self.log_exchange(&ex, ex.status, "");
+        let request_done = ex.up_head.is_none() && ex.req.is_done();
+        if let Some(up) = c.up.take() {
+            if request_done && !ex.up_close && up.is_ready() && !up.eof {
+                self.pool_upstream(up);
+            } else {
+                self.drop_upstream(up);
+            }
+        }
+        c.phase = if ex.client_close || !request_done {
+            closing(c, true)
+        } else {
+            c.deadline = Instant::now() + self.limits.idle_timeout;
+            Phase::Idle {
+                head_started: false,
+            }
+        };
+    }
+
+    fn pool_upstream(&mut self, mut up: UpConn) {
+        if self.pool.len() >= self.limits.pool_max_idle {
+            let (_, oldest) = self.pool.remove(0);
+            self.drop_upstream(oldest);
+        }
+        let id = self.next_id();
+        up.idle_since = Instant::now();
+        match up.update_interest(&self.registry, upstream_token(id)) {
+            Ok(()) => self.pool.push((id, up)),
+            Err(e) => {
+                log::warn!("proxy: cannot pool an upstream connection: {e}");
+                self.drop_upstream(up);
+            }
+        }
+    }
+
+    fn drop_upstream(&mut self, mut up: UpConn) {
+        up.deregister(&self.registry);
+        self.stats.open_upstreams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An exchange failed: answer with an error if nothing was relayed yet, else truncate.
+    fn fail(&mut self, c: &mut Client, fault: Fault) {
+        if let Some(up) = c.up.take() {
+            self.drop_upstream(up);
+        }
+        c.waiting_dns = false;
+        let Phase::Exchange(ex) = std::mem::replace(&mut c.phase, Phase::Dead) else {
+            return;
+        };
+        let upstream = &self.host_header;
+        let (status, kind, msg) = match fault {
+            Fault::Dns(m) => (
+                502,
+                "api_error",
+                format!("cannot resolve the upstream host {upstream}: {m}"),
+            ),
+            Fault::Upstream(UpError::Tls(e)) => (
+                502,
+                "api_error",
+                format!("TLS with the upstream {upstream} failed: {e}"),
+            ),
+            Fault::Upstream(e) => (502, "api_error", format!("upstream {upstream}: {e}")),
+            Fault::BadResponse(m) => (
+                502,
+                "api_error",
+                format!("the upstream {upstream} sent an invalid response: {m}"),
+            ),
+            Fault::UpstreamEof => (
+                502,
+                "api_error",
+                format!(
+                    "the upstream {upstream} closed the connection before the response was complete"
+                ),
+            ),
+            Fault::RequestBody(FramingError::TooLarge { max }) => (
+                413,
+                "request_too_large",
+                format!("the request body is larger than {max} bytes"),
+            ),
+            Fault::RequestBody(e) => (
+                400,
+                "invalid_request_error",
+                format!("invalid request body: {e}"),
+            ),
+            Fault::Timeout(m) => (504, "api_error", m),
+        };
+        let msg = format!("bottle-init proxy: {msg}");
+        if ex.response_started {
+            // Part of the response is on its way: the client must see a truncated stream, not
+            // an error body glued onto it.
+            self.log_exchange(&ex, ex.status, &format!("truncated: {msg}"));
+            c.outbuf.drop_unscanned();
+            c.phase = closing(c, false);
+        } else {
+            self.log_exchange(&ex, Some(status), &msg);
+            c.outbuf.clear();
+            c.outbuf.push(&http::error_response(status, kind, &msg));
+            c.phase = closing(c, true);
+        }
+    }
+
+    /// Answers locally with an error and closes. `head`: what the log line names, if parsed.
+    fn refuse(&mut self, c: &mut Client, head: Option<&RequestHead>, r: Rejection) {
+        let (method, path) = head.map_or(("-", "-"), |h| (h.method.as_str(), h.path()));
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        log::info!(
+            "proxy: {method} {path} {} in=0 out=0 0ms upstream=none (refused: {})",
+            r.status,
+            r.message
+        );
+        c.outbuf.clear();
+        c.outbuf
+            .push(&http::error_response(r.status, r.error_type, &r.message));
+        c.phase = closing(c, true);
+    }
+
+    fn log_exchange(&self, ex: &Exchange, status: Option<u16>, note: &str) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let status = status.map_or_else(|| "-".to_string(), |s| s.to_string());
+        let upstream = if ex.reused { "reused" } else { "new" };
+        let sep = if note.is_empty() { "" } else { " " };
+        log::info!(
+            "proxy: {} {} {status} in={} out={} {}ms upstream={upstream}{sep}{note}",
+            ex.method,
+            ex.path,
+            ex.bytes_in,
+            ex.bytes_out,
+            ex.started.elapsed().as_millis(),
+        );
+    }
+}
+
+/// Sorts newly read response bytes: heads (1xx relayed, the final one decides the framing)
+/// and body bytes become sendable; the end of the response is found exactly.
+fn classify(ex: &mut Exchange, outbuf: &mut super::buf::Buf) -> Result<(), Fault> {
+    loop {
+        let pending = outbuf.unscanned();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let pending_len = pending.len();
+        match ex.resp {
+            Resp::Head => {
+                let head = parse_response_head(pending, ex.is_head).map_err(Fault::BadResponse)?;
+                let Some(head) = head else {
+                    if outbuf.is_full() && outbuf.sendable().is_empty() {
+                        return Err(Fault::BadResponse("response head too large".into()));
+                    }
+                    return Ok(());
+                };
+                outbuf.mark_scanned(head.head_len);
+                ex.bytes_out += head.head_len as u64;
+                ex.response_started = true;
+                if head.is_interim() {
+                    continue;
+                }
+                ex.status = Some(head.status);
+                ex.up_close |= head.close;
+                ex.resp = if head.framing.is_done() {
+                    Resp::Done
+                } else {
+                    Resp::Body(head.framing)
+                };
+            }
+            Resp::Body(mut f) => {
+                let n = f
+                    .advance(pending)
+                    .map_err(|e| Fault::BadResponse(format!("response body: {e}")))?;
+                outbuf.mark_scanned(n);
+                ex.bytes_out += n as u64;
+                ex.resp = if f.is_done() {
+                    Resp::Done
+                } else {
+                    Resp::Body(f)
+                };
+                if n == pending_len {
+                    return Ok(());
+                }
+            }
+            Resp::Done => return Ok(()),
+        }
+    }
+}
+
+fn closing(c: &mut Client, graceful: bool) -> Phase {
+    c.deadline = Instant::now() + CLOSE_FLUSH;
+    Phase::Closing {
+        graceful,
+        shut: false,
+    }
+}
+
+/// Closing: once everything queued is written, close (truncation) or shut our side down and
+/// linger (error answers).
+fn step_closing(c: &mut Client) -> bool {
+    let Phase::Closing { graceful, shut } = &mut c.phase else {
+        return false;
+    };
+    if !c.outbuf.sendable().is_empty() || *shut {
+        return false;
+    }
+    if !*graceful {
+        c.die();
+        return true;
+    }
+    c.sock.shutdown_write();
+    *shut = true;
+    c.deadline = Instant::now() + LINGER;
+    true
+}
+
+/// Lingering after an answer: read and drop whatever the client still sends until it closes.
+fn discard_input(c: &mut Client) -> bool {
+    let mut scratch = [0u8; 8192];
+    loop {
+        match c.sock.read(&mut scratch) {
+            Ok(0) => {
+                c.die();
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                c.die();
+                return true;
+            }
+        }
+    }
+}
+
+/// Writes what may be sent to the client.
+fn flush_client(c: &mut Client) -> bool {
+    let mut progress = false;
+    loop {
+        let out = c.outbuf.sendable();
+        if out.is_empty() || c.is_dead() {
+            return progress;
+        }
+        match c.sock.write(out) {
+            Ok(0) => {
+                c.die();
+                return true;
+            }
+            Ok(n) => {
+                c.outbuf.consume(n);
+                progress = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return progress,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                c.die();
+                return true;
+            }
+        }
+    }
+}
+
+/// `.` or `..` path segments (also percent-encoded): never forwarded, whatever the upstream
+/// would make of them.
+fn has_dot_segment(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase().replace("%2e", ".");
+    lower.split('/').any(|seg| seg == "." || seg == "..")
+}

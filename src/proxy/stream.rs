@@ -1,0 +1,85 @@
+//! The client side's sockets. An enum rather than a concrete TcpStream so a Unix-socket
+//! listener (the `api-only` egress mode) can be added as one more variant.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+pub(crate) enum Listener {
+    Tcp(mio::net::TcpListener),
+}
+
+impl Listener {
+    /// Accepts one connection; `WouldBlock` when none is pending.
+    pub(crate) fn accept(&self) -> io::Result<ClientStream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                // SSE events are small writes that must leave at once.
+                s.set_nodelay(true)?;
+                Ok(ClientStream::Tcp(s))
+            }
+        }
+    }
+
+    pub(crate) fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Listener::Tcp(l) => l,
+        }
+    }
+}
+
+pub(crate) enum ClientStream {
+    Tcp(mio::net::TcpStream),
+}
+
+impl ClientStream {
+    pub(crate) fn shutdown_write(&self) {
+        // The peer may already be gone; nothing to do about it then.
+        let _ = match self {
+            ClientStream::Tcp(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+
+    pub(crate) fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => r.register(s, t, i),
+        }
+    }
+
+    pub(crate) fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => r.reregister(s, t, i),
+        }
+    }
+
+    pub(crate) fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => r.deregister(s),
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => s.flush(),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! One upstream connection: non-blocking TCP connect (trying each resolved address in turn),
+//! then rustls. Plaintext is written only once the handshake has completed, so nothing (and
+//! above all not the credential) is ever sent to a server whose certificate failed.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use rustls::ClientConnection;
+use rustls::pki_types::ServerName;
+
+/// Why an upstream connection failed; the message goes into the 502 body (no secrets here).
+#[derive(Debug)]
+pub(crate) enum UpError {
+    Connect { addr: SocketAddr, source: io::Error },
+    Tls(rustls::Error),
+    Io(io::Error),
+    Closed,
+}
+
+impl std::fmt::Display for UpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpError::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
+            UpError::Tls(e) => write!(f, "TLS with the upstream failed: {e}"),
+            UpError::Io(e) => write!(f, "upstream connection error: {e}"),
+            UpError::Closed => write!(f, "the upstream closed the connection"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Handshaking,
+    Ready,
+}
+
+pub(crate) struct UpConn {
+    sock: TcpStream,
+    pub(crate) tls: ClientConnection,
+    addrs: Vec<SocketAddr>,
+    next_addr: usize,
+    phase: Phase,
+    registered: Option<(Token, Interest)>,
+    /// TCP end of stream seen from the upstream.
+    pub(crate) eof: bool,
+    /// When it went idle (pooled connections).
+    pub(crate) idle_since: Instant,
+    /// Its completed handshake has been counted in the stats.
+    pub(crate) counted: bool,
+}
+
+impl UpConn {
+    /// Starts connecting to the first address that accepts a connect attempt.
+    pub(crate) fn connect(
+        addrs: Vec<SocketAddr>,
+        config: &Arc<rustls::ClientConfig>,
+        name: &ServerName<'static>,
+    ) -> Result<UpConn, UpError> {
+        let tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
+        let (sock, next_addr) = start_connect(&addrs, 0)?;
+        Ok(UpConn {
+            sock,
+            tls,
+            addrs,
+            next_addr,
+            phase: Phase::Connecting,
+            registered: None,
+            eof: false,
+            idle_since: Instant::now(),
+            counted: false,
+        })
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+
+    /// Registers or re-registers with the interest the state calls for. Edge-triggered: the
+    /// loop drains to WouldBlock, and interest only says which edges we care about.
+    pub(crate) fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let wants_write = self.phase == Phase::Connecting || self.tls.wants_write();
+        let interest = if wants_write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match self.registered {
+            Some(r) if r == (token, interest) => Ok(()),
+            Some(_) => {
+                self.registered = Some((token, interest));
+                registry.reregister(&mut self.sock, token, interest)
+            }
+            None => {
+                self.registered = Some((token, interest));
+                registry.register(&mut self.sock, token, interest)
+            }
+        }
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
+        if self.registered.take().is_some() {
+            // Failure means the fd is already gone from epoll; dropping the socket follows.
+            let _ = registry.deregister(&mut self.sock);
+        }
+    }
+
+    /// Moves TLS bytes both ways as far as the socket allows. Returns whether anything moved.
+    /// Reads TLS records only while rustls has no undelivered plaintext, which bounds what it
+    /// buffers; the caller drains plaintext with [`UpConn::read_plain`].
+    pub(crate) fn drive(&mut self, registry: &Registry) -> Result<bool, UpError> {
+        let mut progress = false;
+        if self.phase == Phase::Connecting {
+            match self.check_connected(registry)? {
+                true => {
+                    self.phase = Phase::Handshaking;
+                    progress = true;
+                }
+                false => return Ok(false),
+            }
+        }
+        loop {
+            let mut moved = false;
+            while self.tls.wants_write() {
+                match self.tls.write_tls(&mut self.sock) {
+                    Ok(0) => break,
+                    Ok(_) => moved = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(UpError::Io(e)),
+                }
+            }
+            while !self.eof && self.tls.wants_read() {
+                match self.tls.read_tls(&mut self.sock) {
+                    Ok(0) => {
+                        self.eof = true;
+                        moved = true;
+                    }
+                    Ok(_) => {
+                        moved = true;
+                        self.tls.process_new_packets().map_err(|e| {
+                            // Best effort: tell the server why (an alert), then fail.
+                            let _ = self.tls.write_tls(&mut self.sock);
+                            UpError::Tls(e)
+                        })?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(UpError::Io(e)),
+                }
+            }
+            if self.phase == Phase::Handshaking && !self.tls.is_handshaking() {
+                self.phase = Phase::Ready;
+                moved = true;
+            }
+            if self.eof && self.phase != Phase::Ready {
+                return Err(UpError::Closed);
+            }
+            if !moved {
+                return Ok(progress);
+            }
+            progress = true;
+        }
+    }
+
+    /// Queues plaintext for the upstream (bounded by rustls' buffer limit, 64 KiB by
+    /// default). Only valid once ready.
+    pub(crate) fn write_plain(&mut self, bytes: &[u8]) -> Result<usize, UpError> {
+        debug_assert!(self.is_ready());
+        self.tls.writer().write(bytes).map_err(UpError::Io)
+    }
+
+    /// Reads decrypted response bytes. `Ok(None)`: nothing now. `Ok(Some(0))`: the upstream
+    /// ended the stream (close_notify or TCP EOF).
+    pub(crate) fn read_plain(
+        &mut self,
+        out: &mut super::buf::Buf,
+    ) -> Result<Option<usize>, UpError> {
+        match out.read_from(&mut self.tls.reader()) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
+            Err(e) => Err(UpError::Io(e)),
+        }
+    }
+
+    /// Whether a pooled connection has gone bad: the upstream closed it, sent bytes we never
+    /// asked for, or broke TLS. Used on readable events of idle pooled connections.
+    pub(crate) fn idle_is_broken(&mut self, registry: &Registry) -> bool {
+        if self.drive(registry).is_err() || self.eof {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        !matches!(self.tls.reader().read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Connected, still connecting, or on to the next address after a failure.
+    fn check_connected(&mut self, registry: &Registry) -> Result<bool, UpError> {
+        let failure = match self.sock.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match self.sock.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+                Err(e) => Some(e),
+            },
+        };
+        let Some(err) = failure else {
+            // Nagle would hold back small request writes.
+            self.sock.set_nodelay(true).map_err(UpError::Io)?;
+            return Ok(true);
+        };
+        if self.next_addr >= self.addrs.len() {
+            let addr = self.addrs[self.next_addr - 1];
+            return Err(UpError::Connect { addr, source: err });
+        }
+        log::debug!(
+            "proxy: connect to {} failed ({err}); trying the next address",
+            self.addrs[self.next_addr - 1]
+        );
+        let token = self.registered.map(|(t, _)| t);
+        self.deregister(registry);
+        let (sock, next) = start_connect(&self.addrs, self.next_addr)?;
+        self.sock = sock;
+        self.next_addr = next;
+        if let Some(t) = token {
+            self.update_interest(registry, t).map_err(UpError::Io)?;
+        }
+        Ok(false)
+    }
+}
+
+/// Starts a non-blocking connect to the first address from `from` that does not fail at once.
+/// Returns the socket and the index of the address after it.
+fn start_connect(addrs: &[SocketAddr], from: usize) -> Result<(TcpStream, usize), UpError> {
+    let mut last = None;
+    for (i, addr) in addrs.iter().enumerate().skip(from) {
+        match TcpStream::connect(*addr) {
+            Ok(s) => return Ok((s, i + 1)),
+            Err(e) => {
+                last = Some(UpError::Connect {
+                    addr: *addr,
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(UpError::Closed))
+}

@@ -1,0 +1,534 @@
+//! The only place with `unsafe` system calls for the init half: signal masks, prctl,
+//! capabilities, ids, fds, fork/exec, waitpid.
+//!
+//! Invariants:
+//! - functions marked "async-signal-safe" make exactly one or a few raw system calls, never
+//!   allocate and never take locks, so the child may call them between `fork` and `execve`;
+//! - id and capability changes use raw syscalls, which act on the calling THREAD. Callers use
+//!   them only while the process has a single thread (before the proxy thread exists, in the
+//!   forked child, or in `bottle-init exec`).
+//! - every wrapper returns `Result<_, Errno>`; policy (what to do about an error) is elsewhere.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+/// An `errno` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub fn last() -> Errno {
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+    pub fn to_io(self) -> std::io::Error {
+        std::io::Error::from_raw_os_error(self.0)
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_io())
+    }
+}
+
+/// Maps a raw `-1`-on-error return to `Result`. Async-signal-safe.
+fn check(rc: libc::c_long) -> Result<libc::c_long, Errno> {
+    if rc < 0 {
+        // SAFETY: reading errno through libc's thread-local accessor; no allocation.
+        Err(Errno(unsafe { *libc::__errno_location() }))
+    } else {
+        Ok(rc)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+/// A full signal set.
+pub fn full_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
+}
+
+/// An empty signal set.
+pub fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Sets the calling thread's signal mask. Async-signal-safe.
+pub fn set_sigmask(set: &libc::sigset_t) -> Result<(), Errno> {
+    // SAFETY: `set` is a valid initialised sigset; the old mask is not requested.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set, std::ptr::null_mut()) };
+    if rc != 0 { Err(Errno(rc)) } else { Ok(()) }
+}
+
+/// The kernel's `struct sigaction` (not libc's): handler, flags, restorer, mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Restores every catchable signal to its default disposition. Async-signal-safe.
+/// Rust's runtime ignores SIGPIPE, and whoever started us may have ignored others; an ignored
+/// disposition survives execve, so this matters. Raw rt_sigaction because libc's wrappers
+/// refuse the signals libc reserves for itself (32, 33), which can still arrive ignored.
+pub fn reset_signal_dispositions() {
+    let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8; no old
+        // action requested. Invalid numbers fail with EINVAL, ignored.
+        unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, std::ptr::null_mut::<KernelSigaction>(), 8usize)
+        };
+    }
+}
+
+/// Waits up to `timeout` for a signal in `set` (which must be blocked). `Ok(None)` on timeout
+/// or interruption.
+pub fn sigtimedwait(set: &libc::sigset_t, timeout: Duration) -> Result<Option<i32>, Errno> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are valid for the call; the siginfo out-pointer may be NULL.
+    let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    match check(rc as libc::c_long) {
+        Ok(sig) => Ok(Some(sig as i32)),
+        Err(Errno(libc::EAGAIN)) | Err(Errno(libc::EINTR)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// kill(2). `pid` may be negative (a process group) or -1 (everything we may signal).
+pub fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill takes plain integers.
+    check(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
+}
+
+pub fn getpgid(pid: i32) -> Result<i32, Errno> {
+    // SAFETY: plain integer argument.
+    check(unsafe { libc::getpgid(pid) } as libc::c_long).map(|p| p as i32)
+}
+
+pub fn setpgid(pid: i32, pgid: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments. Async-signal-safe.
+    check(unsafe { libc::setpgid(pid, pgid) } as libc::c_long).map(drop)
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail. Async-signal-safe.
+    unsafe { libc::getpid() }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// True when `fd` refers to a terminal. Async-signal-safe.
+pub fn isatty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the fd (one ioctl).
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Makes `pgid` the foreground process group of the terminal on `fd`. Async-signal-safe.
+/// The caller must block or ignore SIGTTOU: a background process calling this is otherwise
+/// stopped by the kernel (tcsetpgrp(3)).
+pub fn tcsetpgrp(fd: i32, pgid: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::tcsetpgrp(fd, pgid) } as libc::c_long).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process state: prctl, ids, capabilities
+// ---------------------------------------------------------------------------------------------
+
+fn prctl(op: i32, a: libc::c_ulong) -> Result<libc::c_long, Errno> {
+    // SAFETY: the prctl operations used here take integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            op,
+            a,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } as libc::c_long)
+}
+
+/// PR_SET_DUMPABLE: 0 makes /proc/self/* root-owned and refuses ptrace attach.
+pub fn set_dumpable(on: bool) -> Result<(), Errno> {
+    prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong).map(drop)
+}
+
+pub fn set_child_subreaper() -> Result<(), Errno> {
+    prctl(libc::PR_SET_CHILD_SUBREAPER, 1).map(drop)
+}
+
+/// Irreversible; inherited across fork and execve. Async-signal-safe.
+pub fn set_no_new_privs() -> Result<(), Errno> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop)
+}
+
+pub fn get_no_new_privs() -> Result<bool, Errno> {
+    prctl(libc::PR_GET_NO_NEW_PRIVS, 0).map(|v| v == 1)
+}
+
+/// Whether `cap` is in the bounding set; `Err(EINVAL)` past the last capability the kernel
+/// knows. Async-signal-safe.
+pub fn capbset_read(cap: u32) -> Result<bool, Errno> {
+    prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong).map(|v| v == 1)
+}
+
+/// Removes every capability from the bounding set (needs CAP_SETPCAP). Async-signal-safe.
+pub fn clear_bounding_set() -> Result<(), Errno> {
+    for cap in 0..64u32 {
+        match capbset_read(cap) {
+            Ok(_) => {}
+            Err(Errno(libc::EINVAL)) => break, // past cap_last_cap
+            Err(e) => return Err(e),
+        }
+        prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)?;
+    }
+    Ok(())
+}
+
+/// True when any capability is still in the bounding set. Async-signal-safe.
+pub fn bounding_set_nonempty() -> Result<bool, Errno> {
+    for cap in 0..64u32 {
+        match capbset_read(cap) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(Errno(libc::EINVAL)) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Clears the ambient set. Async-signal-safe.
+pub fn clear_ambient() -> Result<(), Errno> {
+    // SAFETY: integer-only prctl.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
+/// True when any capability is in the ambient set. Async-signal-safe.
+pub fn ambient_nonempty() -> Result<bool, Errno> {
+    for cap in 0..64u32 {
+        // SAFETY: integer-only prctl.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+                cap as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        match check(rc as libc::c_long) {
+            Ok(1) => return Ok(true),
+            Ok(_) => {}
+            Err(Errno(libc::EINVAL)) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Effective, permitted and inheritable capability sets as 64-bit masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CapSets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// capget(2) for the calling thread. Async-signal-safe.
+pub fn capget() -> Result<CapSets, Errno> {
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: version 3 takes a header and an array of two data structs, both valid here.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) })?;
+    let join = |lo: u32, hi: u32| (hi as u64) << 32 | lo as u64;
+    Ok(CapSets {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+/// capset(2) for the calling thread. Lowering is always allowed. Async-signal-safe.
+pub fn capset(sets: CapSets) -> Result<(), Errno> {
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: sets.effective as u32,
+            permitted: sets.permitted as u32,
+            inheritable: sets.inheritable as u32,
+        },
+        CapData {
+            effective: (sets.effective >> 32) as u32,
+            permitted: (sets.permitted >> 32) as u32,
+            inheritable: (sets.inheritable >> 32) as u32,
+        },
+    ];
+    // SAFETY: version 3 header plus two data structs, valid for the call.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) }).map(drop)
+}
+
+/// Raw setgroups(2) on the calling thread. Async-signal-safe.
+pub fn setgroups(groups: &[libc::gid_t]) -> Result<(), Errno> {
+    // SAFETY: pointer and length describe a live slice.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
+}
+
+/// Raw getgroups(2) into `buf`; returns the count. Async-signal-safe.
+pub fn getgroups(buf: &mut [libc::gid_t]) -> Result<usize, Errno> {
+    // SAFETY: pointer and length describe a live writable slice.
+    check(unsafe { libc::syscall(libc::SYS_getgroups, buf.len(), buf.as_mut_ptr()) })
+        .map(|n| n as usize)
+}
+
+/// Raw setresgid(2) on the calling thread. Async-signal-safe.
+pub fn setresgid(gid: u32) -> Result<(), Errno> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
+}
+
+/// Raw setresuid(2) on the calling thread. Async-signal-safe.
+pub fn setresuid(uid: u32) -> Result<(), Errno> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
+/// (real, effective, saved) user ids. Async-signal-safe.
+pub fn getresuid() -> Result<(u32, u32, u32), Errno> {
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    // SAFETY: three valid out-pointers.
+    check(unsafe { libc::syscall(libc::SYS_getresuid, &mut r, &mut e, &mut s) })?;
+    Ok((r, e, s))
+}
+
+/// (real, effective, saved) group ids. Async-signal-safe.
+pub fn getresgid() -> Result<(u32, u32, u32), Errno> {
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    // SAFETY: three valid out-pointers.
+    check(unsafe { libc::syscall(libc::SYS_getresgid, &mut r, &mut e, &mut s) })?;
+    Ok((r, e, s))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and descriptors
+// ---------------------------------------------------------------------------------------------
+
+/// Closes every fd from `first` to `last` inclusive. Async-signal-safe.
+pub fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range takes integers; closing fds we do not own only happens in the
+    // forked child or right before execve, where nothing else uses them.
+    match check(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }) {
+        Ok(_) => Ok(()),
+        Err(Errno(libc::ENOSYS)) => {
+            // Kernels before 5.9: close one by one up to a sane limit.
+            let end = last.min(65_535);
+            for fd in first..=end {
+                // SAFETY: closing an integer fd; EBADF is ignored.
+                unsafe { libc::close(fd as i32) };
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A CLOEXEC pipe: (read end, write end).
+pub fn pipe_cloexec() -> Result<(i32, i32), Errno> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    Ok((fds[0], fds[1]))
+}
+
+/// write(2) of the whole buffer, retrying on EINTR. Async-signal-safe.
+pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: pointer and length describe a live slice.
+        match check(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) } as libc::c_long) {
+            Ok(n) => buf = &buf[n as usize..],
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// read(2) until `buf` is full or end of file, retrying on EINTR; returns bytes read.
+pub fn read_full(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: pointer and length describe a live writable slice.
+        match check(unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) } as libc::c_long)
+        {
+            Ok(0) => break,
+            Ok(n) => got += n as usize,
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd this module handed out; errors are irrelevant. Async-signal-safe.
+    unsafe { libc::close(fd) };
+}
+
+/// Creates `path` exclusively (never following a symlink, never truncating an existing file),
+/// writes `data`, closes it. `Ok(false)` when it already exists. Async-signal-safe.
+pub fn create_exclusive(path: &CStr, data: &[u8], mode: u32) -> Result<bool, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    match check(fd as libc::c_long) {
+        Ok(_) => {}
+        Err(Errno(libc::EEXIST)) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let res = write_all(fd, data);
+    close(fd);
+    res.map(|_| true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// fork, exec, wait
+// ---------------------------------------------------------------------------------------------
+
+/// fork(2). Returns 0 in the child.
+///
+/// # Safety
+/// The caller must be single-threaded or must only call async-signal-safe functions in the
+/// child before `execve`/`_exit`.
+pub unsafe fn fork() -> Result<i32, Errno> {
+    // SAFETY: forwarded to the caller's contract.
+    check(unsafe { libc::fork() } as libc::c_long).map(|p| p as i32)
+}
+
+/// execve(2): only returns on failure. Async-signal-safe.
+pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    // SAFETY: `path` is NUL-terminated; argv and envp are NULL-terminated arrays of pointers
+    // to NUL-terminated strings kept alive by the caller.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Errno::last()
+}
+
+/// _exit(2): no atexit handlers, no flushing. Async-signal-safe.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: terminates the process immediately.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildEnd {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// One `waitpid(pid, WNOHANG)`: `Ok(None)` when nothing is ready, `Err(ECHILD)` when there
+/// are no children at all.
+pub fn waitpid_nohang(pid: i32) -> Result<Option<(i32, ChildEnd)>, Errno> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    let rc = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } as libc::c_long)?;
+    if rc == 0 {
+        return Ok(None);
+    }
+    Ok(Some((rc as i32, decode_status(status))))
+}
+
+/// Blocking `waitpid(pid, 0)`, retrying on EINTR.
+pub fn waitpid_blocking(pid: i32) -> Result<(i32, ChildEnd), Errno> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        match check(unsafe { libc::waitpid(pid, &mut status, 0) } as libc::c_long) {
+            Ok(rc) => return Ok((rc as i32, decode_status(status))),
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn decode_status(status: i32) -> ChildEnd {
+    if libc::WIFSIGNALED(status) {
+        ChildEnd::Signaled(libc::WTERMSIG(status))
+    } else {
+        ChildEnd::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Pointer to the process's `environ` array (NULL-terminated).
+pub fn environ() -> *const *mut libc::c_char {
+    unsafe extern "C" {
+        static environ: *const *mut libc::c_char;
+    }
+    // SAFETY: reading the libc global; callers only read it while single-threaded.
+    unsafe { environ }
+}

@@ -1,0 +1,810 @@
+//! Integration tests of the credential-injecting proxy, in-process: a real `Proxy` on loopback
+//! in front of a TLS mock upstream signed by a CA generated per test. Every test also checks
+//! that neither the real token nor the session secret appears in what the client got back or
+//! in any log line.
+
+mod proxy_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bottle_init::proxy::{Limits, Proxy, ProxyError};
+use bottle_init::secret::CredentialKind;
+use proxy_support::*;
+
+#[test]
+fn real_credential_arrives_and_the_placeholder_never_does() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    let req = format!(
+        "POST /v1/messages?beta=true HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {SESSION}\r\n\
+         x-api-key: {SESSION}\r\nanthropic-beta: claude-code-20250219,interleaved-thinking-2025-05-14\r\n\
+         Content-Length: 2\r\n\r\n{{}}",
+        proxy.addr.port()
+    );
+    let resp = roundtrip(proxy.addr, req.as_bytes()).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    // The upstream's headers come back unchanged.
+    assert_eq!(resp.header("request-id"), Some("req_123"));
+    assert_eq!(
+        resp.header("anthropic-ratelimit-requests-remaining"),
+        Some("99")
+    );
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert_eq!(
+        resp.body_text(),
+        r#"{"ok":true,"path":"/v1/messages?beta=true"}"#
+    );
+
+    let got = mock.requests();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(
+        r.header("authorization").as_deref(),
+        Some(format!("Bearer {REAL_TOKEN}").as_str())
+    );
+    assert_eq!(r.header_count("authorization"), 1);
+    assert_eq!(r.header_count("x-api-key"), 0);
+    assert!(
+        !contains(&r.head, SESSION.as_bytes()),
+        "placeholder forwarded"
+    );
+    assert_eq!(
+        r.header("anthropic-beta").as_deref(),
+        Some("claude-code-20250219,interleaved-thinking-2025-05-14,oauth-2025-04-20")
+    );
+    assert_eq!(r.header("host"), Some(format!("localhost:{}", mock.port)));
+    assert_eq!(r.target, "/v1/messages?beta=true");
+    assert_eq!(r.body_raw, b"{}");
+}
+
+#[test]
+fn api_key_mode_sends_x_api_key() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::ApiKey,
+        Limits::default(),
+    );
+    let req =
+        format!("GET /v1/models?limit=1000 HTTP/1.1\r\nHost: x\r\nx-api-key: {SESSION}\r\n\r\n");
+    let resp = roundtrip(proxy.addr, req.as_bytes()).unwrap();
+    assert_eq!(resp.status, 200);
+    let r = &mock.requests()[0];
+    assert_eq!(r.header("x-api-key").as_deref(), Some(REAL_TOKEN));
+    assert_eq!(r.header_count("authorization"), 0);
+    assert_eq!(
+        r.header_count("anthropic-beta"),
+        0,
+        "no OAuth beta in API-key mode"
+    );
+    assert!(!contains(&r.head, SESSION.as_bytes()));
+}
+
+#[test]
+fn passthrough_headers_arrive_unchanged_and_in_order() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    // claude's real header set (see shared/facts/claude-code-client.md), wire order.
+    let passthrough = [
+        ("Accept", "application/json"),
+        ("Content-Type", "application/json"),
+        ("User-Agent", "claude-cli/2.1.126 (external, sdk-cli)"),
+        (
+            "X-Claude-Code-Session-Id",
+            "0b6e4d8e-1111-2222-3333-444455556666",
+        ),
+        ("X-Stainless-Arch", "x64"),
+        ("X-Stainless-Lang", "js"),
+        ("X-Stainless-OS", "Linux"),
+        ("X-Stainless-Package-Version", "0.60.0"),
+        ("X-Stainless-Retry-Count", "0"),
+        ("X-Stainless-Runtime", "node"),
+        ("X-Stainless-Runtime-Version", "v22.0.0"),
+        ("X-Stainless-Timeout", "600"),
+        (
+            "anthropic-beta",
+            "claude-code-20250219,oauth-2025-04-20,interleaved-thinking-2025-05-14",
+        ),
+        ("anthropic-dangerous-direct-browser-access", "true"),
+        ("anthropic-version", "2023-06-01"),
+        ("x-app", "cli"),
+    ];
+    let mut req = "POST /v1/messages?beta=true HTTP/1.1\r\n".to_string();
+    for (i, (n, v)) in passthrough.iter().enumerate() {
+        req.push_str(&format!("{n}: {v}\r\n"));
+        if i == 0 {
+            req.push_str(&format!("Authorization: Bearer {SESSION}\r\n"));
+        }
+    }
+    req.push_str(&format!(
+        "Host: 127.0.0.1:{}\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n",
+        proxy.addr.port()
+    ));
+    req.push_str("Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n");
+    req.push_str("Content-Length: 2\r\n\r\n{}");
+    let resp = roundtrip(proxy.addr, req.as_bytes()).unwrap();
+    assert_eq!(resp.status, 200);
+
+    let r = &mock.requests()[0];
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for (i, (n, v)) in passthrough.iter().enumerate() {
+        expected.push((n.to_string(), v.to_string()));
+        if i == 0 {
+            expected.push(("Authorization".into(), format!("Bearer {REAL_TOKEN}")));
+        }
+    }
+    expected.push(("Host".into(), format!("localhost:{}", mock.port)));
+    expected.push(("Accept-Encoding".into(), "gzip, deflate, br, zstd".into()));
+    expected.push(("Content-Length".into(), "2".into()));
+    let got: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn large_json_and_chunked_uploads_arrive_byte_exact() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    // ~100 KB of JSON whose bytes must not be re-serialised (odd spacing, escapes, unicode).
+    let mut body = String::from(
+        "{\"model\": \"claude\",  \"system\":[{\"text\":\"x-anthropic-billing-header: cch=abc;\"}],\"messages\":[",
+    );
+    let mut i = 0;
+    while body.len() < 100_000 {
+        body.push_str(&format!(
+            "{{\"role\":\"user\",\"content\":\"m{i} \\u00e9 \\\"q\\\" ü\"}} ,"
+        ));
+        i += 1;
+    }
+    body.push_str("{}]}");
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", body.as_bytes())).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(mock.requests()[0].body_raw, body.as_bytes());
+
+    // Chunked, with odd chunk sizes, an extension and a trailer, sent in small pieces.
+    let mut chunked = Vec::new();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for (n, piece) in data.chunks(7919).enumerate() {
+        if n == 2 {
+            chunked.extend_from_slice(format!("{:X};ext=1\r\n", piece.len()).as_bytes());
+        } else {
+            chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        }
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\nX-Trailer: yes\r\n\r\n");
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer {SESSION}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut s = connect(proxy.addr);
+    s.write_all(head.as_bytes()).unwrap();
+    for piece in chunked.chunks(3000) {
+        s.write_all(piece).unwrap();
+    }
+    let resp = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(resp.status, 200);
+    let got = &mock.requests()[1];
+    assert_eq!(got.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert!(got.body_raw == chunked, "chunked body changed in transit");
+    assert_no_leak("response", &resp.raw_body);
+}
+
+/// The mock sends one SSE event, then waits until the test client confirms it received it.
+#[test]
+fn sse_events_are_relayed_one_by_one() {
+    let ca = TestCa::new("test CA");
+    let (confirm_tx, confirm_rx) = mpsc::channel::<()>();
+    let confirm_rx = Arc::new(Mutex::new(confirm_rx));
+    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        for i in 0..5 {
+            let ev = format!("event: content_block_delta\ndata: {{\"i\":{i}}}\n\n");
+            write!(w, "{:x}\r\n{ev}\r\n", ev.len())?;
+            w.flush()?;
+            confirm_rx
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| std::io::Error::other("client never confirmed the event"))?;
+        }
+        w.write_all(b"0\r\n\r\n")?;
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let mut s = connect(proxy.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&post("/v1/messages", br#"{"stream":true}"#))
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(r.read_line(&mut head).unwrap() > 0);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for i in 0..5 {
+        // Each event must arrive while the upstream is still waiting for our confirmation.
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut ev = vec![0u8; n + 2];
+        r.read_exact(&mut ev).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ev[..n]),
+            format!("event: content_block_delta\ndata: {{\"i\":{i}}}\n\n")
+        );
+        confirm_tx.send(()).unwrap();
+    }
+    let mut end = String::new();
+    r.read_line(&mut end).unwrap();
+    assert_eq!(end, "0\r\n");
+    assert_no_leak("sse", head.as_bytes());
+}
+
+#[test]
+fn sequential_requests_cost_one_upstream_handshake() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    // Keep-alive on the client side...
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..10 {
+        w.write_all(&post(&format!("/v1/messages?n={i}"), b"{}"))
+            .unwrap();
+        let resp = read_response(&mut r, false).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.body_text(),
+            format!(r#"{{"ok":true,"path":"/v1/messages?n={i}"}}"#)
+        );
+    }
+    // ...and the pool across client connections.
+    for _ in 0..5 {
+        assert_eq!(
+            roundtrip(proxy.addr, &post("/v1/messages", b"{}"))
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(mock.requests().len(), 15);
+    assert_eq!(
+        mock.state.accepts.load(Ordering::SeqCst),
+        1,
+        "one TCP connection upstream"
+    );
+    assert_eq!(
+        mock.state.handshakes.load(Ordering::SeqCst),
+        1,
+        "one TLS handshake upstream"
+    );
+    assert_eq!(proxy.stats.upstream_handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(proxy.stats.upstream_reused.load(Ordering::SeqCst), 14);
+    assert!(logs().iter().any(|l| l.contains("upstream=reused")));
+}
+
+#[test]
+fn untrusted_upstream_certificate_gives_502_and_no_request_bytes() {
+    let trusted = TestCa::new("trusted CA");
+    let other = TestCa::new("attacker CA");
+    let mock = Mock::start(&other, ok_handler());
+    let proxy = proxy_for(&mock, &trusted);
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 502);
+    let (kind, msg) = resp.anthropic_error();
+    assert_eq!(kind, "api_error");
+    assert!(
+        msg.contains("TLS") && msg.to_lowercase().contains("certificate"),
+        "{msg}"
+    );
+    wait_until(
+        "the mock to see the handshake fail",
+        Duration::from_secs(5),
+        || mock.state.handshake_failures.load(Ordering::SeqCst) == 1,
+    );
+    assert_eq!(mock.state.handshakes.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        mock.state.plain_bytes_in.load(Ordering::SeqCst),
+        0,
+        "request bytes reached an untrusted server"
+    );
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn bad_requests_get_their_4xx_and_nothing_is_forwarded() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits {
+        request: bottle_init::http::RequestLimits {
+            max_head: 4096,
+            max_headers: 32,
+            max_body: 1000,
+        },
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
+    let auth = format!("Authorization: Bearer {SESSION}\r\n");
+    let many_headers: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(String, u16)> = vec![
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Content-Length: 2\r\nContent-Length: 2\r\n\r\n{{}}"
+            ),
+            400,
+        ),
+        (
+            format!("POST /v1/messages HTTP/1.1\r\n{auth}Transfer-Encoding: gzip\r\n\r\n"),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Transfer-Encoding: chunked, identity\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{auth}X-A: 1\r\n  folded\r\n\r\n"),
+            400,
+        ),
+        (format!("GET /v1/models HTTP/1.1\n{auth}\r\n"), 400),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{auth}X-A: a\rb\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{auth}Bad Name: 1\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{auth}X-A: a\x01b\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET https://evil.example/v1/models HTTP/1.1\r\n{auth}\r\n"),
+            400,
+        ),
+        (
+            format!("CONNECT evil.example:443 HTTP/1.1\r\n{auth}\r\n"),
+            405,
+        ),
+        (format!("TRACE /v1/models HTTP/1.1\r\n{auth}\r\n"), 405),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\n{auth}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\n{auth}X-Big: {}\r\n\r\n",
+                "a".repeat(5000)
+            ),
+            431,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{auth}{many_headers}\r\n"),
+            431,
+        ),
+        (
+            format!("POST /v1/messages HTTP/1.1\r\n{auth}Content-Length: 1001\r\n\r\n"),
+            413,
+        ),
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n3e9\r\n{}\r\n0\r\n\r\n",
+                "a".repeat(1001)
+            ),
+            413,
+        ),
+        (
+            format!("POST /v1/messages HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            400,
+        ),
+        (format!("GET /admin HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/../admin HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/%2e%2e/admin HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/models HTTP/1.0\r\n{auth}\r\n"), 505),
+    ];
+    for (req, want) in &cases {
+        let resp = roundtrip(proxy.addr, req.as_bytes()).unwrap_or_else(|e| panic!("{req:?}: {e}"));
+        assert_eq!(resp.status, *want, "{req:?} -> {}", resp.body_text());
+        let (kind, msg) = resp.anthropic_error();
+        assert!(!kind.is_empty() && !msg.is_empty());
+        assert_eq!(resp.header("connection"), Some("close"));
+    }
+    // The chunked 413 case reached the upstream only as an unfinished request, which the
+    // mock never completes; nothing else may have arrived at all.
+    assert!(
+        mock.requests().is_empty(),
+        "forwarded: {:?}",
+        mock.requests()
+    );
+}
+
+#[test]
+fn missing_or_wrong_session_secret_gets_401_in_the_anthropic_shape() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    let cases = [
+        "POST /v1/messages HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+        "POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer bottle-wrong\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+        format!("POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer {REAL_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"),
+        format!("POST /v1/messages HTTP/1.1\r\nx-api-key: {}\r\nContent-Length: 2\r\n\r\n{{}}", &SESSION[..SESSION.len() - 1]),
+    ];
+    for req in &cases {
+        let resp = roundtrip(proxy.addr, req.as_bytes()).unwrap();
+        assert_eq!(resp.status, 401);
+        let (kind, msg) = resp.anthropic_error();
+        assert_eq!(kind, "authentication_error");
+        assert!(msg.contains("session secret"), "{msg}");
+    }
+    assert!(mock.requests().is_empty());
+    assert_eq!(
+        mock.state.accepts.load(Ordering::SeqCst),
+        0,
+        "no upstream connection for refused requests"
+    );
+}
+
+#[test]
+fn head_warmup_is_answered_locally() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let resp = read_response(&mut r, true).unwrap();
+    assert_eq!(resp.status, 200);
+    // Same connection goes on to a real request.
+    w.write_all(&post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(mock.requests()[0].method, "POST");
+}
+
+#[test]
+fn bind_validates_without_contacting_the_upstream() {
+    init_logs();
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let bad = config(
+        &mock.upstream_url(),
+        Some("not a certificate"),
+        CredentialKind::OAuth,
+    );
+    match Proxy::bind("127.0.0.1:0".parse().unwrap(), bad) {
+        Err(ProxyError::BadCa(m)) => assert!(!m.contains(REAL_TOKEN)),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("bad CA accepted"),
+    }
+    let proxy = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth),
+    )
+    .unwrap();
+    assert_ne!(proxy.local_addr().port(), 0);
+    proxy.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 0);
+    let _ = Instant::now();
+}
+
+/// A response far larger than the proxy's buffers, to a client that does not read: the proxy
+/// must stop reading the upstream (backpressure reaches the mock's writes) and hold only its
+/// bounded buffers.
+#[test]
+fn slow_reader_keeps_proxy_memory_bounded() {
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let ca = TestCa::new("test CA");
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = written.clone();
+    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+        write!(w, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {TOTAL}\r\n\r\n")?;
+        let block = vec![b'x'; 16 * 1024];
+        for _ in 0..TOTAL / block.len() {
+            w.write_all(&block)?;
+            w2.fetch_add(block.len(), Ordering::SeqCst);
+        }
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let rss_before = vm_rss_kib();
+    let mut s = connect(proxy.addr);
+    s.write_all(&post("/v1/messages", b"{}")).unwrap();
+    // Do not read for a while: everything the mock manages to write must fit in kernel socket
+    // buffers plus the proxy's bounded buffers.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stalled_at = written.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let still = written.load(Ordering::SeqCst);
+    let peak = proxy.stats.peak_connection_buffered.load(Ordering::SeqCst);
+    let rss_stalled = vm_rss_kib();
+    eprintln!(
+        "slow reader: mock wrote {stalled_at} then {still} bytes of {TOTAL}; proxy peak per-connection buffer {peak} B; VmRSS {rss_before} -> {rss_stalled} KiB"
+    );
+    assert!(still < TOTAL / 2, "the upstream was read without backpressure ({still} bytes)");
+    assert_eq!(stalled_at, still, "the mock kept writing while the client read nothing");
+    assert!(peak <= 200 * 1024, "proxy buffered {peak} bytes for one connection");
+    // Now read it all: every byte arrives, in order.
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r, false).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.len(), TOTAL);
+    assert!(resp.body.iter().all(|b| *b == b'x'));
+    let peak = proxy.stats.peak_connection_buffered.load(Ordering::SeqCst);
+    assert!(peak <= 200 * 1024, "proxy buffered {peak} bytes for one connection");
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An SSE stream whose handler reports when its connection goes away.
+fn endless_sse_handler(events_sent: Arc<std::sync::atomic::AtomicUsize>) -> Handler {
+    Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        for i in 0.. {
+            let ev = format!("event: ping\ndata: {{\"i\":{i}}}\n\n");
+            write!(w, "{:x}\r\n{ev}\r\n", ev.len())?;
+            w.flush()?;
+            events_sent.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            if i > 3000 {
+                break;
+            }
+        }
+        Ok(false)
+    })
+}
+
+#[test]
+fn client_disconnect_mid_stream_frees_the_upstream() {
+    let ca = TestCa::new("test CA");
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mock = Mock::start(&ca, endless_sse_handler(sent.clone()));
+    let proxy = proxy_for(&mock, &ca);
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&post("/v1/messages", br#"{"stream":true}"#)).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !line.contains("event: ping") {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    assert_eq!(proxy.stats.open_upstreams.load(Ordering::SeqCst), 1);
+    drop(r);
+    drop(w);
+    // The proxy closes its upstream connection; the mock's next writes fail.
+    wait_until("the upstream connection to close", Duration::from_secs(10), || {
+        mock.state.closed.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(proxy.stats.open_upstreams.load(Ordering::SeqCst), 0, "half-read connection kept");
+    assert!(logs().iter().any(|l| l.contains("client closed the connection")));
+    // The next request needs (and gets) a fresh upstream connection.
+    let mock_requests = mock.requests().len();
+    assert_eq!(mock_requests, 1);
+}
+
+#[test]
+fn upstream_closing_mid_stream_truncates_the_client_stream() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+        if req.target.contains("chunked") {
+            w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")?;
+        } else {
+            w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-this")?;
+        }
+        w.flush()?;
+        Ok(false) // close without finishing the body
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+
+    let mut s = connect(proxy.addr);
+    s.write_all(&post("/v1/messages", b"{}")).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nonly-this"), "truncated body must end as sent: {text}");
+
+    let mut s = connect(proxy.addr);
+    s.write_all(&post("/v1/messages?chunked", b"{}")).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("5\r\nhello\r\n"), "no terminating chunk may be invented: {text:?}");
+    assert_no_leak("truncated", &all);
+    assert!(logs().iter().any(|l| l.contains("truncated")));
+}
+
+#[test]
+fn two_hundred_concurrent_streams_complete() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        for i in 0..3 {
+            let ev = format!("data: {} {i}\n\n", req.target);
+            write!(w, "{:x}\r\n{ev}\r\n", ev.len())?;
+            w.flush()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w.write_all(b"0\r\n\r\n")?;
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let addr = proxy.addr;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..200)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let resp = roundtrip(addr, &post(&format!("/v1/messages?n={n}"), b"{}")).unwrap();
+                assert_eq!(resp.status, 200);
+                let want: String = (0..3).map(|i| format!("data: /v1/messages?n={n} {i}\n\n")).collect();
+                assert_eq!(resp.body_text(), want);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    eprintln!("200 concurrent streams in {:?}", start.elapsed());
+    assert_eq!(mock.requests().len(), 200);
+}
+
+#[test]
+fn slowloris_head_gets_408() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits { head_timeout: Duration::from_secs(1), ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let mut s = connect(proxy.addr);
+    let start = Instant::now();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"X-Slow: 1\r\n").unwrap();
+    let resp = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(resp.status, 408);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn idle_keepalive_connections_are_closed() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits { idle_timeout: Duration::from_millis(500), ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(&post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(r.read(&mut buf).unwrap(), 0, "idle connection closed without a response");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn connection_cap_answers_503() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits { max_connections: 2, ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let _a = connect(proxy.addr);
+    let _b = connect(proxy.addr);
+    wait_until("two open connections", Duration::from_secs(5), || {
+        proxy.stats.open_clients.load(Ordering::SeqCst) == 2
+    });
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.anthropic_error().0, "overloaded_error");
+    drop((_a, _b));
+    wait_until("connections to close", Duration::from_secs(5), || {
+        proxy.stats.open_clients.load(Ordering::SeqCst) == 0
+    });
+    assert_eq!(roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap().status, 200);
+}
+
+#[test]
+fn upstream_refusing_connections_gives_502() {
+    init_logs();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let ca = TestCa::new("test CA");
+    let proxy = start_proxy(&format!("https://localhost:{port}"), Some(&ca.pem), CredentialKind::OAuth, Limits::default());
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 502);
+    let (kind, msg) = resp.anthropic_error();
+    assert_eq!(kind, "api_error");
+    assert!(msg.contains("cannot connect"), "{msg}");
+}
+
+#[test]
+fn upstream_that_never_handshakes_gives_504() {
+    init_logs();
+    // Accepts TCP but never speaks TLS.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(conns);
+    });
+    let ca = TestCa::new("test CA");
+    let limits = Limits { connect_timeout: Duration::from_secs(1), ..Limits::default() };
+    let proxy = start_proxy(&format!("https://127.0.0.1:{port}"), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let start = Instant::now();
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 504);
+    assert!(resp.anthropic_error().1.contains("took longer than 1 s"));
+    assert!(start.elapsed() < Duration::from_secs(4));
+    drop(held);
+}
+
+#[test]
+fn upstream_that_never_answers_gives_504_after_the_stream_idle_timeout() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|_req: &MockRequest, _w: &mut dyn Write| {
+        std::thread::sleep(Duration::from_secs(4));
+        Ok(false)
+    });
+    let mock = Mock::start(&ca, handler);
+    let limits = Limits { stream_idle_timeout: Duration::from_secs(1), ..Limits::default() };
+    let proxy = start_proxy(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth, limits);
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 504);
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[test]
+fn default_limits_allow_long_streams() {
+    let l = Limits::default();
+    assert!(l.stream_idle_timeout >= Duration::from_secs(600), "claude waits 600 s");
+    assert!(l.head_timeout <= Duration::from_secs(30));
+    assert!(l.max_connections >= 256);
+}
