@@ -375,7 +375,13 @@ fn inspect_claude(sb: &Sandbox, root: u32) -> String {
             !env.iter().any(|e| e.starts_with("BOTTLE_")),
             "BOTTLE_* leaked into claude's env"
         );
+        let t0 = Instant::now();
         let (scanned, found) = memory_contains(*pid, secret).expect("scan claude's memory as root");
+        eprintln!(
+            "scanned {} MiB of pid {pid} in {:?}",
+            scanned >> 20,
+            t0.elapsed()
+        );
         assert!(
             scanned > 1 << 20,
             "scanned only {scanned} bytes of pid {pid}"
@@ -837,7 +843,8 @@ fn interactive_on_a_pty_with_fresh_home() {
     // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
     let conf = sb.dir.path().join("tmux.conf");
     std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
-    let inner = sb.claude_command(&[]);
+    let mut inner = sb.claude_command(&[]);
+    inner.env("BOTTLE_LOG", "info"); // keep the proxy's TLS debug lines off claude's screen
     let tmux = |args: &[&str]| -> std::process::Output {
         Command::new("tmux")
             .arg("-S")
@@ -914,11 +921,23 @@ fn interactive_on_a_pty_with_fresh_home() {
                 assert!(!s.contains(f), "interactive claude showed {f:?}:\n{s}");
             }
             assert_absent(&s, &token, "the terminal");
-            if s.contains("Do you trust the files in this folder") {
-                // The per-folder trust dialog is not onboarding; accept it like a user would.
+            if s.contains("Yes, I trust this folder")
+                || s.contains("Do you trust the files in this folder")
+            {
+                // The per-folder trust dialog is not onboarding; accept it like a user would,
+                // once, then give it time to go away.
                 *trust += 1;
+                assert!(
+                    *trust <= 1,
+                    "the trust dialog came back after being accepted:\n{s}"
+                );
                 tmux(&["send-keys", "-t", "e2e", "Enter"]);
-                std::thread::sleep(Duration::from_millis(500));
+                let t1 = Instant::now();
+                while screen().contains("Yes, I trust this folder")
+                    && t1.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 continue;
             }
             if want(&s) {
