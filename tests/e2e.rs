@@ -265,7 +265,7 @@ fn assert_prompt_request(mock: &Mock, prompt: &str, cred: &Cred, placeholder: Op
         Cred::ApiKey(k) => {
             assert_eq!(
                 req.header_all("x-api-key"),
-                [k.clone()],
+                std::slice::from_ref(k),
                 "the real API key, once"
             );
             assert!(
