@@ -265,7 +265,7 @@ fn assert_prompt_request(mock: &Mock, prompt: &str, cred: &Cred, placeholder: Op
         Cred::ApiKey(k) => {
             assert_eq!(
                 req.header_all("x-api-key"),
-                [k.clone()],
+                std::slice::from_ref(k),
                 "the real API key, once"
             );
             assert!(
@@ -375,7 +375,13 @@ fn inspect_claude(sb: &Sandbox, root: u32) -> String {
             !env.iter().any(|e| e.starts_with("BOTTLE_")),
             "BOTTLE_* leaked into claude's env"
         );
+        let t0 = Instant::now();
         let (scanned, found) = memory_contains(*pid, secret).expect("scan claude's memory as root");
+        eprintln!(
+            "scanned {} MiB of pid {pid} in {:?}",
+            scanned >> 20,
+            t0.elapsed()
+        );
         assert!(
             scanned > 1 << 20,
             "scanned only {scanned} bytes of pid {pid}"
@@ -834,7 +840,11 @@ fn interactive_on_a_pty_with_fresh_home() {
         return;
     };
     let sock = sb.dir.path().join("tmux.sock");
-    let inner = sb.claude_command(&[]);
+    // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
+    let conf = sb.dir.path().join("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+    let mut inner = sb.claude_command(&[]);
+    inner.env("BOTTLE_LOG", "info"); // keep the proxy's TLS debug lines off claude's screen
     let tmux = |args: &[&str]| -> std::process::Output {
         Command::new("tmux")
             .arg("-S")
@@ -847,18 +857,9 @@ fn interactive_on_a_pty_with_fresh_home() {
     start
         .arg("-S")
         .arg(&sock)
-        .args([
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "e2e",
-            "-x",
-            "180",
-            "-y",
-            "50",
-        ])
+        .arg("-f")
+        .arg(&conf)
+        .args(["new-session", "-d", "-s", "e2e", "-x", "180", "-y", "50"])
         .arg(inner.get_program())
         .args(inner.get_args())
         .env_clear()
@@ -901,15 +902,42 @@ fn interactive_on_a_pty_with_fresh_home() {
         let t0 = Instant::now();
         loop {
             let s = screen();
+            let dead = String::from_utf8_lossy(
+                &tmux(&[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    "e2e",
+                    "#{pane_dead} #{pane_dead_status}",
+                ])
+                .stdout,
+            )
+            .into_owned();
+            assert!(
+                !dead.starts_with('1'),
+                "the pane's process exited (status {dead:?}):\n{s}"
+            );
             for f in forbidden {
                 assert!(!s.contains(f), "interactive claude showed {f:?}:\n{s}");
             }
             assert_absent(&s, &token, "the terminal");
-            if s.contains("Do you trust the files in this folder") {
-                // The per-folder trust dialog is not onboarding; accept it like a user would.
+            if s.contains("Yes, I trust this folder")
+                || s.contains("Do you trust the files in this folder")
+            {
+                // The per-folder trust dialog is not onboarding; accept it like a user would,
+                // once, then give it time to go away.
                 *trust += 1;
+                assert!(
+                    *trust <= 1,
+                    "the trust dialog came back after being accepted:\n{s}"
+                );
                 tmux(&["send-keys", "-t", "e2e", "Enter"]);
-                std::thread::sleep(Duration::from_millis(500));
+                let t1 = Instant::now();
+                while screen().contains("Yes, I trust this folder")
+                    && t1.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 continue;
             }
             if want(&s) {

@@ -114,14 +114,29 @@ impl Mock {
     /// Like [`Mock::start`] on several listeners (e.g. 127.0.0.1 and ::1 with the same port, so
     /// `localhost` works whichever address a client tries first). The first one names the port.
     pub fn start_on(listeners: Vec<TcpListener>, cfg: MockConfig) -> io::Result<Mock> {
-        let dir = tempfile::tempdir()?;
-        let (tls, ca_pem) = if cfg.tls {
-            let (server, ca) = tls_config().map_err(io::Error::other)?;
-            let path = dir.path().join("mock-ca.pem");
-            std::fs::write(&path, ca)?;
-            (Some(Arc::new(server)), Some(path))
+        let identity = if cfg.tls {
+            Some(MockIdentity::generate()?)
         } else {
-            (None, None)
+            None
+        };
+        Mock::start_with(listeners, cfg, identity)
+    }
+
+    /// Like [`Mock::start_on`] with a certificate made earlier (its CA had to exist first,
+    /// e.g. to be mounted into a container before the mock can listen in its namespace).
+    pub fn start_with(
+        listeners: Vec<TcpListener>,
+        cfg: MockConfig,
+        identity: Option<MockIdentity>,
+    ) -> io::Result<Mock> {
+        let dir = tempfile::tempdir()?;
+        let (tls, ca_pem) = match identity {
+            Some(id) if cfg.tls => {
+                let path = dir.path().join("mock-ca.pem");
+                std::fs::write(&path, &id.ca_pem)?;
+                (Some(id.server), Some(path))
+            }
+            _ => (None, None),
         };
         let addr = listeners
             .first()
@@ -208,6 +223,23 @@ impl Drop for Mock {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.release();
+    }
+}
+
+/// The mock's TLS identity: a fresh CA and a server certificate it signed.
+pub struct MockIdentity {
+    server: Arc<rustls::ServerConfig>,
+    /// The CA certificate (PEM) a client must trust.
+    pub ca_pem: String,
+}
+
+impl MockIdentity {
+    pub fn generate() -> io::Result<MockIdentity> {
+        let (server, ca_pem) = tls_config().map_err(io::Error::other)?;
+        Ok(MockIdentity {
+            server: Arc::new(server),
+            ca_pem,
+        })
     }
 }
 

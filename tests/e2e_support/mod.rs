@@ -290,12 +290,15 @@ pub fn environ(pid: u32) -> io::Result<Vec<String>> {
         .collect())
 }
 
-/// Number of readable memory bytes of `pid` scanned, and whether `needle` occurs in them.
-/// Reads every readable mapping through /proc/PID/mem (root); grep does the searching because
-/// test code is unoptimised and claude maps hundreds of megabytes.
+/// Number of memory bytes of `pid` scanned, and whether `needle` occurs in them.
+/// Reads, as root through /proc/PID/mem, every page that is really there (resident or
+/// swapped, per /proc/PID/pagemap) of every readable mapping with a non-zero Rss: claude
+/// reserves tens of gigabytes it never touches, and reading those would only fault in zeros.
+/// grep does the searching because test code is unoptimised.
 pub fn memory_contains(pid: u32, needle: &str) -> io::Result<(u64, bool)> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
     let mut mem = File::open(format!("/proc/{pid}/mem"))?;
+    let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
     let dir = tempfile::tempdir()?;
     let pat = dir.path().join("pattern");
     std::fs::write(&pat, needle)?;
@@ -306,52 +309,89 @@ pub fn memory_contains(pid: u32, needle: &str) -> io::Result<(u64, bool)> {
         .stdout(Stdio::null())
         .spawn()?;
     let mut stdin = grep.stdin.take().expect("piped stdin");
+    let page = 4096u64;
     let mut scanned = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    // The needle could straddle two mappings or two reads: repeat a tail of each read.
-    'maps: for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let path = line.split_whitespace().nth(5).unwrap_or("");
-        if !perms.starts_with('r') || path == "[vvar]" || path == "[vsyscall]" {
+    let overlap = needle.len().saturating_sub(1) as u64;
+    'maps: for (start, end) in resident_readable_mappings(&smaps) {
+        // Runs of present pages, from one pagemap entry (8 bytes) per page.
+        let npages = ((end - start) / page) as usize;
+        let mut entries = vec![0u8; npages * 8];
+        if pagemap.seek(SeekFrom::Start(start / page * 8)).is_err()
+            || pagemap.read_exact(&mut entries).is_err()
+        {
             continue;
         }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
+        let present = |i: usize| {
+            let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap());
+            e & (3 << 62) != 0 // bit 63: present, bit 62: swapped
         };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-            continue;
-        };
-        let mut off = start;
-        while off < end {
-            let want = ((end - off) as usize).min(buf.len());
-            if mem.seek(SeekFrom::Start(off)).is_err() {
-                continue 'maps;
+        let mut i = 0;
+        while i < npages {
+            if !present(i) {
+                i += 1;
+                continue;
             }
-            let n = match mem.read(&mut buf[..want]) {
-                Ok(0) | Err(_) => continue 'maps,
-                Ok(n) => n,
-            };
-            scanned += n as u64;
-            if io::Write::write_all(&mut stdin, &buf[..n]).is_err() {
-                break 'maps; // grep found it and exited.
+            let run_start = i;
+            while i < npages && present(i) {
+                i += 1;
             }
-            // A newline ends grep's line; the next read re-reads the last needle.len()-1 bytes
-            // so a needle straddling two reads is still seen whole.
-            let _ = io::Write::write_all(&mut stdin, b"\n");
-            let overlap = needle.len().saturating_sub(1);
-            off = if off + n as u64 >= end {
-                end
-            } else {
-                off + (n.saturating_sub(overlap)).max(1) as u64
-            };
+            let mut off = start + run_start as u64 * page;
+            let run_end = start + i as u64 * page;
+            while off < run_end {
+                let want = ((run_end - off) as usize).min(buf.len());
+                if mem.seek(SeekFrom::Start(off)).is_err() {
+                    continue 'maps;
+                }
+                let n = match mem.read(&mut buf[..want]) {
+                    Ok(0) | Err(_) => continue 'maps,
+                    Ok(n) => n,
+                };
+                scanned += n as u64;
+                if io::Write::write_all(&mut stdin, &buf[..n]).is_err() {
+                    break 'maps; // grep found it and exited.
+                }
+                // A newline ends grep's line; re-read the last needle.len()-1 bytes next time
+                // so a needle straddling two reads is still seen whole.
+                let _ = io::Write::write_all(&mut stdin, b"\n");
+                off = if off + n as u64 >= run_end {
+                    run_end
+                } else {
+                    off + (n as u64).saturating_sub(overlap).max(1)
+                };
+            }
         }
     }
     drop(stdin);
     let found = grep.wait()?.success();
     Ok((scanned, found))
+}
+
+/// (start, end) of the readable mappings in /proc/PID/smaps text that have pages in memory,
+/// skipping [vvar]/[vsyscall] (not readable through mem).
+fn resident_readable_mappings(smaps: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut current: Option<(u64, u64)> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(s), Ok(e)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                let perms = f.next().unwrap_or("");
+                let name = line.split_whitespace().nth(5).unwrap_or("");
+                current = (perms.starts_with('r') && name != "[vvar]" && name != "[vsyscall]")
+                    .then_some((s, e));
+                continue;
+            }
+        }
+        if first == "Rss:" {
+            let kb: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if let (Some(m), true) = (current.take(), kb > 0) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 /// Files under `dir` (recursively) whose contents contain `needle`.
