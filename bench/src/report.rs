@@ -369,7 +369,11 @@ pub fn render(r: &Report) -> Rendered {
                 t,
                 "\n**{} failed:** {}",
                 s.name,
-                why.lines().next().unwrap_or("")
+                why.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
             );
         } else if s.errors > 0 {
             let _ = writeln!(
