@@ -294,7 +294,7 @@ mod tests {
         assert_eq!(parse_response(&head2).unwrap().status, 204);
         assert!(c.read_head().unwrap().is_none());
 
-        let mut c = BufConn::new(&RESP[..]);
+        let mut c = BufConn::new(RESP);
         let head = c.read_head().unwrap().unwrap();
         let mut raw = head.clone();
         c.read_body(Framing::Chunked, true, &mut |d, _| {
