@@ -256,3 +256,69 @@ pub fn parse_response(head: &[u8]) -> io::Result<ParsedResponse> {
         close,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads byte by byte, so every split point of the input is exercised.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() || buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = self.0[0];
+            self.0 = &self.0[1..];
+            Ok(1)
+        }
+    }
+
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\nb\r\n, chunked!!\r\n0\r\nTrailer: v\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+
+    #[test]
+    fn chunked_payload_and_raw_relay_split_anywhere() {
+        let mut c = BufConn::new(Trickle(RESP));
+        let head = c.read_head().unwrap().unwrap();
+        let r = parse_response(&head).unwrap();
+        assert_eq!((r.status, r.framing), (200, Framing::Chunked));
+        let mut body = Vec::new();
+        c.read_body(r.framing, false, &mut |d, _| {
+            body.extend_from_slice(d);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(body, b"hello, chunked!!");
+        // The next message on the same connection is intact.
+        let head2 = c.read_head().unwrap().unwrap();
+        assert_eq!(parse_response(&head2).unwrap().status, 204);
+        assert!(c.read_head().unwrap().is_none());
+
+        let mut c = BufConn::new(RESP);
+        let head = c.read_head().unwrap().unwrap();
+        let mut raw = head.clone();
+        c.read_body(Framing::Chunked, true, &mut |d, _| {
+            raw.extend_from_slice(d);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(raw, &RESP[..raw.len()]);
+        assert!(RESP[raw.len()..].starts_with(b"HTTP/1.1 204"));
+    }
+
+    #[test]
+    fn truncated_bodies_are_errors() {
+        let mut c = BufConn::new(&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"[..]);
+        let h = c.read_head().unwrap().unwrap();
+        let r = parse_response(&h).unwrap();
+        assert_eq!(r.framing, Framing::Length(10));
+        assert!(c.read_body(r.framing, false, &mut |_, _| Ok(())).is_err());
+        let mut c =
+            BufConn::new(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"[..]);
+        c.read_head().unwrap();
+        assert!(
+            c.read_body(Framing::Chunked, false, &mut |_, _| Ok(()))
+                .is_err()
+        );
+    }
+}

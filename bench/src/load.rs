@@ -376,3 +376,44 @@ pub fn sse(
         first_error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_has_exact_body_length_and_auth() {
+        let r = build_request("/v1/messages", "Bearer s3cret", 100 * 1024);
+        let text = String::from_utf8(r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body.len(), 100 * 1024);
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains("\r\nAuthorization: Bearer s3cret\r\n"));
+        assert!(body.starts_with('{') && body.ends_with('}'));
+    }
+
+    #[test]
+    fn sse_delays_use_the_arrival_of_each_events_last_byte() {
+        let mut s = SseScan {
+            pending: Vec::new(),
+            delays: Vec::new(),
+            events: 0,
+        };
+        s.feed(b"event: x\ndata: {\"t\":1000,\"a\":1}\n", 1500);
+        assert!(s.delays.is_empty(), "an incomplete event is not counted");
+        s.feed(
+            b"\nevent: y\ndata: {\"t\":2000}\n\nevent: z\ndata: {}\n\n",
+            2600,
+        );
+        assert_eq!(s.delays, vec![1600, 600]);
+        assert_eq!(s.events, 3);
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 51.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

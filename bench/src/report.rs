@@ -369,7 +369,11 @@ pub fn render(r: &Report) -> Rendered {
                 t,
                 "\n**{} failed:** {}",
                 s.name,
-                why.lines().next().unwrap_or("")
+                why.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
             );
         } else if s.errors > 0 {
             let _ = writeln!(
@@ -431,6 +435,30 @@ pub fn render(r: &Report) -> Rendered {
         );
     }
 
+    // Is the upstream fast enough? Direct (client does the TLS) against the best proxy.
+    if let Some(d) = direct {
+        for c in &d.cells {
+            let best = r
+                .systems
+                .iter()
+                .filter(|s| s.ok() && s.has_process)
+                .filter_map(|s| s.cell(c.conc).map(|x| (x.rps, s.name.as_str())))
+                .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
+            if best.0 > 0.0 && c.conc > 1 {
+                let _ = writeln!(
+                    t,
+                    "
+Upstream headroom at concurrency {}: direct {:.0} req/s vs the fastest proxy ({}) {:.0} req/s = {:.1}x; upstream CPU during direct {:.0}% of one core.",
+                    c.conc,
+                    c.rps,
+                    best.1,
+                    best.0,
+                    c.rps / best.0,
+                    100.0 * c.upstream_cpu / c.secs
+                );
+            }
+        }
+    }
     let targets = targets(r, bottle, nginx, direct);
     let m = r.machine;
     let mut full = String::new();

@@ -194,7 +194,14 @@ pub fn run(cfg: Config) -> Result<bool, String> {
         .bottle_init
         .as_deref()
         .map(|b| (b, up.port, ca.as_path()));
-    let startup = match startup::measure(&dir, plan.startup_runs, bottle_arg) {
+    let mut startup = startup::measure(&dir, plan.startup_runs, bottle_arg);
+    if let (Err(e), Some(_)) = (&startup, bottle_arg) {
+        // Keep the tini numbers even when bottle-init cannot run.
+        eprintln!("bench: start-up of bottle-init FAILED: {e}");
+        harness_ok = false;
+        startup = startup::measure(&dir, plan.startup_runs, None);
+    }
+    let startup = match startup {
         Ok(s) => Some(s),
         Err(e) => {
             eprintln!("bench: start-up FAILED: {e}");
@@ -221,9 +228,15 @@ pub fn run(cfg: Config) -> Result<bool, String> {
     println!("{}", md.table);
     println!("{}", md.targets);
     let name = report::file_name(&machine, cfg.label.as_deref(), cfg.quick);
-    std::fs::create_dir_all(&cfg.results)
-        .map_err(|e| format!("creating {}: {e}", cfg.results.display()))?;
-    let path = cfg.results.join(name);
+    // Smoke runs go to results/tmp/ (git-ignored): they are not for comparison over time.
+    let results = if cfg.quick {
+        cfg.results.join("tmp")
+    } else {
+        cfg.results.clone()
+    };
+    std::fs::create_dir_all(&results)
+        .map_err(|e| format!("creating {}: {e}", results.display()))?;
+    let path = results.join(name);
     std::fs::write(&path, &md.full).map_err(|e| format!("writing {}: {e}", path.display()))?;
     eprintln!("bench: saved {}", path.display());
     let _ = std::fs::remove_dir_all(&dir);
