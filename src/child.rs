@@ -26,6 +26,8 @@ pub struct Prepared {
     onboarding: Option<CString>,
     /// Hand the terminal on stdin to the child's new process group.
     pub tty: bool,
+    /// `BOTTLE_EGRESS=api-only`: installed as the last step before execve.
+    pub seccomp: Option<crate::egress::seccomp::Filter>,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,7 @@ impl Prepared {
             plan,
             onboarding,
             tty,
+            seccomp: None,
         })
     }
 }
@@ -172,6 +175,12 @@ pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     }
     if let Err(e) = sys::set_sigmask(sys::NO_SIGNALS) {
         return (Step::SignalMask, e);
+    }
+    // Last: from here on the process cannot create IP sockets (api-only egress).
+    if let Some(filter) = &p.seccomp
+        && let Err(e) = crate::egress::seccomp::install(filter)
+    {
+        return (Step::Seccomp, Errno(e as i32));
     }
     // execvp semantics: remember EACCES, keep looking past ENOENT.
     let mut saw_eacces = false;

@@ -45,23 +45,31 @@ pub fn run(env: &EnvSnapshot, command: &[OsString]) -> ExecError {
     if runinfo::proc_identity(info.pid) != Some((info.comm.clone(), info.starttime)) {
         return ExecError::NotRunning { pid: info.pid };
     }
-    let child_env = envclean::child_env(
+    // The egress mode PID 1 runs under: same environment and filter (its nftables rules
+    // already cover the child uid). No record: refuse, never run unlocked.
+    let egress = match crate::egress::setup::joined(&dir, info.pid, info.starttime) {
+        Ok(e) => e,
+        Err(reason) => return ExecError::NoState { dir, reason },
+    };
+    let mut child_env = envclean::child_env(
         &env.plain,
         &info.user,
         &info.base_url,
         info.kind,
         info.session.expose(),
     );
+    egress.apply_env(&mut child_env);
     let plan = DropPlan {
         uid: info.user.uid,
         gid: info.user.gid,
         groups: info.user.groups.clone(),
     };
     // No terminal hand-off: `docker exec -t` already made us the session's foreground.
-    let prepared = match Prepared::new(command, child_env, plan, false) {
+    let mut prepared = match Prepared::new(command, child_env, plan, false) {
         Ok(p) => p,
         Err(e) => return ExecError::Prepare(e),
     };
+    prepared.seccomp = egress.seccomp();
     drop(info);
     let (step, errno) = child::become_child(&prepared, None);
     ExecError::Failed {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use bottle_init::child::{self, PrepareError, Prepared, SpawnError};
 use bottle_init::cli::{self, Cli, Mode, UsageError};
+use bottle_init::egress::setup::{self as egress_setup, SetupError};
 use bottle_init::config::{self, Config, ConfigError, CredentialSource};
 use bottle_init::exec::{self, ExecError};
 use bottle_init::privilege::{self, DropPlan, ParentDropError, Step};
@@ -53,6 +54,8 @@ enum Failure {
     ParentDrop(ParentDropError),
     ProxyThread(std::io::Error),
     Exec(ExecError),
+    /// A BOTTLE_EGRESS mode could not be validated or installed (never runs half locked).
+    Egress(SetupError),
 }
 
 impl Failure {
@@ -81,6 +84,7 @@ impl Failure {
                 ExecError::Prepare(_) => EX_CONFIG,
                 ExecError::Failed { .. } => EX_OSERR,
             },
+            Failure::Egress(e) => e.exit_code(),
         }
     }
 
@@ -149,6 +153,7 @@ impl Failure {
                 "the bottle-init recorded as pid {pid} is not running; start the container with bottle-init as its entrypoint"
             ),
             Failure::Exec(ExecError::Prepare(e)) => e.to_string(),
+            Failure::Egress(e) => e.to_string(),
             Failure::Exec(ExecError::Failed {
                 command,
                 step,
@@ -280,6 +285,13 @@ fn check_privileges(needed: &[&str]) -> Result<(), Failure> {
 /// PID 1 mode: steps 3 to 7 of the sequence.
 fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
     check_privileges(&["SETUID", "SETGID", "SETPCAP", "KILL"])?;
+    // Egress first: a mode that cannot be installed refuses before any side effect.
+    let egress_plan = egress_setup::validate(|k| {
+        use std::os::unix::ffi::OsStrExt;
+        env.get(k)
+            .map(|v| std::ffi::OsStr::from_bytes(v).to_os_string())
+    })
+    .map_err(Failure::Egress)?;
     if env
         .secrets
         .iter()
@@ -344,14 +356,28 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     )
     .map_err(Failure::Proxy)?;
     let base_url = format!("http://{}", connect_addr(proxy.local_addr()));
+    // 3b. Egress lockdown (still root, before fork): the API socket (api-only) or the
+    //     nftables rules for the child's uid (allowlist), installed and verified.
+    let run_dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
+    let dialled = connect_addr(proxy.local_addr());
+    let (proxy, egress) = egress_setup::lock(
+        &egress_plan,
+        proxy,
+        dialled,
+        user.uid,
+        user.gid,
+        &run_dir,
+    )
+    .map_err(Failure::Egress)?;
 
-    let child_env = envclean::child_env(
+    let mut child_env = envclean::child_env(
         &env.plain,
         &user,
         &base_url,
         kind,
         session_for_child.expose(),
     );
+    egress.apply_env(&mut child_env);
     let plan = DropPlan {
         uid: user.uid,
         gid: user.gid,
@@ -359,10 +385,17 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     };
     let mut prepared =
         Prepared::new(command, child_env, plan, sys::isatty(0)).map_err(Failure::Prepare)?;
+    prepared.seccomp = egress.seccomp();
 
-    // Publish for `bottle-init exec` while still root. Not fatal: only `exec` depends on it.
-    let run_dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
+    // Publish for `bottle-init exec` while still root. Not fatal: only `exec` depends on it
+    // (and `exec` refuses to run without the egress record, so it never runs unlocked).
     let published = publish_state(&run_dir, &base_url, kind, &user, session_for_child);
+    if published.is_some()
+        && let Some((_, starttime)) = runinfo::proc_identity(sys::getpid())
+        && let Err(e) = egress.publish(&run_dir, sys::getpid(), starttime)
+    {
+        log::warn!("cannot record the egress mode: {e}; `bottle-init exec` will refuse to run");
+    }
 
     // 4. Fork; the child drops to the user and execs (see child::become_child).
     let child = match child::spawn(&prepared) {

@@ -42,6 +42,8 @@ pub enum Step {
     CloseFds = 12,
     SignalMask = 13,
     Exec = 14,
+    /// Installing the `api-only` seccomp filter (the last step before execve).
+    Seccomp = 15,
 }
 
 impl Step {
@@ -62,6 +64,7 @@ impl Step {
             CloseFds,
             SignalMask,
             Exec,
+            Seccomp,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -82,6 +85,7 @@ impl Step {
             Step::VerifyNoNewPrivs => "verifying no_new_privs",
             Step::CloseFds => "closing inherited file descriptors",
             Step::SignalMask => "resetting the signal mask",
+            Step::Seccomp => "installing the BOTTLE_EGRESS=api-only seccomp filter",
             Step::Exec => "execve",
         }
     }

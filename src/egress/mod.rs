@@ -23,6 +23,7 @@ pub mod nft;
 pub mod policy;
 pub mod resolve;
 pub mod seccomp;
+pub mod setup;
 
 pub use mode::{AllowEntry, AllowList, ConfigError, EgressConfig, EgressMode, HostPattern};
 pub use policy::{AddrClass, Deny, Grant, TargetHost, check_resolved, classify, decide_connect};
