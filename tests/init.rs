@@ -473,10 +473,12 @@ fn all_256_exit_codes_pass_through() {
         let o = run(
             &w,
             Opts::new(false, &["sh", "-c", &format!("exit {code}")])
-                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
+                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                .env("BOTTLE_LOG", "warn"),
         );
         o.assert_code(code);
         o.assert_no_secret(&tok);
+        // Nothing to warn about in a normal run (info lines are filtered out here).
         assert!(o.stderr.is_empty(), "{}", o.describe());
     }
     for code in [0, 1, 2, 42, 126, 127, 128, 255] {
@@ -717,7 +719,9 @@ fn stdin_and_stdout_bytes_pass_through_unchanged() {
         .unwrap()
         .read_exact_compat(&mut data);
     for pid1 in [false, true] {
-        let mut opts = Opts::new(pid1, &["cat"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok);
+        let mut opts = Opts::new(pid1, &["cat"])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_LOG", "warn");
         opts.stdin = Some(data.clone());
         let o = run(&w, opts);
         o.assert_code(0);
