@@ -338,17 +338,33 @@ fn not_root_and_missing_capability_exit_77() {
         "setpriv missing"
     );
     let tok = token();
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &[&str], &str); 4] = [
         (
             &["--reuid=1000", "--regid=1000", "--clear-groups"],
+            &["true"],
             "must start as root",
         ),
-        (&["--bounding-set=-kill", "--inh-caps=-all"], "CAP_KILL"),
+        (
+            &["--reuid=1000", "--regid=1000", "--clear-groups"],
+            &["exec", "true"],
+            "docker exec",
+        ),
+        (
+            &["--bounding-set=-kill", "--inh-caps=-all"],
+            &["true"],
+            "CAP_KILL",
+        ),
+        (
+            &["--bounding-set=-setuid,-setgid", "--inh-caps=-all"],
+            &["exec", "true"],
+            "CAP_SETUID, CAP_SETGID",
+        ),
     ];
-    for (setpriv_args, needle) in cases {
+    for (setpriv_args, args, needle) in cases {
         let o = std::process::Command::new("setpriv")
             .args(setpriv_args)
-            .args([bin(), "true"])
+            .arg(bin())
+            .args(args)
             .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
             .output()
             .unwrap();
