@@ -228,6 +228,9 @@ fn startup_errors_are_one_clear_line_with_sysexits_codes() {
     let w = World::new();
     let tok = token();
     let missing = w.path().join("no-such-token");
+    let empty = w.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cases: Vec<(Opts, i32, &str)> = vec![
         (
             Opts::new(false, &["--frobnicate"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
@@ -295,6 +298,19 @@ fn startup_errors_are_one_clear_line_with_sysexits_codes() {
                 .env("BOTTLE_UPSTREAM_CA", missing.to_str().unwrap()),
             78,
             "BOTTLE_UPSTREAM_CA",
+        ),
+        (
+            // Not an address of this (namespaced) host: bind fails.
+            Opts::new(false, &["true"])
+                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                .env("BOTTLE_LISTEN", "192.0.2.1:0"),
+            78,
+            "BOTTLE_LISTEN",
+        ),
+        (
+            Opts::new(false, &["true"]).env("BOTTLE_TOKEN_FILE", empty.to_str().unwrap()),
+            78,
+            "is empty",
         ),
         (
             Opts::new(false, &["no-such-command-xyz"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
