@@ -460,7 +460,16 @@ fn root_cannot_find_the_token_in_environ_or_child_memory() {
         !contains(&environ, tok.as_bytes()),
         "token in bottle-init's /proc/PID/environ"
     );
-    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    // The child may print before the parent has dropped; the proxy thread is started right
+    // after the drop, so once it exists the parent's final state must show.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        if status_field(&status, "Threads") != Some("1") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         status_field(&status, "CapEff"),
         Some("0000000000000020"),
@@ -601,6 +610,7 @@ fn signals_sent_to_pid1_reach_the_child() {
         .spawn()
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
     lines.expect("ready", Duration::from_secs(10));
     let init = wait_for_child(child.id(), "bottle-init", Duration::from_secs(5));
     for (name, sig) in sigs {
@@ -614,6 +624,8 @@ fn signals_sent_to_pid1_reach_the_child() {
     assert_eq!(unsafe { libc::kill(init as i32, 33) }, 0);
     let st = wait_timeout(&mut child, Duration::from_secs(10), "signals");
     assert_eq!(st.code(), Some(128 + 33), "{:?}", lines.seen);
+    assert!(!contains(&err.join().unwrap(), tok.as_bytes()));
+    assert!(lines.seen.iter().all(|l| !l.contains(&tok)));
 }
 
 #[test]
@@ -638,12 +650,10 @@ fn sigterm_to_pid1_ends_with_143() {
     // SAFETY: our descendant's pid.
     assert_eq!(unsafe { libc::kill(init as i32, libc::SIGTERM) }, 0);
     let st = wait_timeout(&mut child, Duration::from_secs(10), "sigterm");
-    assert_eq!(
-        st.code(),
-        Some(143),
-        "{}",
-        String::from_utf8_lossy(&err.join().unwrap())
-    );
+    let err = err.join().unwrap();
+    assert_eq!(st.code(), Some(143), "{}", String::from_utf8_lossy(&err));
+    assert!(!contains(&err, tok.as_bytes()));
+    assert!(lines.seen.iter().all(|l| !l.contains(&tok)));
     // The orphaned `sleep` got SIGTERM too and obeyed: no grace period was needed.
     assert!(
         start.elapsed() < Duration::from_secs(3),
@@ -1205,6 +1215,8 @@ fn pty_job_control_works_in_an_interactive_shell() {
 struct Running {
     child: std::process::Child,
     lines: Lines,
+    err: std::thread::JoinHandle<Vec<u8>>,
+    token: String,
     init: u32,
     session: String,
     url: String,
@@ -1224,16 +1236,19 @@ fn start_pid1(w: &World, tok: &str) -> Running {
     let mut child = command(w, &opts)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
     let l = lines.expect("s=", Duration::from_secs(10));
     let (s, u) = l.split_once(' ').unwrap();
     let init = wait_for_child(child.id(), "bottle-init", Duration::from_secs(5));
     Running {
         child,
         lines,
+        err,
+        token: tok.to_string(),
         init,
         session: s[2..].to_string(),
         url: u[2..].to_string(),
@@ -1245,7 +1260,12 @@ impl Running {
         drop(self.child.stdin.take());
         let st = wait_timeout(&mut self.child, Duration::from_secs(10), "pid1 stop");
         assert_eq!(st.code(), Some(0));
-        let _ = self.lines.seen.len();
+        let err = self.err.join().unwrap();
+        assert!(
+            !contains(&err, self.token.as_bytes()),
+            "token in PID 1's stderr"
+        );
+        assert!(self.lines.seen.iter().all(|l| !l.contains(&self.token)));
     }
 }
 
