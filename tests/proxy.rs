@@ -1027,3 +1027,30 @@ fn pooled_connections_closed_by_the_upstream_are_dropped() {
     }
     assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 3);
 }
+
+/// Interim (1xx) responses are relayed, then the final response on the same connection, and
+/// the connection is still reused afterwards.
+#[test]
+fn interim_responses_are_relayed() {
+    let ca = TestCa::new("test CA");
+    let handler: Handler = Arc::new(|_req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")?;
+        w.flush()?;
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")?;
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    for _ in 0..2 {
+        let s = connect(proxy.addr);
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(&post("/v1/messages", b"{}")).unwrap();
+        let interim = read_response(&mut r, false).unwrap();
+        assert_eq!(interim.status, 103);
+        assert_eq!(interim.header("link"), Some("</x>"));
+        let fin = read_response(&mut r, false).unwrap();
+        assert_eq!((fin.status, fin.body_text().as_str()), (200, "done"));
+    }
+    assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 1);
+}
