@@ -491,14 +491,19 @@ pub fn read_response(r: &mut impl BufRead, request_was_head: bool) -> io::Result
     Ok(out)
 }
 
+/// Neither secret is in the response (head or body) nor in any log line so far.
+pub fn assert_clean(resp: &Response) {
+    assert_no_leak("response head", resp.head.as_bytes());
+    assert_no_leak("response body", &resp.raw_body);
+}
+
 /// Sends `raw` on a new connection and reads one response.
 pub fn roundtrip(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
     let mut s = connect(addr);
     s.write_all(raw)?;
     let head = raw.starts_with(b"HEAD ");
     let resp = read_response(&mut BufReader::new(s), head)?;
-    assert_no_leak("response", resp.head.as_bytes());
-    assert_no_leak("response body", &resp.raw_body);
+    assert_clean(&resp);
     Ok(resp)
 }
 
