@@ -1059,3 +1059,26 @@ fn interim_responses_are_relayed() {
     }
     assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 1);
 }
+
+/// Two requests in one write (pipelining): answered in order on the same connection.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    let s = connect(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut both = post("/v1/messages?first", b"{\"a\":1}");
+    both.extend_from_slice(&post("/v1/messages?second", b"{\"b\":2}"));
+    w.write_all(&both).unwrap();
+    for which in ["first", "second"] {
+        let resp = read_response(&mut r, false).unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(resp.body_text().contains(which), "{}", resp.body_text());
+        assert_clean(&resp);
+    }
+    let got = mock.requests();
+    assert_eq!(got[0].body_raw, b"{\"a\":1}");
+    assert_eq!(got[1].body_raw, b"{\"b\":2}");
+}
