@@ -1009,7 +1009,7 @@ fn fuzz_request_path_bounded() {
 }
 
 /// An upstream that closes idle connections: the pool notices and the next request opens a
-/// fresh connection instead of failing on a dead one.
+/// fresh connection instead of failing on a dead one, resuming the earlier TLS session.
 #[test]
 fn pooled_connections_closed_by_the_upstream_are_dropped() {
     let ca = TestCa::new("test CA");
@@ -1029,6 +1029,8 @@ fn pooled_connections_closed_by_the_upstream_are_dropped() {
         );
     }
     assert_eq!(mock.state.accepts.load(Ordering::SeqCst), 3);
+    // New connections resume the TLS session of an earlier one (one shared client config).
+    assert_eq!(mock.state.resumed.load(Ordering::SeqCst), 2);
 }
 
 /// Interim (1xx) responses are relayed, then the final response on the same connection, and

@@ -155,6 +155,8 @@ pub struct MockState {
     pub accepts: AtomicUsize,
     pub handshakes: AtomicUsize,
     pub handshake_failures: AtomicUsize,
+    /// Handshakes that resumed an earlier TLS session.
+    pub resumed: AtomicUsize,
     /// Decrypted bytes received, over all connections.
     pub plain_bytes_in: AtomicU64,
     /// Connections that ended (the proxy closed them or the handler did).
@@ -228,6 +230,9 @@ fn serve(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>, st: &MockState, ha
         }
     }
     st.handshakes.fetch_add(1, Ordering::SeqCst);
+    if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        st.resumed.fetch_add(1, Ordering::SeqCst);
+    }
     let stream = rustls::StreamOwned::new(tls, sock);
     let mut reader = BufReader::new(Counting {
         inner: stream,
