@@ -21,6 +21,8 @@ pub(crate) enum Phase {
     /// down our side and discard input for a while, so the client reads our response instead
     /// of a reset. Not graceful: a truncated stream; close as soon as the relayed bytes are out.
     Closing { graceful: bool, shut: bool },
+    /// An HTTP CONNECT tunnel (`BOTTLE_EGRESS=allowlist`, see tunnel.rs).
+    Tunnel(Box<super::tunnel::Tunnel>),
     /// Remove at the end of this event.
     Dead,
 }

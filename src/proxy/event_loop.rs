@@ -31,6 +31,7 @@ use crate::http::{self, Rejection};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
+const UNIX_LISTENER: Token = Token(usize::MAX - 2);
 /// How often timeouts are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
 /// Connections beyond `max_connections` that still get a 503 (beyond this: dropped).
@@ -47,6 +48,8 @@ pub(super) fn upstream_token(id: u64) -> Token {
 pub(crate) struct Server {
     poll: Poll,
     listener: Listener,
+    /// The `api-only` Unix socket, served exactly like the TCP listener.
+    unix_listener: Option<Listener>,
     clients: HashMap<u64, Client>,
     /// Clients whose pump stopped at its budget; pumped again after the next poll. Needed
     /// because edge-triggered readiness will not be reported again for bytes already there.
@@ -61,12 +64,27 @@ impl Server {
         tls: Arc<rustls::ClientConfig>,
         limits: Limits,
         stats: Arc<Stats>,
+        egress: super::EgressOptions,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = Listener::Tcp(mio::net::TcpListener::from_std(listener));
         poll.registry()
             .register(listener.source(), LISTENER, mio::Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut unix_listener = match egress.unix_listener {
+            Some((l, uid)) => {
+                l.set_nonblocking(true)?;
+                Some(Listener::Unix(mio::net::UnixListener::from_std(l), uid))
+            }
+            None => None,
+        };
+        if let Some(l) = unix_listener.as_mut() {
+            poll.registry()
+                .register(l.source(), UNIX_LISTENER, mio::Interest::READABLE)?;
+        }
+        let tunnels = egress
+            .connect_allow
+            .map(|a| super::tunnel::Egress::new(a, waker.clone()));
         let resolver = Resolver::start(
             config.upstream.host.clone(),
             config.upstream.port,
@@ -79,6 +97,7 @@ impl Server {
         Ok(Server {
             poll,
             listener,
+            unix_listener,
             clients: HashMap::new(),
             again: Vec::new(),
             ctx: Ctx {
@@ -95,6 +114,7 @@ impl Server {
                 dns_in_flight: false,
                 dns_waiting: Vec::new(),
                 _waker: waker,
+                egress: tunnels,
             },
         })
     }
@@ -122,8 +142,12 @@ impl Server {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
-                    WAKER => self.dns_answers(),
+                    LISTENER => self.accept(false),
+                    UNIX_LISTENER => self.accept(true),
+                    WAKER => {
+                        self.dns_answers();
+                        self.tunnel_answers();
+                    }
                     t => self.dispatch(t),
                 }
             }
@@ -137,9 +161,14 @@ impl Server {
         }
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, unix: bool) {
         loop {
-            match self.listener.accept() {
+            let listener = match (unix, self.unix_listener.as_ref()) {
+                (true, Some(l)) => l,
+                (true, None) => return,
+                (false, _) => &self.listener,
+            };
+            match listener.accept() {
                 Ok(sock) => self.add_client(sock),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -257,6 +286,12 @@ impl Server {
         self.ctx.stats.open_clients.fetch_sub(1, Ordering::Relaxed);
     }
 
+    fn tunnel_answers(&mut self) {
+        for id in super::tunnel::take_answers(&mut self.ctx, &mut self.clients) {
+            self.pump(id);
+        }
+    }
+
     fn dns_answers(&mut self) {
         while self.ctx.dns_in_flight {
             let Some(answer) = self.ctx.resolver.try_answer() else {
@@ -341,6 +376,12 @@ impl Server {
                 Phase::Closing { .. } => {
                     if now >= c.deadline {
                         c.die();
+                        touched.push(*id);
+                    }
+                    continue;
+                }
+                Phase::Tunnel(_) => {
+                    if super::tunnel::sweep(&mut self.ctx, c, now) {
                         touched.push(*id);
                     }
                     continue;

@@ -67,6 +67,8 @@ pub(super) struct Ctx {
     pub(super) dns_in_flight: bool,
     pub(super) dns_waiting: Vec<u64>,
     pub(super) _waker: Arc<Waker>,
+    /// CONNECT tunnels (`BOTTLE_EGRESS=allowlist`); `None`: CONNECT stays refused.
+    pub(super) egress: Option<super::tunnel::Egress>,
 }
 
 impl Ctx {
@@ -85,6 +87,7 @@ impl Ctx {
                 Phase::Idle { .. } => self.next_request(id, c),
                 Phase::Exchange(_) => self.step_exchange(c),
                 Phase::Closing { .. } => step_closing(c),
+                Phase::Tunnel(_) => super::tunnel::step(self, id, c),
                 Phase::Dead => return Turn::Done,
             };
             progress |= flush_client(c);
@@ -142,6 +145,9 @@ impl Ctx {
     pub(super) fn next_request(&mut self, id: u64, c: &mut Client) -> bool {
         if !c.outbuf.is_empty() || c.inbuf.is_empty() {
             return false;
+        }
+        if let Some(progress) = super::tunnel::intercept(self, id, c) {
+            return progress;
         }
         match parse_request_head(c.inbuf.bytes(), &self.limits.request) {
             Ok(None) => {

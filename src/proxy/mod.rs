@@ -29,6 +29,7 @@ mod event_loop;
 mod exchange;
 mod stream;
 mod tls;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -185,6 +186,16 @@ pub struct Proxy {
     tls: Arc<rustls::ClientConfig>,
     limits: Limits,
     stats: Arc<Stats>,
+    egress: EgressOptions,
+}
+
+/// What the egress modes add to the proxy (issue 5); empty in `open` mode.
+#[derive(Debug, Default)]
+pub(crate) struct EgressOptions {
+    /// `api-only`: the API Unix socket and the only uid that may connect to it.
+    unix_listener: Option<(std::os::unix::net::UnixListener, u32)>,
+    /// `allowlist`: serve HTTP CONNECT to these hosts.
+    connect_allow: Option<crate::egress::AllowList>,
 }
 
 impl Proxy {
@@ -203,6 +214,7 @@ impl Proxy {
             tls,
             limits: Limits::default(),
             stats: Arc::default(),
+            egress: EgressOptions::default(),
         })
     }
 
@@ -215,6 +227,25 @@ impl Proxy {
     /// Replaces the default [`Limits`] (before [`Proxy::spawn`]).
     pub fn with_limits(mut self, limits: Limits) -> Proxy {
         self.limits = limits;
+        self
+    }
+
+    /// `BOTTLE_EGRESS=api-only`: also serve the API on this Unix socket (from
+    /// `egress::apisock::bind_api_socket`), to connections from `peer_uid` only (SO_PEERCRED,
+    /// checked at every accept; others are closed and logged).
+    pub fn with_unix_listener(
+        mut self,
+        listener: std::os::unix::net::UnixListener,
+        peer_uid: u32,
+    ) -> Proxy {
+        self.egress.unix_listener = Some((listener, peer_uid));
+        self
+    }
+
+    /// `BOTTLE_EGRESS=allowlist`: serve HTTP CONNECT to the hosts on `allow` (policy in
+    /// `crate::egress::policy`), and refuse plain `http://` proxying with 403.
+    pub fn with_connect_allowlist(mut self, allow: crate::egress::AllowList) -> Proxy {
+        self.egress.connect_allow = Some(allow);
         self
     }
 
@@ -232,9 +263,10 @@ impl Proxy {
             tls,
             limits,
             stats,
+            egress,
         } = self;
         listener.set_nonblocking(true)?;
-        let server = event_loop::Server::new(listener, config, tls, limits, stats)?;
+        let server = event_loop::Server::new(listener, config, tls, limits, stats, egress)?;
         std::thread::Builder::new()
             .name("proxy".into())
             .spawn(move || server.run())

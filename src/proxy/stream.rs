@@ -9,6 +9,8 @@ use mio::{Interest, Registry, Token};
 
 pub(crate) enum Listener {
     Tcp(mio::net::TcpListener),
+    /// `api-only`: the API socket, and the only uid allowed to connect (SO_PEERCRED).
+    Unix(mio::net::UnixListener, u32),
 }
 
 impl Listener {
@@ -21,18 +23,29 @@ impl Listener {
                 s.set_nodelay(true)?;
                 Ok(ClientStream::Tcp(s))
             }
+            Listener::Unix(l, uid) => loop {
+                // A refused peer is closed here and the next pending one tried, so one
+                // stranger cannot stall the (edge-triggered) accept loop.
+                let (s, _) = l.accept()?;
+                match crate::egress::apisock::check_peer(&s, *uid) {
+                    Ok(()) => return Ok(ClientStream::Unix(s)),
+                    Err(e) => log::warn!("proxy: {e}"),
+                }
+            },
         }
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {
             Listener::Tcp(l) => l,
+            Listener::Unix(l, _) => l,
         }
     }
 }
 
 pub(crate) enum ClientStream {
     Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
 }
 
 impl ClientStream {
@@ -40,24 +53,28 @@ impl ClientStream {
         // The peer may already be gone; nothing to do about it then.
         let _ = match self {
             ClientStream::Tcp(s) => s.shutdown(Shutdown::Write),
+            ClientStream::Unix(s) => s.shutdown(Shutdown::Write),
         };
     }
 
     pub(crate) fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => r.register(s, t, i),
+            ClientStream::Unix(s) => r.register(s, t, i),
         }
     }
 
     pub(crate) fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => r.reregister(s, t, i),
+            ClientStream::Unix(s) => r.reregister(s, t, i),
         }
     }
 
     pub(crate) fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => r.deregister(s),
+            ClientStream::Unix(s) => r.deregister(s),
         }
     }
 }
@@ -66,6 +83,7 @@ impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             ClientStream::Tcp(s) => s.read(buf),
+            ClientStream::Unix(s) => s.read(buf),
         }
     }
 }
@@ -74,12 +92,14 @@ impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ClientStream::Tcp(s) => s.write(buf),
+            ClientStream::Unix(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => s.flush(),
+            ClientStream::Unix(s) => s.flush(),
         }
     }
 }
