@@ -36,7 +36,7 @@ const EX_CONFIG: u8 = 78;
 enum Failure {
     Usage(UsageError),
     SignalSetup(Errno),
-    NotRoot { euid: u32 },
+    NotRoot { euid: u32, mode: Mode },
     MissingCaps(Vec<&'static str>),
     CapRead(Errno),
     Subreaper(Errno),
@@ -95,8 +95,17 @@ impl Failure {
             Failure::SignalSetup(e) => {
                 format!("cannot block signals: {e}; this is a system problem")
             }
-            Failure::NotRoot { euid } => format!(
+            Failure::NotRoot {
+                euid,
+                mode: Mode::Run,
+            } => format!(
                 "bottle-init must start as root (running as uid {euid}); run the container as root (no --user) and set BOTTLE_USER for the child"
+            ),
+            Failure::NotRoot {
+                euid,
+                mode: Mode::Exec,
+            } => format!(
+                "bottle-init exec must start as root (running as uid {euid}); run `docker exec` without --user: it drops to the child user itself"
             ),
             Failure::MissingCaps(caps) => format!(
                 "missing capabilities {}; keep Docker's default capabilities (do not --cap-drop them)",
@@ -266,10 +275,10 @@ fn init_logging(filter: Option<&[u8]>) {
 }
 
 /// Root, with the capabilities the drop and the forwarding need.
-fn check_privileges(needed: &[&str]) -> Result<(), Failure> {
+fn check_privileges(mode: Mode, needed: &[&str]) -> Result<(), Failure> {
     let euid = sys::geteuid();
     if euid != 0 {
-        return Err(Failure::NotRoot { euid });
+        return Err(Failure::NotRoot { euid, mode });
     }
     let missing: Vec<&str> = privilege::missing_start_caps()
         .map_err(Failure::CapRead)?
@@ -284,7 +293,7 @@ fn check_privileges(needed: &[&str]) -> Result<(), Failure> {
 
 /// PID 1 mode: steps 3 to 7 of the sequence.
 fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
-    check_privileges(&["SETUID", "SETGID", "SETPCAP", "KILL"])?;
+    check_privileges(Mode::Run, &["SETUID", "SETGID", "SETPCAP", "KILL"])?;
     // Egress first: a mode that cannot be installed refuses before any side effect.
     let egress_plan = egress_setup::validate(|k| {
         use std::os::unix::ffi::OsStrExt;
@@ -497,7 +506,7 @@ fn remove_state(path: Option<&PathBuf>) {
 }
 
 fn exec_mode(env: &EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
-    check_privileges(&["SETUID", "SETGID", "SETPCAP"])?;
+    check_privileges(Mode::Exec, &["SETUID", "SETGID", "SETPCAP"])?;
     Err(Failure::Exec(exec::run(env, command)))
 }
 
@@ -522,7 +531,13 @@ mod tests {
             exit_code_of(&Failure::Config(ConfigError::NoCredential)),
             78
         );
-        assert_eq!(exit_code_of(&Failure::NotRoot { euid: 1000 }), 77);
+        assert_eq!(
+            exit_code_of(&Failure::NotRoot {
+                euid: 1000,
+                mode: Mode::Exec
+            }),
+            77
+        );
         assert_eq!(exit_code_of(&Failure::MissingCaps(vec!["KILL"])), 77);
         assert_eq!(
             exit_code_of(&exec_failure("x", Step::Exec, Errno(libc::ENOENT))),

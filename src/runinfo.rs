@@ -163,7 +163,8 @@ pub fn publish(dir: &Path, info: &RunInfo) -> std::io::Result<PathBuf> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)?;
     let mut bytes = info.to_bytes();
-    let res = f.write_all(&bytes).and_then(|_| f.sync_all());
+    // No fsync: the file only matters while this process lives (/run is a tmpfs).
+    let res = f.write_all(&bytes);
     crate::secret::wipe(&mut bytes);
     res?;
     let target = dir.join(STATE_FILE);

@@ -228,6 +228,9 @@ fn startup_errors_are_one_clear_line_with_sysexits_codes() {
     let w = World::new();
     let tok = token();
     let missing = w.path().join("no-such-token");
+    let empty = w.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cases: Vec<(Opts, i32, &str)> = vec![
         (
             Opts::new(false, &["--frobnicate"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
@@ -297,6 +300,19 @@ fn startup_errors_are_one_clear_line_with_sysexits_codes() {
             "BOTTLE_UPSTREAM_CA",
         ),
         (
+            // Not an address of this (namespaced) host: bind fails.
+            Opts::new(false, &["true"])
+                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                .env("BOTTLE_LISTEN", "192.0.2.1:0"),
+            78,
+            "BOTTLE_LISTEN",
+        ),
+        (
+            Opts::new(false, &["true"]).env("BOTTLE_TOKEN_FILE", empty.to_str().unwrap()),
+            78,
+            "is empty",
+        ),
+        (
             Opts::new(false, &["no-such-command-xyz"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
             127,
             "no-such-command-xyz",
@@ -338,17 +354,33 @@ fn not_root_and_missing_capability_exit_77() {
         "setpriv missing"
     );
     let tok = token();
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &[&str], &str); 4] = [
         (
             &["--reuid=1000", "--regid=1000", "--clear-groups"],
+            &["true"],
             "must start as root",
         ),
-        (&["--bounding-set=-kill", "--inh-caps=-all"], "CAP_KILL"),
+        (
+            &["--reuid=1000", "--regid=1000", "--clear-groups"],
+            &["exec", "true"],
+            "docker exec",
+        ),
+        (
+            &["--bounding-set=-kill", "--inh-caps=-all"],
+            &["true"],
+            "CAP_KILL",
+        ),
+        (
+            &["--bounding-set=-setuid,-setgid", "--inh-caps=-all"],
+            &["exec", "true"],
+            "CAP_SETUID, CAP_SETGID",
+        ),
     ];
-    for (setpriv_args, needle) in cases {
+    for (setpriv_args, args, needle) in cases {
         let o = std::process::Command::new("setpriv")
             .args(setpriv_args)
-            .args([bin(), "true"])
+            .arg(bin())
+            .args(args)
             .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
             .output()
             .unwrap();
@@ -428,7 +460,16 @@ fn root_cannot_find_the_token_in_environ_or_child_memory() {
         !contains(&environ, tok.as_bytes()),
         "token in bottle-init's /proc/PID/environ"
     );
-    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    // The child may print before the parent has dropped; the proxy thread is started right
+    // after the drop, so once it exists the parent's final state must show.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        if status_field(&status, "Threads") != Some("1") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         status_field(&status, "CapEff"),
         Some("0000000000000020"),
@@ -473,10 +514,12 @@ fn all_256_exit_codes_pass_through() {
         let o = run(
             &w,
             Opts::new(false, &["sh", "-c", &format!("exit {code}")])
-                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok),
+                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                .env("BOTTLE_LOG", "warn"),
         );
         o.assert_code(code);
         o.assert_no_secret(&tok);
+        // Nothing to warn about in a normal run (info lines are filtered out here).
         assert!(o.stderr.is_empty(), "{}", o.describe());
     }
     for code in [0, 1, 2, 42, 126, 127, 128, 255] {
@@ -567,6 +610,7 @@ fn signals_sent_to_pid1_reach_the_child() {
         .spawn()
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
     lines.expect("ready", Duration::from_secs(10));
     let init = wait_for_child(child.id(), "bottle-init", Duration::from_secs(5));
     for (name, sig) in sigs {
@@ -580,6 +624,8 @@ fn signals_sent_to_pid1_reach_the_child() {
     assert_eq!(unsafe { libc::kill(init as i32, 33) }, 0);
     let st = wait_timeout(&mut child, Duration::from_secs(10), "signals");
     assert_eq!(st.code(), Some(128 + 33), "{:?}", lines.seen);
+    assert!(!contains(&err.join().unwrap(), tok.as_bytes()));
+    assert!(lines.seen.iter().all(|l| !l.contains(&tok)));
 }
 
 #[test]
@@ -604,12 +650,10 @@ fn sigterm_to_pid1_ends_with_143() {
     // SAFETY: our descendant's pid.
     assert_eq!(unsafe { libc::kill(init as i32, libc::SIGTERM) }, 0);
     let st = wait_timeout(&mut child, Duration::from_secs(10), "sigterm");
-    assert_eq!(
-        st.code(),
-        Some(143),
-        "{}",
-        String::from_utf8_lossy(&err.join().unwrap())
-    );
+    let err = err.join().unwrap();
+    assert_eq!(st.code(), Some(143), "{}", String::from_utf8_lossy(&err));
+    assert!(!contains(&err, tok.as_bytes()));
+    assert!(lines.seen.iter().all(|l| !l.contains(&tok)));
     // The orphaned `sleep` got SIGTERM too and obeyed: no grace period was needed.
     assert!(
         start.elapsed() < Duration::from_secs(3),
@@ -717,7 +761,9 @@ fn stdin_and_stdout_bytes_pass_through_unchanged() {
         .unwrap()
         .read_exact_compat(&mut data);
     for pid1 in [false, true] {
-        let mut opts = Opts::new(pid1, &["cat"]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok);
+        let mut opts = Opts::new(pid1, &["cat"])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_LOG", "warn");
         opts.stdin = Some(data.clone());
         let o = run(&w, opts);
         o.assert_code(0);
@@ -1169,6 +1215,8 @@ fn pty_job_control_works_in_an_interactive_shell() {
 struct Running {
     child: std::process::Child,
     lines: Lines,
+    err: std::thread::JoinHandle<Vec<u8>>,
+    token: String,
     init: u32,
     session: String,
     url: String,
@@ -1188,16 +1236,19 @@ fn start_pid1(w: &World, tok: &str) -> Running {
     let mut child = command(w, &opts)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
     let l = lines.expect("s=", Duration::from_secs(10));
     let (s, u) = l.split_once(' ').unwrap();
     let init = wait_for_child(child.id(), "bottle-init", Duration::from_secs(5));
     Running {
         child,
         lines,
+        err,
+        token: tok.to_string(),
         init,
         session: s[2..].to_string(),
         url: u[2..].to_string(),
@@ -1209,7 +1260,12 @@ impl Running {
         drop(self.child.stdin.take());
         let st = wait_timeout(&mut self.child, Duration::from_secs(10), "pid1 stop");
         assert_eq!(st.code(), Some(0));
-        let _ = self.lines.seen.len();
+        let err = self.err.join().unwrap();
+        assert!(
+            !contains(&err, self.token.as_bytes()),
+            "token in PID 1's stderr"
+        );
+        assert!(self.lines.seen.iter().all(|l| !l.contains(&self.token)));
     }
 }
 

@@ -110,7 +110,12 @@ pub fn upstream_request_head(head: &RequestHead, credential: &Credential, host: 
         .iter()
         .rposition(|h| h.is("anthropic-beta") && !is_hop(&h.name));
 
-    let mut out = Vec::with_capacity(head.head_len + 256);
+    // Sized up front so the buffer never reallocates after the credential is in it (a
+    // reallocation would free a copy of the credential without wiping it).
+    let mut out = Vec::with_capacity(
+        head.head_len + credential.secret.len() + host.len() + OAUTH_BETA.len() + 128,
+    );
+    let capacity = out.capacity();
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
@@ -152,6 +157,11 @@ pub fn upstream_request_head(head: &RequestHead, credential: &Credential, host: 
         push_field(&mut out, "anthropic-beta", OAUTH_BETA.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    debug_assert_eq!(
+        out.capacity(),
+        capacity,
+        "the credential buffer reallocated"
+    );
     out
 }
 

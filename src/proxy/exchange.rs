@@ -210,7 +210,7 @@ impl Ctx {
         let bytes = http::upstream_request_head(&head, &self.config.credential, &self.host_header);
         let ex = Exchange {
             method: head.method.clone(),
-            path: path.to_string(),
+            path: log_path(path).to_string(),
             started: now,
             last_activity: now,
             bytes_in: 0,
@@ -470,7 +470,7 @@ impl Ctx {
 
     /// Answers locally with an error and closes. `head`: what the log line names, if parsed.
     pub(super) fn refuse(&mut self, c: &mut Client, head: Option<&RequestHead>, r: Rejection) {
-        let (method, path) = head.map_or(("-", "-"), |h| (h.method.as_str(), h.path()));
+        let (method, path) = head.map_or(("-", "-"), |h| (h.method.as_str(), log_path(h.path())));
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         log::info!(
             "proxy: {method} {path} {} in=0 out=0 0ms upstream=none (refused: {})",
@@ -632,4 +632,13 @@ fn flush_client(c: &mut Client) -> bool {
 fn has_dot_segment(path: &str) -> bool {
     let lower = path.to_ascii_lowercase().replace("%2e", ".");
     lower.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// The path as logged: without the query (already cut by the caller), at most 200 bytes so a
+/// client cannot flood the log.
+fn log_path(path: &str) -> &str {
+    match path.char_indices().nth(200) {
+        Some((i, _)) => &path[..i],
+        None => path,
+    }
 }

@@ -255,13 +255,18 @@ pub fn run(world: &World, opts: Opts) -> Outcome {
     if let Some(t) = stdin_thread {
         let _ = t.join();
     }
-    Outcome {
+    let o = Outcome {
         status,
         stdout: out_thread.join().unwrap(),
         stderr: err_thread.join().unwrap(),
         elapsed: start.elapsed(),
         cmdline,
+    };
+    // Every run: no credential given in the environment shows up in any output.
+    for (_, v) in opts.env.iter().filter(|(_, v)| v.starts_with("sk-ant-")) {
+        o.assert_no_secret(v);
     }
+    o
 }
 
 pub fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {

@@ -155,6 +155,8 @@ pub struct MockState {
     pub accepts: AtomicUsize,
     pub handshakes: AtomicUsize,
     pub handshake_failures: AtomicUsize,
+    /// Handshakes that resumed an earlier TLS session.
+    pub resumed: AtomicUsize,
     /// Decrypted bytes received, over all connections.
     pub plain_bytes_in: AtomicU64,
     /// Connections that ended (the proxy closed them or the handler did).
@@ -228,6 +230,9 @@ fn serve(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>, st: &MockState, ha
         }
     }
     st.handshakes.fetch_add(1, Ordering::SeqCst);
+    if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        st.resumed.fetch_add(1, Ordering::SeqCst);
+    }
     let stream = rustls::StreamOwned::new(tls, sock);
     let mut reader = BufReader::new(Counting {
         inner: stream,
@@ -491,14 +496,19 @@ pub fn read_response(r: &mut impl BufRead, request_was_head: bool) -> io::Result
     Ok(out)
 }
 
+/// Neither secret is in the response (head or body) nor in any log line so far.
+pub fn assert_clean(resp: &Response) {
+    assert_no_leak("response head", resp.head.as_bytes());
+    assert_no_leak("response body", &resp.raw_body);
+}
+
 /// Sends `raw` on a new connection and reads one response.
 pub fn roundtrip(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
     let mut s = connect(addr);
     s.write_all(raw)?;
     let head = raw.starts_with(b"HEAD ");
     let resp = read_response(&mut BufReader::new(s), head)?;
-    assert_no_leak("response", resp.head.as_bytes());
-    assert_no_leak("response body", &resp.raw_body);
+    assert_clean(&resp);
     Ok(resp)
 }
 
