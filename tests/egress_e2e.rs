@@ -1,0 +1,842 @@
+//! BOTTLE_EGRESS end to end: the real bottle-init binary as PID 1 (`unshare --pid`) inside the
+//! egress lab's client namespace (tests/egress_support: a veth pair to an "outside host" with
+//! TCP/UDP echo and DNS, TEST-NET addresses only, in namespaces the test owns), its upstream a
+//! TLS mock of the Messages API listening on the client namespace's loopback.
+//!
+//! The child bottle-init starts is this test binary again, running the `probe_child` helper
+//! (ignored in normal runs; selected with `--ignored --exact`), which tries everything an
+//! attacker in claude's place would and prints one `PROBE key=value` line per attempt. Every
+//! locked-mode test has an `open`-mode control run of the same probes that must succeed, so a
+//! broken lab cannot pass for a working lockdown.
+//!
+//! The root proxy resolves names through the lab DNS: `ip netns exec` bind-mounts
+//! `/etc/netns/<ns>/resolv.conf` (written by the test) over /etc/resolv.conf. The child sees
+//! the same file and must still fail to resolve.
+//!
+//! Needs root, iproute2, util-linux (unshare, setpriv), nftables. Fails under CI=true otherwise.
+
+mod e2e_support;
+mod egress_support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e_support::mock::{Expect, Mock, MockConfig};
+use egress_support::{
+    DNS_PORT, ECHO_PORT, INTERNAL_NAME, Lab, METADATA_NAME, OUTSIDE_V4, OUTSIDE_V6,
+    QUERY_NAME, dns_query_for, root_or_fail,
+};
+
+const INIT: &str = env!("CARGO_BIN_EXE_bottle-init");
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DOCKER_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+/// Another loopback service in the child's namespace (a local dev server, say).
+const LOCAL_PORT: u16 = 7;
+/// Bytes pushed through an allowed tunnel and expected back unchanged.
+const TUNNEL_PAYLOAD: usize = 200_000;
+
+// ---------------------------------------------------------------------------------------------
+// The probe program (runs as bottle-init's child, uid 1000).
+
+#[test]
+#[ignore = "helper: the program bottle-init runs as its child in these tests"]
+fn probe_child() {
+    let Ok(which) = std::env::var("EGRESS_PROBE") else {
+        panic!("probe_child is a helper: run by the egress_e2e tests with EGRESS_PROBE set");
+    };
+    probes(&which);
+}
+
+fn say(k: &str, v: impl std::fmt::Display) {
+    println!("PROBE {k}={v}");
+}
+
+fn outcome<T>(r: std::io::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => match e.raw_os_error() {
+            Some(n) => format!("errno{n}"),
+            None => format!("err:{}", e.kind()),
+        },
+    }
+}
+
+fn errno_of(rc: i32) -> String {
+    if rc >= 0 {
+        // SAFETY: closing a descriptor socket() just returned to us.
+        unsafe { libc::close(rc) };
+        "ok".into()
+    } else {
+        format!("errno{}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+fn socket(domain: i32, ty: i32, proto: i32) -> String {
+    // SAFETY: socket(2) takes no pointers.
+    errno_of(unsafe { libc::socket(domain, ty, proto) })
+}
+
+fn tcp(addr: SocketAddr) -> String {
+    outcome(TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+}
+
+fn udp_roundtrip(to: SocketAddr, payload: &[u8]) -> String {
+    let any: IpAddr = if to.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    outcome((|| {
+        let s = UdpSocket::bind((any, 0))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(payload, to)?;
+        let mut buf = [0u8; 1500];
+        let n = s.recv(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("empty reply"));
+        }
+        Ok(())
+    })())
+}
+
+fn ping(to: IpAddr) -> String {
+    let (domain, proto, kind) = match to {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8),
+    };
+    // SAFETY: socket(2) takes no pointers.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM, proto) };
+    if fd < 0 {
+        return errno_of(fd);
+    }
+    let pkt = [kind, 0, 0, 0, 0, 1, 0, 1];
+    let sa = socket2_addr(SocketAddr::new(to, 0));
+    // SAFETY: fd is ours; pkt and sa live across the call with the lengths given.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            sa.0.as_ptr().cast(),
+            sa.1,
+        )
+    };
+    let out = if rc < 0 {
+        errno_of(-1)
+    } else {
+        let mut tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a live timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&mut tv as *mut libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let mut buf = [0u8; 256];
+        // SAFETY: recv into a live buffer of the size given.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 { "ok".into() } else { errno_of(-1) }
+    };
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+    out
+}
+
+/// A sockaddr for `sendto`, as bytes and length.
+fn socket2_addr(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: viewing a plain C struct as bytes.
+            let b = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    std::mem::size_of::<libc::sockaddr_in>(),
+                )
+            };
+            (b.to_vec(), b.len() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: viewing a plain C struct as bytes.
+            let b = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin6 as *const libc::sockaddr_in6).cast::<u8>(),
+                    std::mem::size_of::<libc::sockaddr_in6>(),
+                )
+            };
+            (b.to_vec(), b.len() as u32)
+        }
+    }
+}
+
+fn resolve(name: &str) -> String {
+    use std::net::ToSocketAddrs;
+    outcome((name, 443).to_socket_addrs().and_then(|mut a| {
+        a.next()
+            .map(|_| ())
+            .ok_or_else(|| std::io::Error::other("no address"))
+    }))
+}
+
+fn session_secret() -> String {
+    std::env::var("CLAUDE_CODE_OAUTH_TOKEN")
+        .or_else(|_| std::env::var("ANTHROPIC_AUTH_TOKEN"))
+        .unwrap_or_default()
+}
+
+/// One API request; returns the status code (or an error word).
+fn api_request(mut s: impl Read + Write) -> String {
+    let body = r#"{"model":"claude-test","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        session_secret(),
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).is_err() {
+        return "write-failed".into();
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    status_of(&resp)
+}
+
+fn status_of(resp: &[u8]) -> String {
+    let text = String::from_utf8_lossy(resp);
+    text.split_whitespace()
+        .nth(1)
+        .unwrap_or("no-response")
+        .to_string()
+}
+
+fn proxy_addr() -> Option<SocketAddr> {
+    let url = std::env::var("HTTPS_PROXY").ok()?;
+    url.strip_prefix("http://")?.trim_end_matches('/').parse().ok()
+}
+
+/// CONNECT through the proxy; on 200, push a payload through and expect it back unchanged.
+fn connect(label: &str, target: &str) {
+    let Some(proxy) = proxy_addr() else {
+        say(&format!("connect_{label}"), "no-proxy");
+        return;
+    };
+    let mut s = match TcpStream::connect_timeout(&proxy, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("connect_{label}"), outcome::<()>(Err(e)));
+            return;
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    let status = status_of(&head);
+    say(&format!("connect_{label}"), &status);
+    if status != "200" {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let body = String::from_utf8_lossy(&rest).replace('\n', " ");
+        say(&format!("connect_{label}_body"), body);
+        return;
+    }
+    // Every byte value, many times: the tunnel must not touch any of them.
+    let payload: Vec<u8> = (0..TUNNEL_PAYLOAD).map(|i| (i * 7 % 256) as u8).collect();
+    let mut w = s.try_clone().expect("clone tunnel socket");
+    let sent = payload.clone();
+    let writer = std::thread::spawn(move || {
+        let ok = w.write_all(&sent).is_ok();
+        // Half-close: the echo server sees EOF, finishes echoing and closes; we see EOF.
+        let _ = w.shutdown(Shutdown::Write);
+        ok
+    });
+    let mut back = Vec::new();
+    let read = s.read_to_end(&mut back);
+    let wrote = writer.join().unwrap_or(false);
+    let same = wrote && read.is_ok() && back == payload;
+    say(
+        &format!("echo_{label}"),
+        if same {
+            "same".to_string()
+        } else {
+            format!("differs(wrote={wrote} got={} read={read:?})", back.len())
+        },
+    );
+}
+
+fn plain_http_via_proxy() -> String {
+    let Some(proxy) = proxy_addr() else {
+        return "no-proxy".into();
+    };
+    match TcpStream::connect_timeout(&proxy, Duration::from_secs(3)) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                s,
+                "GET http://{QUERY_NAME}:{ECHO_PORT}/ HTTP/1.1\r\nHost: {QUERY_NAME}\r\n\r\n"
+            );
+            let mut resp = Vec::new();
+            let _ = s.read_to_end(&mut resp);
+            status_of(&resp)
+        }
+        Err(e) => outcome::<()>(Err(e)),
+    }
+}
+
+fn status_line(pid: &str, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unreadable".into())
+}
+
+fn probes(which: &str) {
+    let o4 = |p| SocketAddr::new(OUTSIDE_V4.into(), p);
+    let o6 = |p| SocketAddr::new(OUTSIDE_V6.into(), p);
+    for k in [
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_UNIX_SOCKET",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+        "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL",
+    ] {
+        say(
+            &format!("env_{k}"),
+            std::env::var(k).unwrap_or_else(|_| "<unset>".into()),
+        );
+    }
+    say("uid", nix::unistd::getuid());
+    say("seccomp", status_line("self", "Seccomp"));
+    say("pid1_capeff", status_line("1", "CapEff"));
+    say("pid1_capbnd", status_line("1", "CapBnd"));
+    // Sockets of every IP-ish family (api-only refuses them at socket()).
+    say("sock_inet_stream", socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+    say("sock_inet6_dgram", socket(libc::AF_INET6, libc::SOCK_DGRAM, 0));
+    say("sock_packet", socket(libc::AF_PACKET, libc::SOCK_RAW, 0));
+    say(
+        "sock_raw",
+        socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+    );
+    say("sock_unix", socket(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+    // Direct traffic to the outside host, IPv4 and IPv6.
+    say("tcp4", tcp(o4(ECHO_PORT)));
+    say("tcp6", tcp(o6(ECHO_PORT)));
+    say("udp4", udp_roundtrip(o4(ECHO_PORT), b"udp probe"));
+    say("udp6", udp_roundtrip(o6(ECHO_PORT), b"udp probe"));
+    say("ping4", ping(OUTSIDE_V4.into()));
+    say("ping6", ping(OUTSIDE_V6.into()));
+    let q = dns_query_for(QUERY_NAME, 1, 0x4242);
+    say("dns4", udp_roundtrip(o4(DNS_PORT), &q));
+    say("dns6", udp_roundtrip(o6(DNS_PORT), &q));
+    say(
+        "dns_docker",
+        udp_roundtrip(SocketAddr::new(DOCKER_DNS.into(), DNS_PORT), &q),
+    );
+    say("resolve", resolve(QUERY_NAME));
+    say(
+        "tcp_local",
+        tcp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), LOCAL_PORT)),
+    );
+    // The API, by whichever route this mode offers.
+    if let Ok(path) = std::env::var("ANTHROPIC_UNIX_SOCKET") {
+        say(
+            "api_unix",
+            match UnixStream::connect(&path) {
+                Ok(s) => api_request(s),
+                Err(e) => outcome::<()>(Err(e)),
+            },
+        );
+    }
+    if let Some(addr) = std::env::var("ANTHROPIC_BASE_URL")
+        .ok()
+        .and_then(|u| u.strip_prefix("http://").and_then(|a| a.parse().ok()))
+    {
+        say(
+            "api_tcp",
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                Ok(s) => api_request(s),
+                Err(e) => outcome::<()>(Err(e)),
+            },
+        );
+    }
+    if which == "allowlist" {
+        connect("allowed", &format!("{QUERY_NAME}:{ECHO_PORT}"));
+        connect("allowed_upper", &format!("OUTSIDE.Egress.Test:{ECHO_PORT}"));
+        connect("unlisted", &format!("other.egress.test:{ECHO_PORT}"));
+        connect("wrong_port", &format!("{QUERY_NAME}:{DNS_PORT}"));
+        connect("ip4", &format!("{OUTSIDE_V4}:{ECHO_PORT}"));
+        connect("ip6", &format!("[{OUTSIDE_V6}]:{ECHO_PORT}"));
+        connect("internal", &format!("{INTERNAL_NAME}:{ECHO_PORT}"));
+        connect("metadata", &format!("{METADATA_NAME}:{ECHO_PORT}"));
+        connect("docker_dns", &format!("{DOCKER_DNS}:{DNS_PORT}"));
+        say("plain_http", plain_http_via_proxy());
+    }
+    say("done", 1);
+    // Hold until the test has looked at the running container (it closes our stdin).
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent side.
+
+/// Removes `/etc/netns/<ns>` (the resolv.conf `ip netns exec` mounts) on drop.
+struct NetnsEtc(PathBuf);
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Env {
+    lab: Lab,
+    mock: Mock,
+    token: String,
+    dir: tempfile::TempDir,
+    _etc: NetnsEtc,
+}
+
+fn setup() -> Option<Env> {
+    if !root_or_fail("egress_e2e") {
+        return None;
+    }
+    let mut lab = Lab::new();
+    lab.client_dns(SocketAddr::new(DOCKER_DNS.into(), DNS_PORT));
+    lab.client_tcp_echo(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), LOCAL_PORT));
+    let etc = PathBuf::from(format!("/etc/netns/{}", lab.client.name));
+    std::fs::create_dir_all(&etc).expect("mkdir /etc/netns/NS");
+    let etc = NetnsEtc(etc);
+    std::fs::write(etc.0.join("resolv.conf"), format!("nameserver {OUTSIDE_V4}\n"))
+        .expect("write resolv.conf");
+    let token = e2e_support::fake_secret("sk-ant-oat01-egress-");
+    let listeners = lab.client.run_in(|| {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        let port = v4.local_addr().unwrap().port();
+        let mut all = vec![v4];
+        if let Ok(v6) = std::net::TcpListener::bind(("::1", port)) {
+            all.push(v6);
+        }
+        all
+    });
+    let mock = Mock::start_on(
+        listeners,
+        MockConfig::new(Expect::Bearer(token.clone()), "egress ok"),
+    )
+    .expect("start mock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The child must traverse it to reach the API socket directory beside the run dir.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(Env {
+        lab,
+        mock,
+        token,
+        dir,
+        _etc: etc,
+    })
+}
+
+struct InitRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    probes: HashMap<String, String>,
+}
+
+impl InitRun {
+    fn get(&self, k: &str) -> &str {
+        self.probes.get(k).map(String::as_str).unwrap_or("<missing>")
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn assert_no_token(&self, token: &str) {
+        assert!(!self.stdout.contains(token), "token in stdout");
+        assert!(!self.stderr.contains(token), "token in stderr");
+    }
+}
+
+fn run_dir(env: &Env) -> PathBuf {
+    env.dir.path().join("run")
+}
+
+/// Runs bottle-init as PID 1 in the lab's client namespace with `mode` (and extra env), its
+/// child the probe program. `prefix`: a wrapper command (setpriv, ...). `while_running` is
+/// called once the probes are done and the container still runs.
+fn run_init(
+    env: &Env,
+    mode: &str,
+    extra: &[(&str, &str)],
+    prefix: &[&str],
+    while_running: impl FnOnce(),
+) -> InitRun {
+    let probe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &env.lab.client.name])
+        .args(["unshare", "--pid", "--fork", "--mount-proc"])
+        .args(prefix)
+        .arg(INIT)
+        .arg("--")
+        .arg(&probe)
+        .args(["--exact", "probe_child", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &env.token)
+        .env("BOTTLE_USER", "1000:1000")
+        .env("BOTTLE_UPSTREAM", env.mock.url())
+        .env("BOTTLE_UPSTREAM_CA", env.mock.ca_pem())
+        .env("BOTTLE_RUN_DIR", run_dir(env))
+        .env("BOTTLE_GRACE", "1")
+        .env("BOTTLE_EGRESS", mode)
+        .env("EGRESS_PROBE", mode)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn bottle-init");
+    let stdin = child.stdin.take();
+    let mut err = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    let mut probes = HashMap::new();
+    let mut line = String::new();
+    let mut hook = Some(while_running);
+    let mut stdin = stdin;
+    loop {
+        line.clear();
+        match out.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        stdout.push_str(&line);
+        if let Some(kv) = line.trim_end().strip_prefix("PROBE ")
+            && let Some((k, v)) = kv.split_once('=')
+        {
+            probes.insert(k.to_string(), v.to_string());
+            if k == "done" {
+                if let Some(h) = hook.take() {
+                    h();
+                }
+                stdin.take();
+            }
+        }
+    }
+    drop(stdin);
+    let status = child.wait().expect("wait bottle-init");
+    let stderr = err_thread.join().unwrap_or_default();
+    let run = InitRun {
+        code: status.code(),
+        stdout,
+        stderr,
+        probes,
+    };
+    if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
+        eprintln!("=== BOTTLE_EGRESS={mode}\n{}", run.describe());
+    }
+    run
+}
+
+fn refused(v: &str) -> bool {
+    v != "ok" && v != "<missing>"
+}
+
+/// The direct-network probes: all succeed in `open`, all fail in a locked mode.
+const NET_PROBES: [&str; 11] = [
+    "tcp4",
+    "tcp6",
+    "udp4",
+    "udp6",
+    "ping4",
+    "ping6",
+    "dns4",
+    "dns6",
+    "dns_docker",
+    "resolve",
+    "tcp_local",
+];
+
+#[test]
+fn open_mode_control_run_reaches_everything() {
+    let Some(env) = setup() else { return };
+    let r = run_init(&env, "open", &[], &[], || {});
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    for k in NET_PROBES {
+        assert_eq!(r.get(k), "ok", "open mode: {k} should work\n{}", r.describe());
+    }
+    assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
+    assert_eq!(r.get("seccomp"), "0", "{}", r.describe());
+    assert!(
+        r.stderr.contains("egress is not restricted"),
+        "open must say so\n{}",
+        r.describe()
+    );
+    assert_eq!(r.get("env_HTTPS_PROXY"), "<unset>");
+    r.assert_no_token(&env.token);
+}
+
+#[test]
+fn api_only_child_has_no_ip_network_but_reaches_the_api_over_the_socket() {
+    let Some(env) = setup() else { return };
+    let sock_dir = env.dir.path().join("bottle-init-api");
+    let sock = sock_dir.join("api.sock");
+    let mut root_peer = String::new();
+    let r = run_init(&env, "api-only", &[], &[], || {
+        // As root (not the child uid): SO_PEERCRED refuses us, the connection just closes.
+        root_peer = match UnixStream::connect(&sock) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.write_all(b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+                let mut b = Vec::new();
+                let _ = s.read_to_end(&mut b);
+                format!("got {} bytes", b.len())
+            }
+            Err(e) => format!("connect failed: {e}"),
+        };
+    });
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.get("uid"), "1000");
+    // SECCOMP_MODE_FILTER in the child.
+    assert_eq!(r.get("seccomp"), "2", "{}", r.describe());
+    for k in ["sock_inet_stream", "sock_inet6_dgram", "sock_packet", "sock_raw"] {
+        assert_eq!(
+            r.get(k),
+            format!("errno{}", libc::EACCES),
+            "{k}\n{}",
+            r.describe()
+        );
+    }
+    assert_eq!(r.get("sock_unix"), "ok");
+    for k in NET_PROBES {
+        assert!(refused(r.get(k)), "api-only: {k} got through\n{}", r.describe());
+    }
+    assert_eq!(r.get("api_unix"), "200", "{}", r.describe());
+    assert_eq!(
+        env.mock.messages().len(),
+        1,
+        "the mock saw the API request once (with the real token, else it answers 401)"
+    );
+    assert_eq!(
+        env.mock.messages()[0].header("authorization").as_deref(),
+        Some(format!("Bearer {}", env.token).as_str())
+    );
+    assert_eq!(r.get("env_ANTHROPIC_UNIX_SOCKET"), sock.to_str().unwrap());
+    assert_eq!(r.get("env_ANTHROPIC_BASE_URL"), "http://localhost");
+    assert_eq!(r.get("env_HTTPS_PROXY"), "<unset>");
+    assert_eq!(r.get("env_CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"), "1");
+    assert_eq!(
+        r.get("env_CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"),
+        "1"
+    );
+    assert_eq!(root_peer, "got 0 bytes", "a root peer must be refused");
+    assert!(
+        r.stderr.contains("API socket connection from uid 0 refused"),
+        "{}",
+        r.describe()
+    );
+    let md = std::fs::symlink_metadata(&sock_dir).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o755));
+    let md = std::fs::symlink_metadata(&sock).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (0, 1000, 0o660));
+    r.assert_no_token(&env.token);
+}
+
+#[test]
+fn allowlist_child_reaches_only_the_proxy_and_the_listed_host() {
+    let Some(env) = setup() else { return };
+    // TEST-NET addresses are not public: the listed lab host needs /private, exactly like a
+    // user's internal host would. The internal and metadata names are listed WITHOUT it.
+    let allow = format!(
+        "{QUERY_NAME}:{ECHO_PORT}/private, {INTERNAL_NAME}:{ECHO_PORT} {METADATA_NAME}:{ECHO_PORT}"
+    );
+    let r = run_init(&env, "allowlist", &[("BOTTLE_ALLOW_HOSTS", &allow)], &[], || {});
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.get("uid"), "1000");
+    for k in NET_PROBES {
+        assert!(refused(r.get(k)), "allowlist: {k} got through\n{}", r.describe());
+    }
+    // The API through the proxy, with the real credential injected.
+    assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
+    assert_eq!(
+        env.mock.messages()[0].header("authorization").as_deref(),
+        Some(format!("Bearer {}", env.token).as_str())
+    );
+    // The listed host: tunnel up, 200 KB both ways unchanged, case-insensitive name.
+    for l in ["allowed", "allowed_upper"] {
+        assert_eq!(r.get(&format!("connect_{l}")), "200", "{}", r.describe());
+        assert_eq!(r.get(&format!("echo_{l}")), "same", "{}", r.describe());
+    }
+    for l in [
+        "unlisted",
+        "wrong_port",
+        "ip4",
+        "ip6",
+        "internal",
+        "metadata",
+        "docker_dns",
+    ] {
+        assert_eq!(
+            r.get(&format!("connect_{l}")),
+            "403",
+            "CONNECT {l} must be refused\n{}",
+            r.describe()
+        );
+    }
+    assert_eq!(r.get("plain_http"), "403", "{}", r.describe());
+    // Every decision is logged.
+    for needle in [
+        format!("egress allowed: {QUERY_NAME}:{ECHO_PORT} -> "),
+        format!("other.egress.test:{ECHO_PORT} is not in BOTTLE_ALLOW_HOSTS"),
+        format!("IP address {OUTSIDE_V4} port {ECHO_PORT} is not in BOTTLE_ALLOW_HOSTS"),
+        format!("{INTERNAL_NAME} resolves to 10.1.2.3"),
+        format!("{METADATA_NAME} resolves to 169.254.169.254"),
+        "plain http:// request".to_string(),
+        "nftables rules installed and verified".to_string(),
+    ] {
+        assert!(r.stderr.contains(&needle), "log lacks {needle:?}\n{}", r.describe());
+    }
+    // The child's environment points every client at the proxy.
+    let proxy = r.get("env_HTTPS_PROXY").to_string();
+    assert!(proxy.starts_with("http://127.0.0.1:"), "{proxy}");
+    for k in ["https_proxy", "HTTP_PROXY", "http_proxy"] {
+        assert_eq!(r.get(&format!("env_{k}")), proxy);
+    }
+    assert!(r.get("env_NO_PROXY").contains("127.0.0.1"));
+    assert!(r.get("env_NO_PROXY").contains("localhost"));
+    assert_eq!(r.get("env_CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"), "1");
+    // PID 1 kept only CAP_KILL: CAP_NET_ADMIN is gone before the child ran.
+    assert_eq!(r.get("pid1_capeff"), "0000000000000020", "{}", r.describe());
+    assert_eq!(r.get("pid1_capbnd"), "0000000000000000", "{}", r.describe());
+    r.assert_no_token(&env.token);
+}
+
+fn assert_refused_start(r: &InitRun, code: i32, needle: &str, token: &str) {
+    assert_eq!(r.code, Some(code), "{}", r.describe());
+    assert!(r.stderr.contains(needle), "message lacks {needle:?}\n{}", r.describe());
+    assert!(
+        r.probes.is_empty() && !r.stdout.contains("PROBE"),
+        "the child ran\n{}",
+        r.describe()
+    );
+    r.assert_no_token(token);
+}
+
+#[test]
+fn allowlist_without_net_admin_refuses_to_start() {
+    let Some(env) = setup() else { return };
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[],
+        &["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-all"],
+        || {},
+    );
+    assert_refused_start(&r, 77, "needs the CAP_NET_ADMIN capability", &env.token);
+}
+
+#[test]
+fn allowlist_without_nft_refuses_to_start() {
+    let Some(env) = setup() else { return };
+    // Hide every nft candidate in the (private) mount namespace `ip netns exec` made.
+    let script = "for p in /usr/sbin/nft /sbin/nft /usr/bin/nft /bin/nft; do \
+                  [ -e \"$p\" ] && mount --bind /dev/null \"$p\"; done; exec \"$@\"";
+    let r = run_init(&env, "allowlist", &[], &["sh", "-c", script, "sh"], || {});
+    assert_refused_start(&r, 78, "nft", &env.token);
+}
+
+#[test]
+fn api_only_with_a_replaceable_socket_directory_refuses_to_start() {
+    let Some(env) = setup() else { return };
+    // The socket directory's parent is world-writable without the sticky bit: the child
+    // could swap the directory, so bottle-init must refuse rather than serve there.
+    let open_parent = env.dir.path().join("open");
+    std::fs::create_dir(&open_parent).unwrap();
+    std::fs::set_permissions(&open_parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = open_parent.join("run");
+    let r = run_init(
+        &env,
+        "api-only",
+        &[("BOTTLE_RUN_DIR", run.to_str().unwrap())],
+        &[],
+        || {},
+    );
+    assert_refused_start(&r, 78, "refusing to put the API socket", &env.token);
+}
+
+#[test]
+fn bad_egress_settings_refuse_to_start() {
+    let Some(env) = setup() else { return };
+    let r = run_init(&env, "alowlist", &[], &[], || {});
+    assert_refused_start(&r, 78, "BOTTLE_EGRESS=alowlist is not an egress mode", &env.token);
+    let r = run_init(&env, "api-only", &[("BOTTLE_ALLOW_HOSTS", "example.com")], &[], || {});
+    assert_refused_start(&r, 78, "BOTTLE_ALLOW_HOSTS is set but", &env.token);
+}
+
+#[test]
+fn allowlist_refuses_a_non_loopback_proxy_listener() {
+    let Some(env) = setup() else { return };
+    // A wildcard listener would offer CONNECT to the whole network.
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[("BOTTLE_LISTEN", "0.0.0.0:0")],
+        &[],
+        || {},
+    );
+    assert_refused_start(&r, 78, "not a loopback address", &env.token);
+}
