@@ -822,7 +822,7 @@ fn api_only_with_a_replaceable_socket_directory_refuses_to_start() {
 fn bad_egress_settings_refuse_to_start() {
     let Some(env) = setup() else { return };
     let r = run_init(&env, "alowlist", &[], &[], || {});
-    assert_refused_start(&r, 78, "BOTTLE_EGRESS=alowlist is not an egress mode", &env.token);
+    assert_refused_start(&r, 78, "BOTTLE_EGRESS=\"alowlist\" is not an egress mode", &env.token);
     let r = run_init(&env, "api-only", &[("BOTTLE_ALLOW_HOSTS", "example.com")], &[], || {});
     assert_refused_start(&r, 78, "BOTTLE_ALLOW_HOSTS is set but", &env.token);
 }
