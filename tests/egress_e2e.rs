@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use e2e_support::mock::{Expect, Mock, MockConfig};
 use egress_support::{
-    DNS_PORT, ECHO_PORT, INTERNAL_NAME, Lab, METADATA_NAME, OUTSIDE_V4, OUTSIDE_V6,
-    QUERY_NAME, dns_query_for, root_or_fail,
+    DNS_PORT, ECHO_PORT, INTERNAL_NAME, Lab, METADATA_NAME, OUTSIDE_V4, OUTSIDE_V6, QUERY_NAME,
+    dns_query_for, root_or_fail,
 };
 
 const INIT: &str = env!("CARGO_BIN_EXE_bottle-init");
@@ -73,7 +73,33 @@ fn errno_of(rc: i32) -> String {
         unsafe { libc::close(rc) };
         "ok".into()
     } else {
-        format!("errno{}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        format!(
+            "errno{}",
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        )
+    }
+}
+
+/// Runs `f` in a forked child (it may be killed by the filter): `exit0` when it returned
+/// true, `exit1` when false, `signalN` when it died.
+fn in_subprocess(f: fn() -> bool) -> String {
+    // SAFETY: the child only makes the raw system call inside `f`, then _exit.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let ok = f();
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => format!("exit{c}"),
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                    format!("signal{}", sig as i32)
+                }
+                other => format!("{other:?}"),
+            }
+        }
+        Err(e) => format!("fork-failed:{e}"),
     }
 }
 
@@ -215,7 +241,8 @@ fn session_secret() -> String {
 
 /// One API request; returns the status code (or an error word).
 fn api_request(mut s: impl Read + Write) -> String {
-    let body = r#"{"model":"claude-test","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body =
+        r#"{"model":"claude-test","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
          anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
@@ -223,7 +250,10 @@ fn api_request(mut s: impl Read + Write) -> String {
         session_secret(),
         body.len()
     );
-    if s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).is_err() {
+    if s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body.as_bytes()))
+        .is_err()
+    {
         return "write-failed".into();
     }
     let mut resp = Vec::new();
@@ -241,7 +271,10 @@ fn status_of(resp: &[u8]) -> String {
 
 fn proxy_addr() -> Option<SocketAddr> {
     let url = std::env::var("HTTPS_PROXY").ok()?;
-    url.strip_prefix("http://")?.trim_end_matches('/').parse().ok()
+    url.strip_prefix("http://")?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
 }
 
 /// CONNECT through the proxy; on 200, push a payload through and expect it back unchanged.
@@ -323,8 +356,10 @@ fn status_line(pid: &str, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix(&format!("{key}:"))
+                    .map(|v| v.trim().to_string())
+            })
         })
         .unwrap_or_else(|| "unreadable".into())
 }
@@ -354,14 +389,33 @@ fn probes(which: &str) {
     say("pid1_capeff", status_line("1", "CapEff"));
     say("pid1_capbnd", status_line("1", "CapBnd"));
     // Sockets of every IP-ish family (api-only refuses them at socket()).
-    say("sock_inet_stream", socket(libc::AF_INET, libc::SOCK_STREAM, 0));
-    say("sock_inet6_dgram", socket(libc::AF_INET6, libc::SOCK_DGRAM, 0));
+    say(
+        "sock_inet_stream",
+        socket(libc::AF_INET, libc::SOCK_STREAM, 0),
+    );
+    say(
+        "sock_inet6_dgram",
+        socket(libc::AF_INET6, libc::SOCK_DGRAM, 0),
+    );
     say("sock_packet", socket(libc::AF_PACKET, libc::SOCK_RAW, 0));
     say(
         "sock_raw",
         socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
     );
     say("sock_unix", socket(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+    // The known bypasses of a socket() filter: io_uring (IORING_OP_SOCKET) and the i386 ABI.
+    say(
+        "io_uring",
+        match egress_support::try_io_uring() {
+            0 => "ok".to_string(),
+            e => format!("errno{e}"),
+        },
+    );
+    #[cfg(target_arch = "x86_64")]
+    say(
+        "i386_socket",
+        in_subprocess(|| egress_support::i386_socket() >= 0),
+    );
     // Direct traffic to the outside host, IPv4 and IPv6.
     say("tcp4", tcp(o4(ECHO_PORT)));
     say("tcp6", tcp(o6(ECHO_PORT)));
@@ -403,7 +457,7 @@ fn probes(which: &str) {
             },
         );
     }
-    if which == "allowlist" {
+    if which.starts_with("allowlist") {
         connect("allowed", &format!("{QUERY_NAME}:{ECHO_PORT}"));
         connect("allowed_upper", &format!("OUTSIDE.Egress.Test:{ECHO_PORT}"));
         connect("unlisted", &format!("other.egress.test:{ECHO_PORT}"));
@@ -451,8 +505,11 @@ fn setup() -> Option<Env> {
     let etc = PathBuf::from(format!("/etc/netns/{}", lab.client.name));
     std::fs::create_dir_all(&etc).expect("mkdir /etc/netns/NS");
     let etc = NetnsEtc(etc);
-    std::fs::write(etc.0.join("resolv.conf"), format!("nameserver {OUTSIDE_V4}\n"))
-        .expect("write resolv.conf");
+    std::fs::write(
+        etc.0.join("resolv.conf"),
+        format!("nameserver {OUTSIDE_V4}\n"),
+    )
+    .expect("write resolv.conf");
     let token = e2e_support::fake_secret("sk-ant-oat01-egress-");
     let listeners = lab.client.run_in(|| {
         let v4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
@@ -489,7 +546,10 @@ struct InitRun {
 
 impl InitRun {
     fn get(&self, k: &str) -> &str {
-        self.probes.get(k).map(String::as_str).unwrap_or("<missing>")
+        self.probes
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or("<missing>")
     }
 
     fn describe(&self) -> String {
@@ -517,7 +577,7 @@ fn run_init(
     mode: &str,
     extra: &[(&str, &str)],
     prefix: &[&str],
-    while_running: impl FnOnce(),
+    while_running: impl FnOnce(u32),
 ) -> InitRun {
     let probe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new("ip");
@@ -527,7 +587,14 @@ fn run_init(
         .arg(INIT)
         .arg("--")
         .arg(&probe)
-        .args(["--exact", "probe_child", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .args([
+            "--exact",
+            "probe_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
         .env_clear()
         .env("PATH", PATH)
         .env("CLAUDE_CODE_OAUTH_TOKEN", &env.token)
@@ -571,7 +638,7 @@ fn run_init(
             probes.insert(k.to_string(), v.to_string());
             if k == "done" {
                 if let Some(h) = hook.take() {
-                    h();
+                    h(child.id());
                 }
                 stdin.take();
             }
@@ -590,6 +657,119 @@ fn run_init(
         eprintln!("=== BOTTLE_EGRESS={mode}\n{}", run.describe());
     }
     run
+}
+
+/// bottle-init's pid: the child `unshare --fork` started (the spawned process is `ip`, which
+/// exec'd unshare).
+fn init_pid(spawned: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children"))
+        .expect("read children");
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("unshare has a child")
+}
+
+/// `docker exec CONTAINER bottle-init exec -- probe`, with the container's environment (the
+/// token included), entering PID 1's namespaces as docker exec does.
+fn exec_probe(env: &Env, pid1: u32, mode: &str) -> InitRun {
+    let probe = std::env::current_exe().expect("current_exe");
+    let out = Command::new("nsenter")
+        .args(["-t", &pid1.to_string(), "-p", "-m", "-n"])
+        .arg(INIT)
+        .args(["exec", "--"])
+        .arg(&probe)
+        .args([
+            "--exact",
+            "probe_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &env.token)
+        .env("BOTTLE_RUN_DIR", run_dir(env))
+        .env("BOTTLE_EGRESS", "open") // the container's own setting is PID 1's, not ours
+        .env("EGRESS_PROBE", format!("{mode}-exec"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsenter");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let probes = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("PROBE "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    InitRun {
+        code: out.status.code(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        probes,
+    }
+}
+
+#[test]
+fn bottle_init_exec_joins_the_locked_mode() {
+    let Some(env) = setup() else { return };
+    for mode in ["api-only", "allowlist"] {
+        let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+        let mut exec_run = None;
+        let r = run_init(
+            &env,
+            mode,
+            &[("BOTTLE_ALLOW_HOSTS", allow.as_str())][..usize::from(mode == "allowlist")],
+            &[],
+            |spawned| {
+                exec_run = Some(exec_probe(&env, init_pid(spawned), mode));
+            },
+        );
+        assert_eq!(r.code, Some(0), "{}", r.describe());
+        let e = exec_run.expect("exec ran");
+        assert_eq!(e.code, Some(0), "exec in {mode}: {}", e.describe());
+        assert_eq!(e.get("uid"), "1000", "{}", e.describe());
+        for k in NET_PROBES {
+            assert!(
+                refused(e.get(k)),
+                "exec in {mode}: {k} got through\n{}",
+                e.describe()
+            );
+        }
+        if mode == "api-only" {
+            assert_eq!(e.get("seccomp"), "2", "{}", e.describe());
+            assert_eq!(e.get("sock_inet_stream"), format!("errno{}", libc::EACCES));
+            assert_eq!(e.get("api_unix"), "200", "{}", e.describe());
+            assert_eq!(e.get("env_ANTHROPIC_BASE_URL"), "http://localhost");
+        } else {
+            assert_eq!(e.get("api_tcp"), "200", "{}", e.describe());
+            assert_eq!(e.get("connect_allowed"), "200", "{}", e.describe());
+            assert_eq!(e.get("echo_allowed"), "same", "{}", e.describe());
+            assert_eq!(e.get("connect_unlisted"), "403", "{}", e.describe());
+            assert!(e.get("env_HTTPS_PROXY").starts_with("http://127.0.0.1:"));
+        }
+        r.assert_no_token(&env.token);
+        e.assert_no_token(&env.token);
+    }
+}
+
+#[test]
+fn bottle_init_exec_refuses_without_the_egress_record() {
+    let Some(env) = setup() else { return };
+    let mut exec_run = None;
+    let r = run_init(&env, "api-only", &[], &[], |spawned| {
+        // Someone removed the record: exec must not fall back to an unlocked command.
+        std::fs::remove_file(run_dir(&env).join("egress")).expect("remove egress record");
+        exec_run = Some(exec_probe(&env, init_pid(spawned), "api-only"));
+    });
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let e = exec_run.expect("exec ran");
+    assert_eq!(e.code, Some(69), "{}", e.describe());
+    assert!(e.probes.is_empty(), "the command ran: {}", e.describe());
+    assert!(e.stderr.contains("egress"), "{}", e.describe());
+    e.assert_no_token(&env.token);
 }
 
 fn refused(v: &str) -> bool {
@@ -614,13 +794,21 @@ const NET_PROBES: [&str; 11] = [
 #[test]
 fn open_mode_control_run_reaches_everything() {
     let Some(env) = setup() else { return };
-    let r = run_init(&env, "open", &[], &[], || {});
+    let r = run_init(&env, "open", &[], &[], |_| {});
     assert_eq!(r.code, Some(0), "{}", r.describe());
     for k in NET_PROBES {
-        assert_eq!(r.get(k), "ok", "open mode: {k} should work\n{}", r.describe());
+        assert_eq!(
+            r.get(k),
+            "ok",
+            "open mode: {k} should work\n{}",
+            r.describe()
+        );
     }
     assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
     assert_eq!(r.get("seccomp"), "0", "{}", r.describe());
+    assert_eq!(r.get("io_uring"), "ok", "{}", r.describe());
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(r.get("i386_socket"), "exit0", "{}", r.describe());
     assert!(
         r.stderr.contains("egress is not restricted"),
         "open must say so\n{}",
@@ -636,7 +824,7 @@ fn api_only_child_has_no_ip_network_but_reaches_the_api_over_the_socket() {
     let sock_dir = env.dir.path().join("bottle-init-api");
     let sock = sock_dir.join("api.sock");
     let mut root_peer = String::new();
-    let r = run_init(&env, "api-only", &[], &[], || {
+    let r = run_init(&env, "api-only", &[], &[], |_| {
         // As root (not the child uid): SO_PEERCRED refuses us, the connection just closes.
         root_peer = match UnixStream::connect(&sock) {
             Ok(mut s) => {
@@ -653,7 +841,12 @@ fn api_only_child_has_no_ip_network_but_reaches_the_api_over_the_socket() {
     assert_eq!(r.get("uid"), "1000");
     // SECCOMP_MODE_FILTER in the child.
     assert_eq!(r.get("seccomp"), "2", "{}", r.describe());
-    for k in ["sock_inet_stream", "sock_inet6_dgram", "sock_packet", "sock_raw"] {
+    for k in [
+        "sock_inet_stream",
+        "sock_inet6_dgram",
+        "sock_packet",
+        "sock_raw",
+    ] {
         assert_eq!(
             r.get(k),
             format!("errno{}", libc::EACCES),
@@ -662,8 +855,15 @@ fn api_only_child_has_no_ip_network_but_reaches_the_api_over_the_socket() {
         );
     }
     assert_eq!(r.get("sock_unix"), "ok");
+    assert_eq!(r.get("io_uring"), format!("errno{}", libc::ENOSYS));
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(r.get("i386_socket"), format!("signal{}", libc::SIGSYS));
     for k in NET_PROBES {
-        assert!(refused(r.get(k)), "api-only: {k} got through\n{}", r.describe());
+        assert!(
+            refused(r.get(k)),
+            "api-only: {k} got through\n{}",
+            r.describe()
+        );
     }
     assert_eq!(r.get("api_unix"), "200", "{}", r.describe());
     assert_eq!(
@@ -685,7 +885,8 @@ fn api_only_child_has_no_ip_network_but_reaches_the_api_over_the_socket() {
     );
     assert_eq!(root_peer, "got 0 bytes", "a root peer must be refused");
     assert!(
-        r.stderr.contains("API socket connection from uid 0 refused"),
+        r.stderr
+            .contains("API socket connection from uid 0 refused"),
         "{}",
         r.describe()
     );
@@ -704,11 +905,21 @@ fn allowlist_child_reaches_only_the_proxy_and_the_listed_host() {
     let allow = format!(
         "{QUERY_NAME}:{ECHO_PORT}/private, {INTERNAL_NAME}:{ECHO_PORT} {METADATA_NAME}:{ECHO_PORT}"
     );
-    let r = run_init(&env, "allowlist", &[("BOTTLE_ALLOW_HOSTS", &allow)], &[], || {});
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[("BOTTLE_ALLOW_HOSTS", &allow)],
+        &[],
+        |_| {},
+    );
     assert_eq!(r.code, Some(0), "{}", r.describe());
     assert_eq!(r.get("uid"), "1000");
     for k in NET_PROBES {
-        assert!(refused(r.get(k)), "allowlist: {k} got through\n{}", r.describe());
+        assert!(
+            refused(r.get(k)),
+            "allowlist: {k} got through\n{}",
+            r.describe()
+        );
     }
     // The API through the proxy, with the real credential injected.
     assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
@@ -748,7 +959,11 @@ fn allowlist_child_reaches_only_the_proxy_and_the_listed_host() {
         "plain http:// request".to_string(),
         "nftables rules installed and verified".to_string(),
     ] {
-        assert!(r.stderr.contains(&needle), "log lacks {needle:?}\n{}", r.describe());
+        assert!(
+            r.stderr.contains(&needle),
+            "log lacks {needle:?}\n{}",
+            r.describe()
+        );
     }
     // The child's environment points every client at the proxy.
     let proxy = r.get("env_HTTPS_PROXY").to_string();
@@ -767,7 +982,11 @@ fn allowlist_child_reaches_only_the_proxy_and_the_listed_host() {
 
 fn assert_refused_start(r: &InitRun, code: i32, needle: &str, token: &str) {
     assert_eq!(r.code, Some(code), "{}", r.describe());
-    assert!(r.stderr.contains(needle), "message lacks {needle:?}\n{}", r.describe());
+    assert!(
+        r.stderr.contains(needle),
+        "message lacks {needle:?}\n{}",
+        r.describe()
+    );
     assert!(
         r.probes.is_empty() && !r.stdout.contains("PROBE"),
         "the child ran\n{}",
@@ -783,8 +1002,14 @@ fn allowlist_without_net_admin_refuses_to_start() {
         &env,
         "allowlist",
         &[],
-        &["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-all"],
-        || {},
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-all",
+        ],
+        |_| {},
     );
     assert_refused_start(&r, 77, "needs the CAP_NET_ADMIN capability", &env.token);
 }
@@ -795,7 +1020,7 @@ fn allowlist_without_nft_refuses_to_start() {
     // Hide every nft candidate in the (private) mount namespace `ip netns exec` made.
     let script = "for p in /usr/sbin/nft /sbin/nft /usr/bin/nft /bin/nft; do \
                   [ -e \"$p\" ] && mount --bind /dev/null \"$p\"; done; exec \"$@\"";
-    let r = run_init(&env, "allowlist", &[], &["sh", "-c", script, "sh"], || {});
+    let r = run_init(&env, "allowlist", &[], &["sh", "-c", script, "sh"], |_| {});
     assert_refused_start(&r, 78, "nft", &env.token);
 }
 
@@ -813,7 +1038,7 @@ fn api_only_with_a_replaceable_socket_directory_refuses_to_start() {
         "api-only",
         &[("BOTTLE_RUN_DIR", run.to_str().unwrap())],
         &[],
-        || {},
+        |_| {},
     );
     assert_refused_start(&r, 78, "refusing to put the API socket", &env.token);
 }
@@ -821,9 +1046,20 @@ fn api_only_with_a_replaceable_socket_directory_refuses_to_start() {
 #[test]
 fn bad_egress_settings_refuse_to_start() {
     let Some(env) = setup() else { return };
-    let r = run_init(&env, "alowlist", &[], &[], || {});
-    assert_refused_start(&r, 78, "BOTTLE_EGRESS=\"alowlist\" is not an egress mode", &env.token);
-    let r = run_init(&env, "api-only", &[("BOTTLE_ALLOW_HOSTS", "example.com")], &[], || {});
+    let r = run_init(&env, "alowlist", &[], &[], |_| {});
+    assert_refused_start(
+        &r,
+        78,
+        "BOTTLE_EGRESS=\"alowlist\" is not an egress mode",
+        &env.token,
+    );
+    let r = run_init(
+        &env,
+        "api-only",
+        &[("BOTTLE_ALLOW_HOSTS", "example.com")],
+        &[],
+        |_| {},
+    );
     assert_refused_start(&r, 78, "BOTTLE_ALLOW_HOSTS is set but", &env.token);
 }
 
@@ -836,7 +1072,7 @@ fn allowlist_refuses_a_non_loopback_proxy_listener() {
         "allowlist",
         &[("BOTTLE_LISTEN", "0.0.0.0:0")],
         &[],
-        || {},
+        |_| {},
     );
     assert_refused_start(&r, 78, "not a loopback address", &env.token);
 }
