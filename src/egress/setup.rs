@@ -232,7 +232,9 @@ impl Locked {
             return Err("it belongs to another bottle-init process".into());
         }
         let mode = EgressMode::parse(Some(need("mode")?)).map_err(|e| e.to_string())?;
-        let proxy = need("proxy")?.parse().map_err(|_| "bad proxy".to_string())?;
+        let proxy = need("proxy")?
+            .parse()
+            .map_err(|_| "bad proxy".to_string())?;
         let socket = get("socket").map(PathBuf::from);
         if mode == EgressMode::ApiOnly && socket.is_none() {
             return Err("api-only without a socket".into());
@@ -370,7 +372,14 @@ mod tests {
         assert_eq!(Locked::parse(&text, 1, 77).unwrap(), l);
         assert!(Locked::parse(&text, 1, 78).is_err());
         assert!(Locked::parse(&text, 2, 77).is_err());
-        assert!(Locked::parse("pid=1\nstarttime=77\nmode=api-only\nproxy=127.0.0.1:1\n", 1, 77).is_err());
+        assert!(
+            Locked::parse(
+                "pid=1\nstarttime=77\nmode=api-only\nproxy=127.0.0.1:1\n",
+                1,
+                77
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -166,7 +166,11 @@ fn start(ctx: &mut Ctx, id: u64, c: &mut Client, target: &str) {
         Ok(g) => g,
         Err(d) => {
             log::warn!("proxy: {d}");
-            ctx.refuse(c, None, Rejection::new(403, "permission_error", d.to_string()));
+            ctx.refuse(
+                c,
+                None,
+                Rejection::new(403, "permission_error", d.to_string()),
+            );
             return;
         }
     };
