@@ -420,6 +420,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         }
     };
     prepared.wipe_env();
+    egress_setup::announce(&egress_plan, &egress, user.uid);
     log::debug!(
         "started {} as pid {child} (uid {}), proxy at {base_url}",
         prepared.command,

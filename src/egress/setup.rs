@@ -106,19 +106,6 @@ pub fn validate(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Plan
         }
         _ => None,
     };
-    match config.mode {
-        EgressMode::Open => log::warn!(
-            "BOTTLE_EGRESS=open: egress is not restricted; the child can reach any host \
-             (set BOTTLE_EGRESS=api-only or allowlist to lock it down)"
-        ),
-        EgressMode::ApiOnly => {
-            log::info!("BOTTLE_EGRESS=api-only: the child gets no IP network, only the API socket")
-        }
-        EgressMode::Allowlist => log::info!(
-            "BOTTLE_EGRESS=allowlist: the child may reach only the proxy; CONNECT allowed to [{}]",
-            config.allow
-        ),
-    }
     Ok(Plan { config, nft })
 }
 
@@ -164,7 +151,6 @@ pub fn lock(
             let dir = api_socket_dir(run_dir);
             let (listener, path) =
                 apisock::bind_api_socket(&dir, child_gid).map_err(SetupError::Socket)?;
-            log::info!("api-only: serving the API on {}", path.display());
             locked.socket = Some(path);
             proxy.with_unix_listener(listener, child_uid)
         }
@@ -178,14 +164,34 @@ pub fn lock(
             };
             nft::require_net_admin().map_err(SetupError::Nft)?;
             nft.install(&rules).map_err(SetupError::Nft)?;
-            log::info!(
-                "allowlist: nftables rules installed and verified: uid {child_uid} may reach only {}",
-                proxy.local_addr()
-            );
             proxy.with_connect_allowlist(plan.config.allow.clone())
         }
     };
     Ok((proxy, locked))
+}
+
+/// The start-up log line(s) for the mode, once the child runs (a failed start prints only its
+/// one error line).
+pub fn announce(plan: &Plan, locked: &Locked, child_uid: u32) {
+    match locked.mode {
+        EgressMode::Open => log::info!(
+            "BOTTLE_EGRESS=open: egress is not restricted; the child can reach any host \
+             (set BOTTLE_EGRESS=api-only or allowlist to lock it down)"
+        ),
+        EgressMode::ApiOnly => log::info!(
+            "BOTTLE_EGRESS=api-only: the child has no IP network (seccomp); the API is served on {}",
+            locked
+                .socket
+                .as_deref()
+                .map_or_else(|| "?".into(), |p| p.display().to_string())
+        ),
+        EgressMode::Allowlist => log::info!(
+            "BOTTLE_EGRESS=allowlist: nftables rules installed and verified: uid {child_uid} may \
+             reach only the proxy at {}; CONNECT allowed to [{}]",
+            locked.proxy,
+            plan.config.allow
+        ),
+    }
 }
 
 impl Locked {
