@@ -1076,3 +1076,117 @@ fn allowlist_refuses_a_non_loopback_proxy_listener() {
     );
     assert_refused_start(&r, 78, "not a loopback address", &env.token);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real client (BOTTLE_TEST_CLAUDE), in both locked modes.
+
+/// Runs `claude -p PROMPT` under bottle-init in `mode`, with a passwd entry making uid 1000
+/// `claude` with a fresh HOME (bind-mounted in the private mount namespace of `ip netns exec`).
+fn claude_run(env: &Env, claude: &std::path::Path, mode: &str, extra: &[(&str, &str)]) -> InitRun {
+    let d = env.dir.path();
+    let home = d.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    nix::unistd::chown(&home, Some(1000.into()), Some(1000.into())).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let keep = |file: &str, id_field: usize| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                f.first() != Some(&"claude") && f.get(id_field) != Some(&"1000")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let passwd = keep("/etc/passwd", 2)
+        + &format!(
+            "claude:x:1000:1000:bottle test:{}:/bin/sh\n",
+            home.display()
+        );
+    std::fs::write(d.join("passwd"), passwd).unwrap();
+    std::fs::write(d.join("group"), keep("/etc/group", 2) + "claude:x:1000:\n").unwrap();
+    let wrapper = "mount --bind \"$0/passwd\" /etc/passwd && \
+                   mount --bind \"$0/group\" /etc/group && exec \"$@\"";
+    let mut cmd = Command::new("timeout");
+    cmd.args(["120", "ip", "netns", "exec", &env.lab.client.name])
+        .args([
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            wrapper,
+        ])
+        .arg(d)
+        .arg(INIT)
+        .arg("--")
+        .arg(claude)
+        .args(["-p", "egress prompt"])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &env.token)
+        .env("BOTTLE_UPSTREAM", env.mock.url())
+        .env("BOTTLE_UPSTREAM_CA", env.mock.ca_pem())
+        .env("BOTTLE_RUN_DIR", run_dir(env))
+        .env("BOTTLE_EGRESS", mode)
+        .env("DISABLE_AUTOUPDATER", "1")
+        .current_dir(&home)
+        .stdin(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run claude under bottle-init");
+    let run = InitRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        probes: HashMap::new(),
+    };
+    if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
+        eprintln!("=== claude, BOTTLE_EGRESS={mode}\n{}", run.describe());
+    }
+    run
+}
+
+#[test]
+fn real_claude_works_in_both_locked_modes() {
+    let Some(env) = setup() else { return };
+    let claude = match e2e_support::claude_binary() {
+        Ok(p) => p,
+        Err(why) => {
+            e2e_support::require(false, &why);
+            return;
+        }
+    };
+    let _g = e2e_support::heavy();
+    let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+    for (mode, extra) in [
+        ("api-only", vec![]),
+        ("allowlist", vec![("BOTTLE_ALLOW_HOSTS", allow.as_str())]),
+    ] {
+        let before = env.mock.messages().len();
+        let r = claude_run(&env, &claude, mode, &extra);
+        assert_eq!(r.code, Some(0), "claude in {mode}: {}", r.describe());
+        assert!(
+            r.stdout.contains("egress ok"),
+            "claude in {mode} did not print the mock's reply: {}",
+            r.describe()
+        );
+        let msgs = env.mock.messages();
+        assert!(msgs.len() > before, "no API request in {mode}");
+        assert_eq!(
+            msgs[before].header("authorization").as_deref(),
+            Some(format!("Bearer {}", env.token).as_str()),
+            "the real token reaches the upstream in {mode}"
+        );
+        // A locked claude starts quietly: no out-of-band attempt was refused.
+        assert!(
+            !r.stderr.contains("egress denied"),
+            "claude in {mode} tried to get out: {}",
+            r.describe()
+        );
+        r.assert_no_token(&env.token);
+    }
+}
