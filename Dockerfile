@@ -64,7 +64,7 @@ FROM ${BASE_IMAGE}
 RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        bash ca-certificates git less openssh-client procps; \
+        bash ca-certificates git less openssh-client procps nftables; \
     rm -rf /var/lib/apt/lists/*; \
     useradd --create-home --uid 1000 --user-group --shell /bin/bash claude; \
     mkdir -p /workspace; \
