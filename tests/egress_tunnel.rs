@@ -226,3 +226,25 @@ fn without_an_allowlist_connect_stays_refused() {
     let body = read_body(&mut s);
     assert_eq!(code, 405, "{head}{body}");
 }
+
+#[test]
+fn connect_head_sent_byte_by_byte_still_tunnels() {
+    let target = answer_after_eof();
+    let (p, _) = proxy(Some(&format!("127.0.0.1:{}/private", target.port())));
+    let mut s = TcpStream::connect(p).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    for b in head.as_bytes() {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Bytes right behind the head (a TLS ClientHello, say) must not be lost.
+    s.write_all(b"early bytes").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let resp = read_body(&mut s);
+    assert_eq!(
+        resp,
+        "HTTP/1.1 200 Connection established\r\n\r\nearly bytes--trailer after EOF--"
+    );
+}
