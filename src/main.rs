@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use bottle_init::child::{self, PrepareError, Prepared, SpawnError};
 use bottle_init::cli::{self, Cli, Mode, UsageError};
-use bottle_init::egress::setup::{self as egress_setup, SetupError};
 use bottle_init::config::{self, Config, ConfigError, CredentialSource};
+use bottle_init::egress::setup::{self as egress_setup, SetupError};
 use bottle_init::exec::{self, ExecError};
 use bottle_init::privilege::{self, DropPlan, ParentDropError, Step};
 use bottle_init::proxy::{Proxy, ProxyConfig, ProxyError};
