@@ -579,3 +579,96 @@ fn real_claude_in_the_container_against_the_mock() {
         assert!(beta.contains("oauth-2025-04-20"), "{beta}");
     }
 }
+
+/// BOTTLE_EGRESS in a real container (issue 5): `api-only` under Docker's default capabilities
+/// and seccomp profile, `allowlist` with `--cap-add NET_ADMIN` (and refusing to start without
+/// it). The real claude reaches the mock through `bottle-init exec` in both; a uid-1000 shell
+/// cannot open a TCP connection to the same mock port directly.
+#[test]
+fn egress_modes_in_the_container() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    let token = fake_secret("sk-ant-oat01-egress-container-");
+    let reply = "locked container reply";
+    const PORT: u16 = 8443;
+
+    // allowlist without NET_ADMIN: refuses to start, names what is missing, runs nothing.
+    let o = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-e",
+        &format!("CLAUDE_CODE_OAUTH_TOKEN={token}"),
+        "-e",
+        "BOTTLE_EGRESS=allowlist",
+        img,
+        "sh",
+        "-c",
+        "echo CHILD-RAN",
+    ]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(77), "{all}");
+    assert!(all.contains("CAP_NET_ADMIN"), "{all}");
+    assert!(!all.contains("CHILD-RAN"), "{all}");
+    assert_absent(&all, &token, "refused start");
+
+    for (mode, caps) in [("api-only", None), ("allowlist", Some("NET_ADMIN"))] {
+        let identity = MockIdentity::generate().expect("mock certificate");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("mock-ca.pem");
+        std::fs::write(&ca, &identity.ca_pem).unwrap();
+        let mount = format!("{}:/etc/bottle-test/mock-ca.pem:ro", ca.display());
+        let envs = [
+            format!("CLAUDE_CODE_OAUTH_TOKEN={token}"),
+            format!("BOTTLE_UPSTREAM=https://localhost:{PORT}"),
+            "BOTTLE_UPSTREAM_CA=/etc/bottle-test/mock-ca.pem".to_string(),
+            format!("BOTTLE_EGRESS={mode}"),
+        ];
+        let mut args: Vec<&str> = vec!["--network", "none", "-v", &mount];
+        if let Some(cap) = caps {
+            args.extend_from_slice(&["--cap-add", cap]);
+        }
+        for e in &envs {
+            args.extend_from_slice(&["-e", e]);
+        }
+        args.extend_from_slice(&[img, "sleep", "300"]);
+        let c = Container::run(&args);
+        c.wait_for_process("sleep");
+        let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
+        let ns = NetNs::of_pid(pid).expect("the container's network namespace");
+        let listeners = ns.listen_localhost(PORT).expect("listen in the container");
+        let mock = Mock::start_with(
+            listeners,
+            MockConfig::new(Expect::Bearer(token.clone()), reply),
+            Some(identity),
+        )
+        .expect("start the mock");
+
+        let o = c.exec(&["/bottle-init", "exec", "--", "claude", "-p", "locked prompt"]);
+        let all = text(&o);
+        assert!(o.status.success(), "{mode}: {all}\nlogs: {}", c.logs());
+        assert!(stdout(&o).contains(reply), "{mode}: {all}");
+        assert_absent(&all, &token, "exec'd claude's output");
+        let req = mock
+            .messages()
+            .into_iter()
+            .find(|r| String::from_utf8_lossy(&r.body).contains("locked prompt"))
+            .unwrap_or_else(|| panic!("{mode}: the prompt never reached the mock"));
+        assert_eq!(req.header_all("authorization"), [format!("Bearer {token}")]);
+
+        // The same mock port, directly from the child user: refused by seccomp (api-only:
+        // no IP socket at all) or by the nftables rules (allowlist: only the proxy's port).
+        let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{PORT} && echo DIRECT-OK");
+        let o = c.exec(&["/bottle-init", "exec", "--", "bash", "-c", &probe]);
+        let all = text(&o);
+        assert!(!o.status.success() && !all.contains("DIRECT-OK"), "{mode}: {all}");
+        let logs = c.logs();
+        assert_absent(&logs, &token, "container logs");
+        let want = match mode {
+            "api-only" => "BOTTLE_EGRESS=api-only",
+            _ => "nftables rules installed and verified",
+        };
+        assert!(logs.contains(want), "{mode}: {logs}");
+    }
+}

@@ -168,7 +168,7 @@ impl Ruleset {
                 .map(|i| i + from)
                 .filter(|&i| {
                     let l = lines[i];
-                    let head = l[..l.len() - quoted.len()].trim_end();
+                    let head = numeric_protocols(l[..l.len() - quoted.len()].trim_end());
                     head.ends_with(r.verdict) && head.contains(&r.matches)
                 });
             match found {
@@ -433,6 +433,12 @@ pub fn install(rules: &Ruleset) -> Result<(), NftError> {
     Nft::locate()?.install(rules)
 }
 
+/// nft prints a protocol by number when the image has no /etc/protocols (debian-slim):
+/// `meta l4proto 6` for `meta l4proto tcp`. Compare in the named form.
+fn numeric_protocols(listed: &str) -> String {
+    listed.replace("meta l4proto 6 ", "meta l4proto tcp ")
+}
+
 /// nft's stderr on one line, bounded, for an error message.
 fn one_line(s: &str) -> String {
     let joined: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -506,6 +512,15 @@ table inet bottle_init {
     fn verify_accepts_the_listing() {
         let r = Ruleset::new(1000, &[addr("127.0.0.1:4567")]).unwrap();
         r.verify_listing(LISTED).unwrap();
+        // The same nft in an image without /etc/protocols (debian:bookworm-slim) prints the
+        // protocol number; found by the Docker test.
+        r.verify_listing(&LISTED.replace("l4proto tcp", "l4proto 6"))
+            .unwrap();
+        // Another number is still a different rule.
+        assert!(
+            r.verify_listing(&LISTED.replace("l4proto tcp", "l4proto 17"))
+                .is_err()
+        );
     }
 
     #[test]
