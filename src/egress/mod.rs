@@ -10,7 +10,9 @@
 //!   ([`mode::AllowList`]), deciding each tunnel with [`policy`] and resolving names at each
 //!   connection with [`resolve`].
 //!
-//! [`env`] says what changes in the child's environment per mode.
+//! [`env`] says what changes in the child's environment per mode; [`setup`] is the init-side
+//! sequence (validate, install at step 3, child environment and filter, the record
+//! `bottle-init exec` joins). The proxy's CONNECT side is `crate::proxy` (tunnel.rs).
 //!
 //! Pure parsing and policy (`mode`, `policy`, `env`) live apart from the mechanisms
 //! (`seccomp`, `nft`, `apisock`, `resolve`), which are the only files here that touch the
