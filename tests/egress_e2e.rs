@@ -1190,3 +1190,73 @@ fn real_claude_works_in_both_locked_modes() {
         r.assert_no_token(&env.token);
     }
 }
+
+/// The child's order under `strace -f`: setresuid to the user, no_new_privs, then the seccomp
+/// filter, then execve of the command, with nothing traced in between; bottle-init itself
+/// (the proxy's process) never installs a filter.
+#[test]
+fn api_only_filter_is_the_last_step_before_execve() {
+    let Some(env) = setup() else { return };
+    if !e2e_support::require(
+        e2e_support::have_tool("strace"),
+        "strace (apt-get install strace)",
+    ) {
+        return;
+    }
+    let trace = env.dir.path().join("strace.out");
+    let trace_s = trace.to_str().unwrap().to_string();
+    let prefix = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=setresuid,prctl,seccomp,execve",
+        "-o",
+        trace_s.as_str(),
+    ];
+    let r = run_init(&env, "api-only", &[], &prefix, |_| {});
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.get("seccomp"), "2", "{}", r.describe());
+    let text = std::fs::read_to_string(&trace).expect("strace output");
+    let lines: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(pid, rest)| (pid, rest.trim_start()))
+        .collect();
+    let filters: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, c))| {
+            c.starts_with("seccomp(SECCOMP_SET_MODE_FILTER") && c.ends_with("= 0")
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(filters.len(), 1, "one filter install expected:\n{text}");
+    let at = filters[0];
+    let child = lines[at].0;
+    let mine: Vec<&str> = lines
+        .iter()
+        .filter(|(p, _)| *p == child)
+        .map(|(_, c)| *c)
+        .collect();
+    let pos = |pred: &dyn Fn(&str) -> bool| mine.iter().position(|c| pred(c));
+    let setuid = pos(&|c| c.starts_with("setresuid(1000, 1000, 1000)") && c.ends_with("= 0"))
+        .unwrap_or_else(|| panic!("no setresuid in the child:\n{text}"));
+    let nnp = pos(&|c| c.starts_with("prctl(PR_SET_NO_NEW_PRIVS, 1") && c.ends_with("= 0"))
+        .unwrap_or_else(|| panic!("no no_new_privs in the child:\n{text}"));
+    let filter =
+        pos(&|c| c.starts_with("seccomp(SECCOMP_SET_MODE_FILTER")).expect("the filter line");
+    assert!(setuid < nnp && nnp < filter, "order:\n{}", mine.join("\n"));
+    let next = mine.get(filter + 1).copied().unwrap_or("");
+    assert!(
+        next.starts_with("execve(") && next.contains("egress_e2e"),
+        "the syscall after the filter must be the command's execve, got {next:?}:\n{}",
+        mine.join("\n")
+    );
+    r.assert_no_token(&env.token);
+    // strace abbreviates environments, so the token must not show anywhere in the trace.
+    assert!(
+        !text.contains(&env.token),
+        "the token appears in a traced syscall"
+    );
+}
