@@ -559,46 +559,16 @@ fn strace_no_connection_attempts_beyond_loopback() {
         return;
     };
     let trace = sb.dir.path().join("connect.trace");
-    let inner = sb.claude_command(&["-p", "strace prompt"]);
-    let mut c = Command::new("strace");
-    c.args([
-        "-f",
-        "-qq",
-        "-s",
-        "256",
-        "-e",
-        "trace=connect,sendto,sendmsg,sendmmsg",
-        "-e",
-        "signal=none",
-        "-o",
-    ])
-    .arg(&trace)
-    .arg(inner.get_program())
-    .args(inner.get_args())
-    .env_clear()
-    .envs(
-        inner
-            .get_envs()
-            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-    )
-    .current_dir(&sb.work)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut c = traced(&sb.claude_command(&["-p", "strace prompt"]), &trace);
+    c.current_dir(&sb.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let run = wait_timeout(sb.spawn(c), RUN_LIMIT);
     assert!(run.status.success(), "{}", run.describe());
     assert!(run.stdout().contains(reply), "{}", run.describe());
     let text = std::fs::read_to_string(&trace).expect("strace output");
-    let (mut loopback, mut other) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        for addr in inet_addresses(line) {
-            if is_loopback(&addr) {
-                loopback.push(addr);
-            } else {
-                other.push(line.to_string());
-            }
-        }
-    }
+    let (loopback, other) = audit_trace(&text);
     assert!(
         other.is_empty(),
         "non-loopback connection attempts:\n{}",
@@ -615,6 +585,61 @@ fn strace_no_connection_attempts_beyond_loopback() {
         "strace saw too few loopback connects: {loopback:?}"
     );
     assert_absent(&run.stderr(), &token, "stderr");
+}
+
+/// `inner` (program, args, environment) run under `strace -f`, which writes to `out` every
+/// connect/sendto/sendmsg of the whole process tree.
+fn traced(inner: &Command, out: &Path) -> Command {
+    let mut c = Command::new("strace");
+    c.args([
+        "-f",
+        "-qq",
+        "-s",
+        "256",
+        "-e",
+        "trace=connect,sendto,sendmsg,sendmmsg,execve",
+        "-e",
+        "signal=none",
+        "-o",
+    ])
+    .arg(out)
+    .arg(inner.get_program())
+    .args(inner.get_args())
+    .env_clear()
+    .envs(
+        inner
+            .get_envs()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+    );
+    if let Some(d) = inner.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// (loopback addresses, lines naming any other address) of a strace log. Each offending line
+/// is followed by the execve lines of its pid, to say which program it was (none: a thread or
+/// an un-exec'd fork of its parent).
+fn audit_trace(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut loopback, mut other) = (Vec::new(), Vec::new());
+    let pid_of = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    for line in text.lines() {
+        for addr in inet_addresses(line) {
+            if is_loopback(&addr) {
+                loopback.push(addr);
+            } else {
+                other.push(line.to_string());
+                let pid = pid_of(line);
+                for ex in text
+                    .lines()
+                    .filter(|l| pid_of(l) == pid && l.contains("execve("))
+                {
+                    other.push(format!("    {}", ex.chars().take(300).collect::<String>()));
+                }
+            }
+        }
+    }
+    (loopback, other)
 }
 
 /// The IPv4/IPv6 addresses in one strace line (`inet_addr("...")`, `inet_pton(AF_INET6, "...")`).
@@ -839,12 +864,53 @@ fn interactive_on_a_pty_with_fresh_home() {
     let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
         return;
     };
+    interactive_session(&sb, &token, reply, None);
+}
+
+/// The out-of-band traffic audit for interactive mode, which does more than -p on start-up
+/// (marketplace, version checks; see the facts file): the same pty session under `strace -f`.
+#[test]
+fn strace_interactive_no_connection_attempts_beyond_loopback() {
+    let _g = heavy();
+    if !require(
+        have_tool("tmux") && have_tool("strace"),
+        "tmux and strace (apt-get install tmux strace)",
+    ) {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-ptytrace-");
+    let reply = "traced interactive reply";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let trace = sb.dir.path().join("interactive.trace");
+    interactive_session(&sb, &token, reply, Some(&trace));
+    let text = std::fs::read_to_string(&trace).expect("strace output");
+    let (loopback, other) = audit_trace(&text);
+    assert!(
+        other.is_empty(),
+        "non-loopback connection attempts in interactive mode:\n{}",
+        other.join("\n")
+    );
+    assert!(
+        loopback.len() >= 2,
+        "strace saw too few loopback connects: {loopback:?}"
+    );
+}
+
+/// Drives interactive claude (through bottle-init, optionally under strace) in tmux: waits for
+/// its prompt (failing on any login/onboarding screen), types a prompt, waits for the reply.
+fn interactive_session(sb: &Sandbox, token: &str, reply: &str, strace: Option<&Path>) {
+    let token = token.to_string();
     let sock = sb.dir.path().join("tmux.sock");
     // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
     let conf = sb.dir.path().join("tmux.conf");
     std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
     let mut inner = sb.claude_command(&[]);
     inner.env("BOTTLE_LOG", "info"); // keep the proxy's TLS debug lines off claude's screen
+    if let Some(out) = strace {
+        inner = traced(&inner, out);
+    }
     let tmux = |args: &[&str]| -> std::process::Output {
         Command::new("tmux")
             .arg("-S")
@@ -983,4 +1049,9 @@ fn interactive_on_a_pty_with_fresh_home() {
         std::fs::symlink_metadata(&onboarding).expect("~/.claude.json exists after the first run");
     assert_eq!(meta.uid(), 1000, "~/.claude.json belongs to the child user");
     sb.assert_home_clean();
+    if strace.is_some() {
+        // Give claude's background start-up work time to try the network before the session
+        // (and the trace) ends.
+        std::thread::sleep(Duration::from_secs(3));
+    }
 }
