@@ -311,6 +311,18 @@ pub fn render(r: &Report) -> Rendered {
         2,
         Box::new(|s: &SysResult| s.cpu_per_10k()),
     ));
+    for &c in concs.iter().filter(|&&c| c > 1) {
+        rows.push((
+            format!("proxy CPU, % of one core, concurrency {c}"),
+            0,
+            Box::new(move |s: &SysResult| {
+                if !s.has_process {
+                    return f64::NAN;
+                }
+                s.cell(c).map(|x| 100.0 * x.proxy_cpu / x.secs).unwrap_or(f64::NAN)
+            }),
+        ));
+    }
     if let Some(&c) = concs.last() {
         rows.push((
             format!("upstream CPU, % of one core, concurrency {c}"),

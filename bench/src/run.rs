@@ -357,12 +357,14 @@ fn measure_system(
             first_error.get_or_insert_with(|| "upstream saw a wrong credential".into());
         }
         eprintln!(
-            "bench:   c={c:<3} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  handshakes {hs} ({} full)  errors {}",
+            "bench:   c={c:<3} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  handshakes {hs} ({} full)  errors {}  proxy CPU {:.0}%  upstream CPU {:.0}%",
             o.rps(),
             o.pct(50.0) / 1e6,
             o.pct(99.0) / 1e6,
             end.0.full,
-            o.errors
+            o.errors,
+            100.0 * (end.1 - snap.1) / o.secs,
+            100.0 * (end.2 - snap.2) / o.secs
         );
         cells.push(Cell {
             conc: c,
