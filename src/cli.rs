@@ -58,6 +58,10 @@ Environment (set exactly one credential):
   BOTTLE_GRACE             seconds between SIGTERM and SIGKILL for leftovers (default 5)
   BOTTLE_LOG               log filter: error, warn, info (default), debug
   BOTTLE_RUN_DIR           where PID 1 publishes state for `exec` (default /run/bottle-init)
+  BOTTLE_EGRESS            open (default), api-only (no IP network; API over a Unix socket),
+                           or allowlist (needs --cap-add NET_ADMIN; see BOTTLE_ALLOW_HOSTS)
+  BOTTLE_ALLOW_HOSTS       allowlist mode: hosts the child may reach through the proxy's
+                           CONNECT: name, *.suffix or IP, optional :port (443), optional /private
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
 126 not executable; 64 usage; 69 `exec` found no running bottle-init; 71 system error;
@@ -139,5 +143,33 @@ mod tests {
         let e = p(&["--token=abc"]).unwrap_err();
         assert_eq!(e, UsageError("--token=abc".into()));
         assert!(e.to_string().contains("--help"));
+    }
+
+    /// The variables `--help` lists and the README's configuration table must be the same set:
+    /// hidden acceptance tests and users read both.
+    #[test]
+    fn help_and_readme_document_the_same_variables() {
+        fn vars(text: &str) -> std::collections::BTreeSet<String> {
+            let mut out = std::collections::BTreeSet::new();
+            for line in text.lines() {
+                let line = line.trim_start().trim_start_matches("| `");
+                let name: String = line
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                if name.starts_with("BOTTLE_") || name.ends_with("_TOKEN") || name.ends_with("_KEY") {
+                    out.insert(name);
+                }
+            }
+            out
+        }
+        let readme = include_str!("../README.md");
+        let start = readme.find("## Configuration").expect("README has a Configuration section");
+        let table = &readme[start..];
+        let table = &table[..table[3..].find("\n## ").map_or(table.len(), |i| i + 3)];
+        let in_help = vars(HELP);
+        let in_readme = vars(table);
+        assert!(in_help.len() >= 12, "help lists too few variables: {in_help:?}");
+        assert_eq!(in_help, in_readme, "--help and README's Configuration table differ");
     }
 }
