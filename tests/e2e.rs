@@ -340,8 +340,29 @@ fn inspect_claude(sb: &Sandbox, root: u32) -> String {
         descendants(root)
     );
     let secret = sb.cred.secret();
+    // Every uid-1000 process of the tree (claude's helpers too: it runs its own binary as
+    // `rg`, git, sh): no secret in any environment. Short-lived ones may be gone already.
+    for pid in descendants(root)
+        .into_iter()
+        .filter(|p| real_uid(*p) == Some(1000))
+    {
+        if let Ok(env) = environ(pid) {
+            assert_absent(
+                &env.join("\n"),
+                secret,
+                &format!("the environment of uid-1000 pid {pid} ({})", comm(pid)),
+            );
+        }
+    }
+    // The claude processes themselves, strictly: the top ones (not children of another
+    // claude-binary process), which live until the held stream is released.
+    let top: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !ppid(*p).is_some_and(|pp| pids.contains(&pp)))
+        .collect();
     let mut placeholder = None;
-    for pid in &pids {
+    for pid in &top {
         let env = environ(*pid).expect("read claude's environ as root");
         let joined = env.join("\n");
         assert_absent(
@@ -997,6 +1018,9 @@ fn interactive_session(sb: &Sandbox, token: &str, reply: &str, strace: Option<&P
                     *trust <= 1,
                     "the trust dialog came back after being accepted:\n{s}"
                 );
+                // Let the dialog finish mounting its key handler before answering it.
+                std::thread::sleep(Duration::from_millis(1000));
+                seen.push(format!("[trust dialog, answered with Enter]\n{s}"));
                 tmux(&["send-keys", "-t", "e2e", "Enter"]);
                 let t1 = Instant::now();
                 while screen().contains("Yes, I trust this folder")
@@ -1012,11 +1036,40 @@ fn interactive_session(sb: &Sandbox, token: &str, reply: &str, strace: Option<&P
             if seen.last() != Some(&s) {
                 seen.push(s.clone());
             }
-            assert!(
-                t0.elapsed() < limit,
-                "timed out; screens seen:\n{}",
-                seen.join("\n-----\n")
-            );
+            if t0.elapsed() >= limit {
+                // Say where things hang: the pane's process tree with states and wait channels.
+                let pane = String::from_utf8_lossy(
+                    &tmux(&["display-message", "-p", "-t", "e2e", "#{pane_pid}"]).stdout,
+                )
+                .trim()
+                .parse::<u32>()
+                .unwrap_or(0);
+                let mut tree = String::new();
+                for p in std::iter::once(pane).chain(descendants(pane)) {
+                    let wchan =
+                        std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
+                    let state = status_field(p, "State").unwrap_or_default();
+                    // pgrp, session and the terminal's foreground group (stat fields 5, 6, 8).
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let f: Vec<&str> = stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .collect();
+                    let (pgrp, sid, tpgid) = (f.get(2), f.get(3), f.get(5));
+                    tree += &format!(
+                        "  {p} {} uid={:?} {state} wchan={wchan} pgrp={pgrp:?} sid={sid:?} tty_fg={tpgid:?}\n",
+                        comm(p),
+                        real_uid(p)
+                    );
+                }
+                panic!(
+                    "timed out after {limit:?}; process tree:\n{tree}screens seen:\n{}",
+                    seen.join("\n-----\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
     };
