@@ -1059,14 +1059,34 @@ fn interactive_session(sb: &Sandbox, token: &str, reply: &str, strace: Option<&P
                         .split_whitespace()
                         .collect();
                     let (pgrp, sid, tpgid) = (f.get(2), f.get(3), f.get(5));
+                    let sig: Vec<String> = ["SigBlk", "SigIgn", "SigCgt"]
+                        .iter()
+                        .map(|k| format!("{k}={}", status_field(p, k).unwrap_or_default()))
+                        .collect();
+                    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| {
+                            let target = std::fs::read_link(e.path()).unwrap_or_default();
+                            format!("{}->{}", e.file_name().to_string_lossy(), target.display())
+                        })
+                        .take(12)
+                        .collect();
                     tree += &format!(
-                        "  {p} {} uid={:?} {state} wchan={wchan} pgrp={pgrp:?} sid={sid:?} tty_fg={tpgid:?}\n",
+                        "  {p} {} uid={:?} {state} wchan={wchan} pgrp={pgrp:?} sid={sid:?} tty_fg={tpgid:?}\n      {}\n      fds {}\n",
                         comm(p),
-                        real_uid(p)
+                        real_uid(p),
+                        sig.join(" "),
+                        fds.join(" ")
                     );
                 }
+                // Does a newline wake it (a terminal reply stuck in canonical-mode input)?
+                tmux(&["send-keys", "-t", "e2e", "Enter"]);
+                std::thread::sleep(Duration::from_secs(5));
+                let after = screen();
                 panic!(
-                    "timed out after {limit:?}; process tree:\n{tree}screens seen:\n{}",
+                    "timed out after {limit:?}; process tree:\n{tree}screens seen:\n{}\n----- 5 s after an Enter key:\n{after}",
                     seen.join("\n-----\n")
                 );
             }
