@@ -885,7 +885,8 @@ fn interactive_on_a_pty_with_fresh_home() {
     let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
         return;
     };
-    interactive_session(&sb, &token, reply, None);
+    // Default BOTTLE_LOG, as a user gets it.
+    interactive_session(&sb, &token, reply, None, None);
 }
 
 /// The out-of-band traffic audit for interactive mode, which does more than -p on start-up
@@ -905,7 +906,8 @@ fn strace_interactive_no_connection_attempts_beyond_loopback() {
         return;
     };
     let trace = sb.dir.path().join("interactive.trace");
-    interactive_session(&sb, &token, reply, Some(&trace));
+    // Quiet log: this test is about the network, not the screen.
+    interactive_session(&sb, &token, reply, Some(&trace), Some("warn"));
     let text = std::fs::read_to_string(&trace).expect("strace output");
     let (loopback, other) = audit_trace(&text);
     assert!(
@@ -921,14 +923,26 @@ fn strace_interactive_no_connection_attempts_beyond_loopback() {
 
 /// Drives interactive claude (through bottle-init, optionally under strace) in tmux: waits for
 /// its prompt (failing on any login/onboarding screen), types a prompt, waits for the reply.
-fn interactive_session(sb: &Sandbox, token: &str, reply: &str, strace: Option<&Path>) {
+/// `log` sets BOTTLE_LOG (None: bottle-init's default). Fails as soon as an info/debug log
+/// line of bottle-init shows on claude's screen: they are written to the same terminal and
+/// corrupt claude's full-screen UI (seen: replies overwritten, the UI stalling until a key).
+fn interactive_session(
+    sb: &Sandbox,
+    token: &str,
+    reply: &str,
+    strace: Option<&Path>,
+    log: Option<&str>,
+) {
     let token = token.to_string();
     let sock = sb.dir.path().join("tmux.sock");
     // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
     let conf = sb.dir.path().join("tmux.conf");
     std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
     let mut inner = sb.claude_command(&[]);
-    inner.env("BOTTLE_LOG", "info"); // keep the proxy's TLS debug lines off claude's screen
+    match log {
+        Some(level) => inner.env("BOTTLE_LOG", level),
+        None => inner.env_remove("BOTTLE_LOG"),
+    };
     if let Some(out) = strace {
         inner = traced(&inner, out);
     }
@@ -1004,6 +1018,16 @@ fn interactive_session(sb: &Sandbox, token: &str, reply: &str, strace: Option<&P
                 !dead.starts_with('1'),
                 "the pane's process exited (status {dead:?}):\n{s}"
             );
+            if let Some(l) = s
+                .lines()
+                .find(|l| l.contains("bottle-init: info") || l.contains("bottle-init: debug"))
+            {
+                panic!(
+                    "bottle-init's log is written onto claude's terminal ({l:?}); with the default \
+                     BOTTLE_LOG its per-request lines land inside claude's full-screen UI and corrupt \
+                     it (in ~1 of 6 runs the UI stalled until a key was pressed). Screen:\n{s}"
+                );
+            }
             for f in forbidden {
                 assert!(!s.contains(f), "interactive claude showed {f:?}:\n{s}");
             }
