@@ -973,18 +973,34 @@ fn interactive_session(
         .current_dir(&sb.work);
     let st = sb.ns.run(move || start.status()).expect("start tmux");
     assert!(st.success(), "tmux new-session failed");
-    struct Kill(PathBuf);
+    /// Ends only the server on our private socket, then waits for the pane's process tree to
+    /// be gone, so nothing writes into the sandbox after the test removes it.
+    struct Kill(PathBuf, u32);
     impl Drop for Kill {
         fn drop(&mut self) {
-            // Ends only the server on our private socket (and with it the pane's processes).
+            let tree: Vec<u32> = std::iter::once(self.1).chain(descendants(self.1)).collect();
             let _ = Command::new("tmux")
                 .arg("-S")
                 .arg(&self.0)
                 .arg("kill-server")
                 .status();
+            let t0 = Instant::now();
+            while tree
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
-    let _kill = Kill(sock.clone());
+    let pane_pid = String::from_utf8_lossy(
+        &tmux(&["display-message", "-p", "-t", "e2e", "#{pane_pid}"]).stdout,
+    )
+    .trim()
+    .parse::<u32>()
+    .unwrap_or(0);
+    let _kill = Kill(sock.clone(), pane_pid);
     let screen =
         || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "e2e"]).stdout).into_owned();
     let forbidden = [
