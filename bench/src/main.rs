@@ -2,7 +2,7 @@
 //!
 //! Subcommands:
 //! - `run [--quick] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR]
-//!   [--only direct,bottle-init,nginx,haproxy] [--label TEXT]`: the whole benchmark.
+//!   [--only direct,bottle-init,nginx,haproxy,startup] [--label TEXT]`: the whole benchmark.
 //! - `upstream ...`: the TLS upstream (started by `run` as a separate process).
 //! - `stamp FILE`: the start-up child (writes CLOCK_MONOTONIC ns to FILE).
 //! - `standin -- CMD...`: a naive stand-in with bottle-init's interface, for harness tests.
@@ -26,7 +26,7 @@ use peers::Kind;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bottle-bench run [--quick] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR] [--only LIST] [--label TEXT]\n       bottle-bench upstream --listen ADDR... --control ADDR --cert PEM --key PEM --expect-auth VALUE\n       bottle-bench stamp FILE\n       bottle-bench standin -- CMD [ARGS...]"
+        "usage: bottle-bench run [--quick] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR] [--only direct,bottle-init,nginx,haproxy,startup] [--label TEXT]\n       bottle-bench upstream --listen ADDR... --control ADDR --cert PEM --key PEM --expect-auth VALUE\n       bottle-bench stamp FILE\n       bottle-bench standin -- CMD [ARGS...]"
     );
     ExitCode::from(2)
 }
@@ -93,6 +93,7 @@ fn cmd_run(args: &[String]) -> ExitCode {
         results: PathBuf::from("bench/results"),
         systems: vec![Kind::Direct, Kind::BottleInit, Kind::Nginx, Kind::Haproxy],
         label: None,
+        startup: true,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -117,7 +118,12 @@ fn cmd_run(args: &[String]) -> ExitCode {
                     "--label" => cfg.label = Some(v.clone()),
                     _ => {
                         let mut sys = Vec::new();
+                        cfg.startup = false;
                         for n in v.split(',') {
+                            if n == "startup" {
+                                cfg.startup = true;
+                                continue;
+                            }
                             match [Kind::Direct, Kind::BottleInit, Kind::Nginx, Kind::Haproxy]
                                 .into_iter()
                                 .find(|k| k.name() == n)

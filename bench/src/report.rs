@@ -319,7 +319,9 @@ pub fn render(r: &Report) -> Rendered {
                 if !s.has_process {
                     return f64::NAN;
                 }
-                s.cell(c).map(|x| 100.0 * x.proxy_cpu / x.secs).unwrap_or(f64::NAN)
+                s.cell(c)
+                    .map(|x| 100.0 * x.proxy_cpu / x.secs)
+                    .unwrap_or(f64::NAN)
             }),
         ));
     }

@@ -24,6 +24,8 @@ pub struct Config {
     pub results: PathBuf,
     pub systems: Vec<Kind>,
     pub label: Option<String>,
+    /// Measure init start-up against tini.
+    pub startup: bool,
 }
 
 struct Plan {
@@ -189,25 +191,29 @@ pub fn run(cfg: Config) -> Result<bool, String> {
         }
     }
 
-    eprintln!("bench: init start-up ({} runs each) ...", plan.startup_runs);
     let bottle_arg = cfg
         .bottle_init
         .as_deref()
         .map(|b| (b, up.port, ca.as_path()));
-    let mut startup = startup::measure(&dir, plan.startup_runs, bottle_arg);
-    if let (Err(e), Some(_)) = (&startup, bottle_arg) {
-        // Keep the tini numbers even when bottle-init cannot run.
-        eprintln!("bench: start-up of bottle-init FAILED: {e}");
-        harness_ok = false;
-        startup = startup::measure(&dir, plan.startup_runs, None);
-    }
-    let startup = match startup {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("bench: start-up FAILED: {e}");
+    let startup = if cfg.startup {
+        eprintln!("bench: init start-up ({} runs each) ...", plan.startup_runs);
+        let mut r = startup::measure(&dir, plan.startup_runs, bottle_arg);
+        if let (Err(e), Some(_)) = (&r, bottle_arg) {
+            // Keep the tini numbers even when bottle-init cannot run.
+            eprintln!("bench: start-up of bottle-init FAILED: {e}");
             harness_ok = false;
-            None
+            r = startup::measure(&dir, plan.startup_runs, None);
         }
+        match r {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("bench: start-up FAILED: {e}");
+                harness_ok = false;
+                None
+            }
+        }
+    } else {
+        None
     };
     drop(up);
     let static_size = cfg
