@@ -56,7 +56,8 @@ Environment (set exactly one credential):
   BOTTLE_UPSTREAM_CA       PEM file of extra trusted root certificates for the upstream
   BOTTLE_LISTEN            proxy address (default 127.0.0.1:0, a free loopback port)
   BOTTLE_GRACE             seconds between SIGTERM and SIGKILL for leftovers (default 5)
-  BOTTLE_LOG               log filter: error, warn, info (default), debug
+  BOTTLE_LOG               log filter: error, warn, info, debug (default info; warn when
+                           stderr is a terminal, so logs stay out of claude's screen)
   BOTTLE_RUN_DIR           where PID 1 publishes state for `exec` (default /run/bottle-init)
   BOTTLE_EGRESS            open (default), api-only (no IP network; API over a Unix socket),
                            or allowlist (needs --cap-add NET_ADMIN; see BOTTLE_ALLOW_HOSTS)

@@ -4,7 +4,10 @@
 //! Rules (issue 2): drop every credential variable and every `BOTTLE_*`; add
 //! `ANTHROPIC_BASE_URL` (the proxy) and the session secret as the placeholder credential;
 //! take `HOME`, `USER`, `LOGNAME`, `SHELL` from the passwd entry; default
-//! `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1` and `ENABLE_TOOL_SEARCH=auto`.
+//! `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`, `ENABLE_TOOL_SEARCH=auto` and
+//! `CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL=1` (interactive claude otherwise
+//! clones the plugin marketplace from GitHub over ssh, bypassing the proxy; see
+//! shared/facts/claude-code-client.md).
 
 use crate::config::{ENV_API_KEY, ENV_AUTH_TOKEN, ENV_OAUTH};
 use crate::secret::CredentialKind;
@@ -69,6 +72,7 @@ pub fn child_env(
     }
     for (k, v) in [
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL", "1"),
         ("ENABLE_TOOL_SEARCH", "auto"),
     ] {
         if !out.iter().any(|(n, _)| n == k.as_bytes()) {
@@ -155,6 +159,10 @@ mod tests {
             get(&e, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"),
             Some("1")
         );
+        assert_eq!(
+            get(&e, "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"),
+            Some("1")
+        );
         assert_eq!(get(&e, "ENABLE_TOOL_SEARCH"), Some("auto"));
         let names: Vec<&[u8]> = e.iter().map(|(k, _)| k.as_slice()).collect();
         let mut dedup = names.clone();
@@ -181,6 +189,7 @@ mod tests {
     fn user_choices_are_kept() {
         let parent = env(&[
             ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "0"),
+            ("CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL", "0"),
             ("ENABLE_TOOL_SEARCH", "false"),
         ]);
         let e = child_env(&parent, &user(), "u", CredentialKind::OAuth, b"s");
@@ -189,6 +198,10 @@ mod tests {
             Some("0")
         );
         assert_eq!(get(&e, "ENABLE_TOOL_SEARCH"), Some("false"));
+        assert_eq!(
+            get(&e, "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"),
+            Some("0")
+        );
     }
 
     #[test]

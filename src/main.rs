@@ -256,10 +256,13 @@ fn report(f: Failure) -> ExitCode {
 }
 
 fn init_logging(filter: Option<&[u8]>) {
+    // On a terminal the child (interactive claude) owns the screen: info lines from the proxy
+    // would be drawn into its full-screen UI. Unless asked, log only warnings there.
+    let default = if sys::isatty(2) { "warn" } else { "info" };
     let filter = filter
         .and_then(|f| std::str::from_utf8(f).ok())
         .filter(|f| !f.is_empty())
-        .unwrap_or("info");
+        .unwrap_or(default);
     env_logger::Builder::new()
         .parse_filters(filter)
         .target(env_logger::Target::Stderr)
