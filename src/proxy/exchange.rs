@@ -387,6 +387,10 @@ impl Ctx {
     }
 
     pub(super) fn pool_upstream(&mut self, mut up: UpConn) {
+        if self.limits.pool_max_idle == 0 {
+            self.drop_upstream(up);
+            return;
+        }
         if self.pool.len() >= self.limits.pool_max_idle {
             let (_, oldest) = self.pool.remove(0);
             self.drop_upstream(oldest);

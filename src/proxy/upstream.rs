@@ -60,8 +60,12 @@ impl UpConn {
         addrs: Vec<SocketAddr>,
         config: &Arc<rustls::ClientConfig>,
         name: &ServerName<'static>,
+        buffer_limit: usize,
     ) -> Result<UpConn, UpError> {
-        let tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
+        let mut tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
+        // Bounds what rustls queues for sending (plaintext before the handshake, TLS records
+        // after); received plaintext is bounded by reading records only while it is drained.
+        tls.set_buffer_limit(Some(buffer_limit));
         let (sock, next_addr) = start_connect(&addrs, 0)?;
         Ok(UpConn {
             sock,
@@ -167,8 +171,8 @@ impl UpConn {
         }
     }
 
-    /// Queues plaintext for the upstream (bounded by rustls' buffer limit, 64 KiB by
-    /// default). Only valid once ready.
+    /// Queues plaintext for the upstream (bounded by the buffer limit set in
+    /// [`UpConn::connect`]). Only valid once ready.
     pub(crate) fn write_plain(&mut self, bytes: &[u8]) -> Result<usize, UpError> {
         debug_assert!(self.is_ready());
         self.tls.writer().write(bytes).map_err(UpError::Io)
