@@ -13,7 +13,7 @@ use rustls::client::{
 use rustls::pki_types::ServerName;
 
 /// TLS 1.3 tickets kept per server (one upstream in practice); each is a few hundred bytes.
-pub(crate) const MAX_TICKETS: usize = 512;
+pub(crate) const MAX_TICKETS: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct TicketStore {
