@@ -89,6 +89,10 @@ pub(crate) struct Client {
     pub(crate) waiting_dns: bool,
     /// The client ended its side (or reset).
     pub(crate) read_eof: bool,
+    /// False only after a read of the client socket returned WouldBlock and no event for it
+    /// has come since: with edge-triggered readiness, any new byte brings an event, so reading
+    /// again before one would only cost a syscall that returns WouldBlock.
+    pub(crate) sock_readable: bool,
     /// Meaning depends on the phase: idle/head deadline, linger end.
     pub(crate) deadline: Instant,
     /// Since when the connection has been idle between requests with empty buffers (the
@@ -117,6 +121,7 @@ impl Client {
             up: None,
             waiting_dns: false,
             read_eof: false,
+            sock_readable: true,
             deadline,
             idle_since: None,
             registered: None,

@@ -216,9 +216,17 @@ impl Server {
 
     fn dispatch(&mut self, token: Token) {
         let id = (token.0 >> 1) as u64;
-        if self.clients.contains_key(&id) {
+        let is_upstream = token.0 & 1 == 1;
+        if let Some(c) = self.clients.get_mut(&id) {
+            // Any event may mean new bytes: the socket is no longer known to be drained.
+            if !is_upstream {
+                c.sock_readable = true;
+            } else if let Some(up) = c.up.as_mut() {
+                up.sock_readable = true;
+            }
             self.pump(id);
         } else if let Some(i) = self.ctx.pool.iter().position(|(pid, _)| *pid == id) {
+            self.ctx.pool[i].1.sock_readable = true;
             let broken = self.ctx.pool[i].1.idle_is_broken(&self.ctx.registry);
             if broken {
                 let (_, up) = self.ctx.pool.remove(i);

@@ -48,6 +48,9 @@ pub(crate) struct UpConn {
     registered: Option<(Token, Interest)>,
     /// TCP end of stream seen from the upstream.
     pub(crate) eof: bool,
+    /// False only after a socket read returned WouldBlock and no event for it has come since
+    /// (edge-triggered: new bytes bring an event), so no read is tried that cannot succeed.
+    pub(crate) sock_readable: bool,
     /// When it went idle (pooled connections).
     pub(crate) idle_since: Instant,
     /// Its completed handshake has been counted in the stats.
@@ -75,6 +78,7 @@ impl UpConn {
             phase: Phase::Connecting,
             registered: None,
             eof: false,
+            sock_readable: true,
             idle_since: Instant::now(),
             counted: false,
         })
@@ -138,7 +142,7 @@ impl UpConn {
                     Err(e) => return Err(UpError::Io(e)),
                 }
             }
-            while !self.eof && self.tls.wants_read() {
+            while !self.eof && self.sock_readable && self.tls.wants_read() {
                 match self.tls.read_tls(&mut self.sock) {
                     Ok(0) => {
                         self.eof = true;
@@ -152,7 +156,10 @@ impl UpConn {
                             UpError::Tls(e)
                         })?;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.sock_readable = false;
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(UpError::Io(e)),
                 }
@@ -229,6 +236,7 @@ impl UpConn {
         self.deregister(registry);
         let (sock, next) = start_connect(&self.addrs, self.next_addr)?;
         self.sock = sock;
+        self.sock_readable = true;
         self.next_addr = next;
         if let Some(t) = token {
             self.update_interest(registry, t).map_err(UpError::Io)?;
