@@ -1084,3 +1084,290 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(got[0].body_raw, b"{\"a\":1}");
     assert_eq!(got[1].body_raw, b"{\"b\":2}");
 }
+
+/// An SSE stream that sends one event at once, then one every 200 ms until `stop` is set,
+/// then ends the stream cleanly.
+fn paced_sse_handler(stop: Arc<std::sync::atomic::AtomicBool>) -> Handler {
+    Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+        let mut i = 0;
+        loop {
+            let ev = format!(
+                "event: content_block_delta\ndata: {{\"path\":\"{}\",\"i\":{i}}}\n\n",
+                req.target
+            );
+            write!(w, "{:x}\r\n{ev}\r\n", ev.len())?;
+            w.flush()?;
+            i += 1;
+            for _ in 0..20 {
+                if stop.load(Ordering::SeqCst) {
+                    w.write_all(b"0\r\n\r\n")?;
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    })
+}
+
+/// 256 open SSE streams of small events: the proxy's buffers grow with what is relayed (a
+/// request head one way, ~100-byte events the other), not to the 2 x 64 KiB cap per stream.
+#[test]
+fn many_open_sse_streams_hold_little_buffer_memory() {
+    const STREAMS: usize = 256;
+    let ca = TestCa::new("test CA");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mock = Mock::start(&ca, paced_sse_handler(stop.clone()));
+    let proxy = proxy_for(&mock, &ca);
+    let addr = proxy.addr;
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..STREAMS)
+        .map(|n| {
+            let started = started.clone();
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                s.write_all(&post(&format!("/v1/messages?n={n}"), br#"{"stream":true}"#))
+                    .unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                while !line.starts_with("data: ") {
+                    line.clear();
+                    assert!(
+                        r.read_line(&mut line).unwrap() > 0,
+                        "stream {n} ended early"
+                    );
+                }
+                assert!(line.contains(&format!("n={n}")), "{line}");
+                started.fetch_add(1, Ordering::SeqCst);
+                // The rest of the stream, to its clean end.
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest).ok();
+                rest
+            })
+        })
+        .collect();
+    wait_until("all streams to start", Duration::from_secs(60), || {
+        started.load(Ordering::SeqCst) == STREAMS
+    });
+    // Let a few more events flow through every stream before measuring.
+    std::thread::sleep(Duration::from_millis(600));
+    let open = proxy.stats.open_clients.load(Ordering::SeqCst);
+    let capacity = proxy.stats.buffer_capacity.load(Ordering::SeqCst);
+    eprintln!(
+        "{STREAMS} open SSE streams: {open} clients, {capacity} bytes of buffers ({} per stream)",
+        capacity / STREAMS
+    );
+    assert_eq!(open, STREAMS);
+    assert!(capacity > 0, "the buffer gauge does not count anything");
+    assert!(
+        capacity < STREAMS * 16 * 1024,
+        "{capacity} bytes of buffers for {STREAMS} streams of small events"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        let rest = t.join().unwrap();
+        assert_no_leak("stream", &rest);
+    }
+    assert_eq!(mock.requests().len(), STREAMS);
+}
+
+/// After a warm-up that opens one upstream connection per client, K clients doing requests
+/// back to back never make the proxy open another one: the pool keeps them all.
+#[test]
+fn warm_pool_serves_concurrent_clients_without_new_connections() {
+    const K: usize = 64;
+    const ROUNDS: usize = 15;
+    let ca = TestCa::new("test CA");
+    // The warm-up requests are held until all K have arrived, so K upstream connections
+    // exist at once; after it, at most K requests are ever in flight.
+    let warm = Arc::new(std::sync::Barrier::new(K));
+    let ok = ok_handler();
+    let handler: Handler = Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+        if req.target.contains("warm") {
+            warm.wait();
+        }
+        ok(req, w)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let addr = proxy.addr;
+    let warmed = Arc::new(std::sync::Barrier::new(K + 1));
+    let go = Arc::new(std::sync::Barrier::new(K + 1));
+    let threads: Vec<_> = (0..K)
+        .map(|n| {
+            let (warmed, go) = (warmed.clone(), go.clone());
+            std::thread::spawn(move || {
+                let s = connect(addr);
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut ask = |path: String| {
+                    w.write_all(&post(&path, b"{}")).unwrap();
+                    let resp = read_response(&mut r, false).unwrap();
+                    assert_eq!(resp.status, 200);
+                    assert_eq!(
+                        resp.body_text(),
+                        format!(r#"{{"ok":true,"path":"{path}"}}"#)
+                    );
+                    assert_clean(&resp);
+                };
+                ask(format!("/v1/messages?warm={n}"));
+                warmed.wait();
+                go.wait();
+                for i in 0..ROUNDS {
+                    ask(format!("/v1/messages?n={n}&i={i}"));
+                }
+            })
+        })
+        .collect();
+    warmed.wait();
+    let accepts = mock.state.accepts.load(Ordering::SeqCst);
+    let handshakes = mock.state.handshakes.load(Ordering::SeqCst);
+    assert_eq!(accepts, K, "one upstream connection per warm-up request");
+    go.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(mock.requests().len(), K * (ROUNDS + 1));
+    assert_eq!(
+        mock.state.accepts.load(Ordering::SeqCst),
+        accepts,
+        "new upstream TCP connections after warm-up"
+    );
+    assert_eq!(
+        mock.state.handshakes.load(Ordering::SeqCst),
+        handshakes,
+        "new upstream TLS handshakes after warm-up"
+    );
+    assert_eq!(
+        proxy.stats.upstream_reused.load(Ordering::SeqCst),
+        (K * ROUNDS) as u64
+    );
+    assert_no_leak("logs", b"");
+}
+
+/// A burst of new upstream connections resumes TLS sessions instead of doing full
+/// handshakes, beyond rustls' default of 8 tickets per server.
+#[test]
+fn bursts_of_new_upstream_connections_resume_tls() {
+    const K: usize = 24;
+    let ca = TestCa::new("test CA");
+    let gate = Arc::new(std::sync::Barrier::new(K));
+    let ok = ok_handler();
+    let handler: Handler = Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+        if req.target.contains("burst") {
+            gate.wait();
+        }
+        ok(req, w)
+    });
+    let mock = Mock::start(&ca, handler);
+    // No pool: every request needs a new upstream connection.
+    let limits = Limits {
+        pool_max_idle: 0,
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
+    let addr = proxy.addr;
+    let burst = |tag: &'static str| {
+        let threads: Vec<_> = (0..K)
+            .map(|n| {
+                std::thread::spawn(move || {
+                    let resp =
+                        roundtrip(addr, &post(&format!("/v1/messages?{tag}={n}"), b"{}")).unwrap();
+                    assert_eq!(resp.status, 200);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    // K new connections, each leaving tickets behind (the mock sends 2 per handshake)...
+    burst("burst");
+    let resumed_before = mock.state.resumed.load(Ordering::SeqCst);
+    // ...so the next K concurrent connections all resume.
+    burst("burst");
+    let handshakes = mock.state.handshakes.load(Ordering::SeqCst);
+    let resumed = mock.state.resumed.load(Ordering::SeqCst) - resumed_before;
+    eprintln!("{handshakes} handshakes; second burst: {resumed} of {K} resumed");
+    assert_eq!(handshakes, 2 * K);
+    assert_eq!(
+        resumed, K,
+        "only {resumed} of the second burst's {K} connections resumed"
+    );
+    assert_no_leak("logs", b"");
+}
+
+/// Keep-alive connections that have gone quiet give their buffers back (wiped, see buf.rs),
+/// stay open, and work again afterwards.
+#[test]
+fn idle_connections_release_their_buffers() {
+    const N: usize = 16;
+    let ca = TestCa::new("test CA");
+    // The first round of responses is held until the test has looked at the buffers.
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h2 = hold.clone();
+    let ok = ok_handler();
+    let handler: Handler = Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+        while req.target.contains("held") && h2.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ok(req, w)
+    });
+    let mock = Mock::start(&ca, handler);
+    let limits = Limits {
+        buffer_release_after: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
+    let body = vec![b'x'; 100 * 1024];
+    let mut conns: Vec<_> = (0..N)
+        .map(|n| {
+            let s = connect(proxy.addr);
+            let mut w = s.try_clone().unwrap();
+            w.write_all(&post(&format!("/v1/messages?held={n}"), &body))
+                .unwrap();
+            (w, BufReader::new(s))
+        })
+        .collect();
+    wait_until("the held requests", Duration::from_secs(20), || {
+        mock.requests().len() == N
+    });
+    let busy = proxy.stats.buffer_capacity.load(Ordering::SeqCst);
+    // Each request body went through a growing request buffer.
+    assert!(
+        busy >= N * 32 * 1024,
+        "{busy} bytes of buffers for {N} 100 KB uploads in flight"
+    );
+    hold.store(false, Ordering::SeqCst);
+    for (_, r) in conns.iter_mut() {
+        let resp = read_response(r, false).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_clean(&resp);
+    }
+    wait_until(
+        "idle buffers to be released",
+        Duration::from_secs(10),
+        || proxy.stats.buffer_capacity.load(Ordering::SeqCst) == 0,
+    );
+    assert_eq!(proxy.stats.open_clients.load(Ordering::SeqCst), N);
+    assert!(proxy.stats.buffers_released.load(Ordering::SeqCst) >= N as u64);
+    // The same connections serve the next request.
+    for (n, (w, r)) in conns.iter_mut().enumerate() {
+        w.write_all(&post(&format!("/v1/messages?again={n}"), b"{}"))
+            .unwrap();
+        let resp = read_response(r, false).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_clean(&resp);
+    }
+    assert_eq!(mock.requests().len(), 2 * N);
+}

@@ -2,10 +2,12 @@
 //! both direction buffers, the exchange in progress and, while one is in use, its upstream
 //! connection.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
 
+use super::Stats;
 use super::buf::Buf;
 use super::stream::ClientStream;
 use super::upstream::UpConn;
@@ -87,8 +89,15 @@ pub(crate) struct Client {
     pub(crate) waiting_dns: bool,
     /// The client ended its side (or reset).
     pub(crate) read_eof: bool,
+    /// False only after a read of the client socket returned WouldBlock and no event for it
+    /// has come since: with edge-triggered readiness, any new byte brings an event, so reading
+    /// again before one would only cost a syscall that returns WouldBlock.
+    pub(crate) sock_readable: bool,
     /// Meaning depends on the phase: idle/head deadline, linger end.
     pub(crate) deadline: Instant,
+    /// Since when the connection has been idle between requests with empty buffers (the
+    /// sweep releases its buffers after `Limits::buffer_release_after`).
+    pub(crate) idle_since: Option<Instant>,
     registered: Option<Interest>,
     /// The exchange that was running when the client went away, kept for its log line.
     pub(crate) ended_exchange: Option<Box<Exchange>>,
@@ -100,18 +109,21 @@ impl Client {
         in_cap: usize,
         out_cap: usize,
         deadline: Instant,
+        gauge: Arc<Stats>,
     ) -> Client {
         Client {
             sock,
-            inbuf: Buf::new(in_cap),
-            outbuf: Buf::new(out_cap),
+            inbuf: Buf::new(in_cap, Some(gauge.clone())),
+            outbuf: Buf::new(out_cap, Some(gauge)),
             phase: Phase::Idle {
                 head_started: false,
             },
             up: None,
             waiting_dns: false,
             read_eof: false,
+            sock_readable: true,
             deadline,
+            idle_since: None,
             registered: None,
             ended_exchange: None,
         }
@@ -167,5 +179,26 @@ impl Client {
 
     pub(crate) fn buffered(&self) -> usize {
         self.inbuf.len() + self.outbuf.len()
+    }
+
+    /// Between requests, nothing held either way, nothing half-received.
+    pub(crate) fn is_quiet(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Idle {
+                head_started: false
+            }
+        ) && self.buffered() == 0
+    }
+
+    /// Gives both buffers back (wiped) if the connection is quiet; returns whether any
+    /// memory was released.
+    pub(crate) fn release_buffers(&mut self) -> bool {
+        if !self.is_quiet() {
+            return false;
+        }
+        let a = self.inbuf.release();
+        let b = self.outbuf.release();
+        a || b
     }
 }

@@ -117,7 +117,7 @@ impl Ctx {
             return false;
         }
         let mut progress = false;
-        while !c.inbuf.is_full() {
+        while c.sock_readable && !c.inbuf.is_full() {
             match c.inbuf.read_from(&mut c.sock) {
                 Ok(0) => {
                     // The client is gone (HTTP clients do not half-close): drop the exchange,
@@ -130,7 +130,10 @@ impl Ctx {
                     c.inbuf.mark_scanned(n);
                     progress = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.sock_readable = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     c.die();
@@ -254,6 +257,8 @@ impl Ctx {
                 self.drop_upstream(up);
                 continue;
             }
+            // Re-registered under the client's token next; read it at least once.
+            up.sock_readable = true;
             return Some(up);
         }
         None
@@ -387,6 +392,10 @@ impl Ctx {
     }
 
     pub(super) fn pool_upstream(&mut self, mut up: UpConn) {
+        if self.limits.pool_max_idle == 0 {
+            self.drop_upstream(up);
+            return;
+        }
         if self.pool.len() >= self.limits.pool_max_idle {
             let (_, oldest) = self.pool.remove(0);
             self.drop_upstream(oldest);

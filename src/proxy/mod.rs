@@ -28,6 +28,7 @@ mod dns;
 mod event_loop;
 mod exchange;
 mod stream;
+mod tickets;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -138,10 +139,14 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Longest silence (no byte either way) inside one exchange. At least claude's own 600 s.
     pub stream_idle_timeout: Duration,
-    /// Idle upstream connections kept for reuse.
+    /// Idle upstream connections kept for reuse: as many as there are concurrent clients,
+    /// so that steady use at that concurrency costs no handshakes.
     pub pool_max_idle: usize,
     /// An idle pooled upstream connection is closed after this long.
     pub pool_idle_timeout: Duration,
+    /// A keep-alive client connection idle this long gives its buffers back (wiped); they
+    /// are kept across back-to-back requests, so that busy connections do not reallocate.
+    pub buffer_release_after: Duration,
 }
 
 impl Default for Limits {
@@ -154,8 +159,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(610),
-            pool_max_idle: 32,
+            pool_max_idle: 256,
             pool_idle_timeout: Duration::from_secs(30),
+            buffer_release_after: Duration::from_secs(3),
         }
     }
 }
@@ -177,6 +183,11 @@ pub struct Stats {
     pub open_upstreams: AtomicUsize,
     /// Largest number of bytes one connection ever held in its proxy buffers.
     pub peak_connection_buffered: AtomicUsize,
+    /// Bytes allocated right now for the client connections' buffers (both directions, all
+    /// connections): grows with the data actually relayed, not with the buffer cap.
+    pub buffer_capacity: AtomicUsize,
+    /// Idle client connections whose buffers were released.
+    pub buffers_released: AtomicU64,
 }
 
 /// A bound, validated proxy that has not started serving yet.

@@ -48,6 +48,9 @@ pub(crate) struct UpConn {
     registered: Option<(Token, Interest)>,
     /// TCP end of stream seen from the upstream.
     pub(crate) eof: bool,
+    /// False only after a socket read returned WouldBlock and no event for it has come since
+    /// (edge-triggered: new bytes bring an event), so no read is tried that cannot succeed.
+    pub(crate) sock_readable: bool,
     /// When it went idle (pooled connections).
     pub(crate) idle_since: Instant,
     /// Its completed handshake has been counted in the stats.
@@ -60,8 +63,12 @@ impl UpConn {
         addrs: Vec<SocketAddr>,
         config: &Arc<rustls::ClientConfig>,
         name: &ServerName<'static>,
+        buffer_limit: usize,
     ) -> Result<UpConn, UpError> {
-        let tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
+        let mut tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
+        // Bounds what rustls queues for sending (plaintext before the handshake, TLS records
+        // after); received plaintext is bounded by reading records only while it is drained.
+        tls.set_buffer_limit(Some(buffer_limit));
         let (sock, next_addr) = start_connect(&addrs, 0)?;
         Ok(UpConn {
             sock,
@@ -71,6 +78,7 @@ impl UpConn {
             phase: Phase::Connecting,
             registered: None,
             eof: false,
+            sock_readable: true,
             idle_since: Instant::now(),
             counted: false,
         })
@@ -134,7 +142,7 @@ impl UpConn {
                     Err(e) => return Err(UpError::Io(e)),
                 }
             }
-            while !self.eof && self.tls.wants_read() {
+            while !self.eof && self.sock_readable && self.tls.wants_read() {
                 match self.tls.read_tls(&mut self.sock) {
                     Ok(0) => {
                         self.eof = true;
@@ -148,7 +156,10 @@ impl UpConn {
                             UpError::Tls(e)
                         })?;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.sock_readable = false;
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(UpError::Io(e)),
                 }
@@ -167,8 +178,8 @@ impl UpConn {
         }
     }
 
-    /// Queues plaintext for the upstream (bounded by rustls' buffer limit, 64 KiB by
-    /// default). Only valid once ready.
+    /// Queues plaintext for the upstream (bounded by the buffer limit set in
+    /// [`UpConn::connect`]). Only valid once ready.
     pub(crate) fn write_plain(&mut self, bytes: &[u8]) -> Result<usize, UpError> {
         debug_assert!(self.is_ready());
         self.tls.writer().write(bytes).map_err(UpError::Io)
@@ -225,6 +236,7 @@ impl UpConn {
         self.deregister(registry);
         let (sock, next) = start_connect(&self.addrs, self.next_addr)?;
         self.sock = sock;
+        self.sock_readable = true;
         self.next_addr = next;
         if let Some(t) = token {
             self.update_interest(registry, t).map_err(UpError::Io)?;
