@@ -158,19 +158,28 @@ mod tests {
                     .chars()
                     .take_while(|c| c.is_ascii_uppercase() || *c == '_')
                     .collect();
-                if name.starts_with("BOTTLE_") || name.ends_with("_TOKEN") || name.ends_with("_KEY") {
+                if name.starts_with("BOTTLE_") || name.ends_with("_TOKEN") || name.ends_with("_KEY")
+                {
                     out.insert(name);
                 }
             }
             out
         }
         let readme = include_str!("../README.md");
-        let start = readme.find("## Configuration").expect("README has a Configuration section");
+        let start = readme
+            .find("## Configuration")
+            .expect("README has a Configuration section");
         let table = &readme[start..];
         let table = &table[..table[3..].find("\n## ").map_or(table.len(), |i| i + 3)];
         let in_help = vars(HELP);
         let in_readme = vars(table);
-        assert!(in_help.len() >= 12, "help lists too few variables: {in_help:?}");
-        assert_eq!(in_help, in_readme, "--help and README's Configuration table differ");
+        assert!(
+            in_help.len() >= 12,
+            "help lists too few variables: {in_help:?}"
+        );
+        assert_eq!(
+            in_help, in_readme,
+            "--help and README's Configuration table differ"
+        );
     }
 }

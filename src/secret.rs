@@ -138,7 +138,10 @@ fn lock(buf: &[u8]) {
     // is not fatal: the secret is still wiped on drop; swap is simply not excluded.
     let rc = unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
     if rc != 0 {
-        log::debug!("mlock of a secret buffer failed: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "mlock of a secret buffer failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -175,7 +178,13 @@ mod tests {
     #[test]
     fn debug_never_shows_the_value() {
         let s = Secret::new(b"sk-ant-oat01-very-secret".to_vec());
-        let shown = format!("{s:?} {:?}", Credential { kind: CredentialKind::OAuth, secret: s.clone() });
+        let shown = format!(
+            "{s:?} {:?}",
+            Credential {
+                kind: CredentialKind::OAuth,
+                secret: s.clone()
+            }
+        );
         assert!(!shown.contains("very-secret"), "{shown}");
         assert!(shown.contains("redacted"));
     }

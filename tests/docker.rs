@@ -645,7 +645,14 @@ fn egress_modes_in_the_container() {
         )
         .expect("start the mock");
 
-        let o = c.exec(&["/bottle-init", "exec", "--", "claude", "-p", "locked prompt"]);
+        let o = c.exec(&[
+            "/bottle-init",
+            "exec",
+            "--",
+            "claude",
+            "-p",
+            "locked prompt",
+        ]);
         let all = text(&o);
         assert!(o.status.success(), "{mode}: {all}\nlogs: {}", c.logs());
         assert!(stdout(&o).contains(reply), "{mode}: {all}");
@@ -662,7 +669,10 @@ fn egress_modes_in_the_container() {
         let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{PORT} && echo DIRECT-OK");
         let o = c.exec(&["/bottle-init", "exec", "--", "bash", "-c", &probe]);
         let all = text(&o);
-        assert!(!o.status.success() && !all.contains("DIRECT-OK"), "{mode}: {all}");
+        assert!(
+            !o.status.success() && !all.contains("DIRECT-OK"),
+            "{mode}: {all}"
+        );
         let logs = c.logs();
         assert_absent(&logs, &token, "container logs");
         let want = match mode {
