@@ -36,21 +36,36 @@ const EX_CONFIG: u8 = 78;
 enum Failure {
     Usage(UsageError),
     SignalSetup(Errno),
-    NotRoot { euid: u32, mode: Mode },
+    NotRoot {
+        euid: u32,
+        mode: Mode,
+    },
     MissingCaps(Vec<&'static str>),
     CapRead(Errno),
     Subreaper(Errno),
     Config(ConfigError),
     User(UserError),
-    TokenFile { path: PathBuf, err: TokenFileError },
-    CaFile { path: PathBuf, err: std::io::Error },
+    TokenFile {
+        path: PathBuf,
+        err: TokenFileError,
+    },
+    CaFile {
+        path: PathBuf,
+        err: std::io::Error,
+    },
     SessionSecret(std::io::Error),
     Proxy(ProxyError),
     Prepare(PrepareError),
     Spawn(SpawnError),
-    ChildSetup { step: Step, errno: Errno },
+    ChildSetup {
+        step: Step,
+        errno: Errno,
+    },
     CommandNotFound(String),
-    NotExecutable { command: String, errno: Errno },
+    NotExecutable {
+        command: String,
+        errno: Errno,
+    },
     ParentDrop(ParentDropError),
     ProxyThread(std::io::Error),
     Exec(ExecError),
@@ -372,15 +387,9 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     //     nftables rules for the child's uid (allowlist), installed and verified.
     let run_dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
     let dialled = connect_addr(proxy.local_addr());
-    let (proxy, egress) = egress_setup::lock(
-        &egress_plan,
-        proxy,
-        dialled,
-        user.uid,
-        user.gid,
-        &run_dir,
-    )
-    .map_err(Failure::Egress)?;
+    let (proxy, egress) =
+        egress_setup::lock(&egress_plan, proxy, dialled, user.uid, user.gid, &run_dir)
+            .map_err(Failure::Egress)?;
 
     let mut child_env = envclean::child_env(
         &env.plain,
@@ -438,6 +447,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         remove_state(published.as_ref());
         return Err(Failure::ParentDrop(e));
     }
+    let credential = proxy.credential_slot();
     if let Err(e) = proxy.spawn() {
         let _ = sys::kill(child, libc::SIGKILL);
         let _ = sys::waitpid_blocking(child);
@@ -454,6 +464,8 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
 
     // 6. Init loop: forward signals, reap everything, stop leftovers after the child.
     let end = init::supervise(child, config.grace, pid1);
+    // 7. Zero the real credential before exiting (the proxy thread answers 503 from now on).
+    credential.wipe();
     remove_state(published.as_ref());
     Ok(end)
 }

@@ -1371,3 +1371,50 @@ fn idle_connections_release_their_buffers() {
     }
     assert_eq!(mock.requests().len(), 2 * N);
 }
+
+/// Issue 2: the credential is "zeroed on exit". PID 1 empties the shared slot when its init
+/// loop ends; from then on the proxy must refuse instead of forwarding anything.
+#[test]
+fn after_the_credential_is_wiped_requests_get_503_and_nothing_is_forwarded() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    init_logs();
+    let proxy = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config(&mock.upstream_url(), Some(&ca.pem), CredentialKind::OAuth),
+    )
+    .unwrap();
+    let slot = proxy.credential_slot();
+    let addr = proxy.local_addr();
+    proxy.spawn().unwrap();
+    let req = format!(
+        "POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer {SESSION}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    assert_eq!(
+        slot.with(|c| c.secret.expose() == REAL_TOKEN.as_bytes()),
+        Some(true)
+    );
+    let before = roundtrip(addr, req.as_bytes()).unwrap();
+    assert_eq!(before.status, 200, "{}", before.body_text());
+
+    slot.wipe();
+    assert!(
+        slot.with(|_| ()).is_none(),
+        "the slot still holds a credential"
+    );
+    let after = roundtrip(addr, req.as_bytes()).unwrap();
+    assert_eq!(after.status, 503, "{}", after.body_text());
+    let (kind, msg) = after.anthropic_error();
+    assert_eq!(kind, "overloaded_error");
+    assert!(msg.contains("shutting down"), "{msg}");
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a request was forwarded after the wipe"
+    );
+    assert_clean(&before);
+    assert_clean(&after);
+    for line in logs() {
+        assert_no_leak("log line", line.as_bytes());
+    }
+}

@@ -26,7 +26,7 @@ use super::dns::Resolver;
 use super::exchange::{Ctx, Fault, Turn};
 use super::stream::{ClientStream, Listener};
 use super::upstream::UpConn;
-use super::{Limits, ProxyConfig, Stats};
+use super::{Limits, Settings, Stats};
 use crate::http::{self, Rejection};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -60,7 +60,7 @@ pub(crate) struct Server {
 impl Server {
     pub(crate) fn new(
         listener: std::net::TcpListener,
-        config: ProxyConfig,
+        config: Settings,
         tls: Arc<rustls::ClientConfig>,
         limits: Limits,
         stats: Arc<Stats>,

@@ -15,7 +15,7 @@ use super::conn::{Client, Exchange, HeadBytes, Phase, Resp};
 use super::dns::Resolver;
 use super::event_loop::upstream_token;
 use super::upstream::{UpConn, UpError};
-use super::{Limits, ProxyConfig, Stats};
+use super::{Limits, Settings, Stats};
 use crate::http::{
     self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, parse_request_head,
     parse_response_head,
@@ -53,7 +53,7 @@ pub(super) enum Fault {
 /// context is used mutably.
 pub(super) struct Ctx {
     pub(super) registry: Registry,
-    pub(super) config: ProxyConfig,
+    pub(super) config: Settings,
     pub(super) tls: Arc<rustls::ClientConfig>,
     pub(super) server_name: ServerName<'static>,
     /// The Host header value sent upstream.
@@ -210,7 +210,16 @@ impl Ctx {
             self.refuse(c, Some(&head), Rejection::new(404, "not_found_error", msg));
             return;
         }
-        let bytes = http::upstream_request_head(&head, &self.config.credential, &self.host_header);
+        let built = self
+            .config
+            .credential
+            .with(|cred| http::upstream_request_head(&head, cred, &self.host_header));
+        let Some(bytes) = built else {
+            // PID 1 is exiting and has wiped the credential.
+            let msg = "bottle-init proxy: shutting down; the credential is no longer available";
+            self.refuse(c, Some(&head), Rejection::new(503, "overloaded_error", msg));
+            return;
+        };
         let ex = Exchange {
             method: head.method.clone(),
             path: log_path(path).to_string(),

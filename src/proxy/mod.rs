@@ -34,8 +34,8 @@ mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::secret::{Credential, Secret};
@@ -190,10 +190,42 @@ pub struct Stats {
     pub buffers_released: AtomicU64,
 }
 
+/// What the event loop keeps of a [`ProxyConfig`] once it is validated.
+pub(crate) struct Settings {
+    pub(crate) upstream: Upstream,
+    pub(crate) session_secret: Secret,
+    pub(crate) credential: CredentialSlot,
+}
+
+/// The real credential, shared by the proxy thread (which reads it once per request to build
+/// the upstream head) and the init loop (which empties it, so the bytes are zeroed, before
+/// PID 1 exits). A mutex rather than a plain shared reference: zeroing bytes that another
+/// thread may be copying at that moment would be a data race. The lock is held only while
+/// one request head is built.
+#[derive(Clone, Debug)]
+pub struct CredentialSlot(Arc<Mutex<Option<Credential>>>);
+
+impl CredentialSlot {
+    /// Runs `f` with the credential, or returns `None` once it has been wiped.
+    pub fn with<R>(&self, f: impl FnOnce(&Credential) -> R) -> Option<R> {
+        // A poisoned lock only means a panic elsewhere while it was held; the credential
+        // itself is still intact (it is never mutated in place).
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(f)
+    }
+
+    /// Takes the credential out and drops it: [`Secret`]'s `Drop` zeroes its bytes. Every
+    /// request after this is refused with 503.
+    pub fn wipe(&self) {
+        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(taken);
+    }
+}
+
 /// A bound, validated proxy that has not started serving yet.
 pub struct Proxy {
     listener: std::net::TcpListener,
-    config: ProxyConfig,
+    settings: Settings,
     tls: Arc<rustls::ClientConfig>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -219,9 +251,19 @@ impl Proxy {
             addr: listen,
             source,
         })?;
+        let ProxyConfig {
+            upstream,
+            extra_roots_pem: _,
+            credential,
+            session_secret,
+        } = config;
         Ok(Proxy {
             listener,
-            config,
+            settings: Settings {
+                upstream,
+                session_secret,
+                credential: CredentialSlot(Arc::new(Mutex::new(Some(credential)))),
+            },
             tls,
             limits: Limits::default(),
             stats: Arc::default(),
@@ -260,6 +302,12 @@ impl Proxy {
         self
     }
 
+    /// A handle on the real credential, for wiping it when PID 1 exits
+    /// ([`CredentialSlot::wipe`]). The proxy keeps a clone.
+    pub fn credential_slot(&self) -> CredentialSlot {
+        self.settings.credential.clone()
+    }
+
     /// Live counters of the running proxy.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
@@ -270,14 +318,14 @@ impl Proxy {
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
         let Proxy {
             listener,
-            config,
+            settings,
             tls,
             limits,
             stats,
             egress,
         } = self;
         listener.set_nonblocking(true)?;
-        let server = event_loop::Server::new(listener, config, tls, limits, stats, egress)?;
+        let server = event_loop::Server::new(listener, settings, tls, limits, stats, egress)?;
         std::thread::Builder::new()
             .name("proxy".into())
             .spawn(move || server.run())
