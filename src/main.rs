@@ -515,9 +515,11 @@ fn publish_state(
     }
 }
 
+/// Removes what PID 1 published for `exec`: the state file and the egress record beside it.
 fn remove_state(path: Option<&PathBuf>) {
     if let Some(p) = path {
         let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(p.with_file_name(bottle_init::egress::setup::EGRESS_FILE));
     }
 }
 

@@ -1380,6 +1380,11 @@ fn exec_joins_the_running_bottle_init_with_the_same_drop() {
     r.stop();
     // After PID 1 ended, its state is gone and exec refuses clearly.
     assert!(!state.exists(), "state file left behind");
+    let left: Vec<_> = std::fs::read_dir(w.run_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "PID 1 left files in its run dir: {left:?}");
 }
 
 #[test]

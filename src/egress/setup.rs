@@ -263,8 +263,9 @@ impl Locked {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
+        // No fsync (as for the state file): the record only matters while PID 1 lives, and an
+        // fsync cost ~1 ms of start-up on a disk-backed /run.
         f.write_all(self.to_text(pid, starttime).as_bytes())?;
-        f.sync_all()?;
         let target = run_dir.join(EGRESS_FILE);
         fs::rename(&tmp, &target)?;
         Ok(target)
