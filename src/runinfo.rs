@@ -154,7 +154,19 @@ pub fn publish(dir: &Path, info: &RunInfo) -> std::io::Result<PathBuf> {
     if md.mode() & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
-    let tmp = dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
+    let mut bytes = info.to_bytes();
+    let res = write_private(dir, STATE_FILE, &bytes);
+    crate::secret::wipe(&mut bytes);
+    res
+}
+
+/// Writes `dir/name` as a root-owned 0600 file: into a fresh temporary file (O_EXCL,
+/// O_NOFOLLOW, so a planted file or symlink is never written through), then renamed into
+/// place so a reader never sees half a file. No fsync: the file only matters while PID 1
+/// lives (/run is a tmpfs in containers; on a disk-backed /run an fsync cost ~1 ms of
+/// start-up).
+pub fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -162,20 +174,17 @@ pub fn publish(dir: &Path, info: &RunInfo) -> std::io::Result<PathBuf> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)?;
-    let mut bytes = info.to_bytes();
-    // No fsync: the file only matters while this process lives (/run is a tmpfs).
-    let res = f.write_all(&bytes);
-    crate::secret::wipe(&mut bytes);
-    res?;
-    let target = dir.join(STATE_FILE);
+    f.write_all(bytes)?;
+    let target = dir.join(name);
     fs::rename(&tmp, &target)?;
     Ok(target)
 }
 
-/// Reads and checks the state file.
-pub fn read(dir: &Path) -> Result<RunInfo, String> {
+/// Reads `dir/name`, which must be a regular root-owned file closed to group and others (not
+/// followed if it is a symlink). The caller wipes the bytes when they hold a secret.
+pub fn read_private(dir: &Path, name: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let path = dir.join(STATE_FILE);
+    let path = dir.join(name);
     let mut f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -188,10 +197,18 @@ pub fn read(dir: &Path) -> Result<RunInfo, String> {
         return Err(format!("{} is not a root-owned 0600 file", path.display()));
     }
     let mut buf = Vec::with_capacity(4096);
-    let res = f.read_to_end(&mut buf);
-    let parsed = res
-        .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|_| RunInfo::parse(&buf).map_err(|m| format!("{}: {m}", path.display())));
+    if let Err(e) = f.read_to_end(&mut buf) {
+        crate::secret::wipe(&mut buf);
+        return Err(format!("{}: {e}", path.display()));
+    }
+    Ok(buf)
+}
+
+/// Reads and checks the state file.
+pub fn read(dir: &Path) -> Result<RunInfo, String> {
+    let mut buf = read_private(dir, STATE_FILE)?;
+    let parsed =
+        RunInfo::parse(&buf).map_err(|m| format!("{}: {m}", dir.join(STATE_FILE).display()));
     crate::secret::wipe(&mut buf);
     parsed
 }

@@ -17,10 +17,7 @@
 //! Every error refuses the start: there is no half-locked mode.
 
 use std::fmt;
-use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::apisock::{self, SockError};
@@ -255,42 +252,20 @@ impl Locked {
     /// Record the mode in `run_dir` (already created 0700 by the run-info publisher) for
     /// `bottle-init exec`: root-owned 0600, written to a fresh file and renamed into place.
     pub fn publish(&self, run_dir: &Path, pid: i32, starttime: u64) -> std::io::Result<PathBuf> {
-        let tmp = run_dir.join(format!(".{EGRESS_FILE}.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        // No fsync (as for the state file): the record only matters while PID 1 lives, and an
-        // fsync cost ~1 ms of start-up on a disk-backed /run.
-        f.write_all(self.to_text(pid, starttime).as_bytes())?;
-        let target = run_dir.join(EGRESS_FILE);
-        fs::rename(&tmp, &target)?;
-        Ok(target)
+        crate::runinfo::write_private(
+            run_dir,
+            EGRESS_FILE,
+            self.to_text(pid, starttime).as_bytes(),
+        )
     }
 }
 
 /// For `bottle-init exec`: the mode PID 1 (`pid`, `starttime`) recorded. An error means exec
 /// must refuse (never fall back to `open`).
 pub fn joined(run_dir: &Path, pid: i32, starttime: u64) -> Result<Locked, String> {
-    use std::io::Read;
     let path = run_dir.join(EGRESS_FILE);
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let md = f
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if md.uid() != 0 || md.mode() & 0o077 != 0 || !md.is_file() {
-        return Err(format!("{} is not a root-owned 0600 file", path.display()));
-    }
-    let mut text = String::new();
-    f.read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = crate::runinfo::read_private(run_dir, EGRESS_FILE)?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
     Locked::parse(&text, pid, starttime).map_err(|m| format!("{}: {m}", path.display()))
 }
 
