@@ -81,30 +81,14 @@ struct KernelSigaction {
 
 /// Restores every catchable signal to its default disposition. Async-signal-safe.
 /// Rust's runtime ignores SIGPIPE, and whoever started us may have ignored others; an ignored
-/// disposition survives execve, so this matters. Raw rt_sigaction because libc's wrappers
-/// refuse the signals libc reserves for itself (32, 33), which can still arrive ignored.
+/// disposition survives execve, so this matters.
 pub fn reset_signal_dispositions() {
-    let dfl = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8; no old
-        // action requested. Invalid numbers fail with EINVAL, ignored.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &dfl as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            )
-        };
+        // Invalid numbers fail with EINVAL, ignored.
+        set_disposition(sig, libc::SIG_DFL);
     }
 }
 
@@ -113,24 +97,32 @@ pub fn reset_signal_dispositions() {
 /// process then lands on a thread with it unblocked; ignored, it cannot kill bottle-init.
 /// Safe only because bottle-init never uses pthread_cancel or multi-threaded set*id.
 pub fn ignore_libc_internal_signals() {
-    let ign = KernelSigaction {
-        handler: libc::SIG_IGN,
+    for sig in 32..=34 {
+        set_disposition(sig, libc::SIG_IGN);
+    }
+}
+
+/// Sets one signal's disposition to SIG_DFL or SIG_IGN. Async-signal-safe. Raw rt_sigaction
+/// because libc's wrappers refuse the signals libc reserves for itself (32, 33), which can
+/// still arrive, or be inherited ignored.
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    let action = KernelSigaction {
+        handler,
         flags: 0,
         restorer: 0,
         mask: 0,
     };
-    for sig in 32..=34 {
-        // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &ign as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            )
-        };
-    }
+    // SAFETY: rt_sigaction with a valid kernel sigaction struct and sigsetsize 8; no old
+    // action requested. The result is deliberately ignored (see the callers).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
 }
 
 /// Waits up to `timeout` for a signal in `mask` (which must be blocked). `Ok(None)` on
