@@ -6,7 +6,7 @@
 # Build arguments (defaults are the public images; the test suite passes locally built ones):
 #   RUST_IMAGE            image with cargo/rustup for the build stage      (rust:1-bookworm)
 #   BASE_IMAGE            Debian-based runtime image                       (debian:bookworm-slim)
-#   CLAUDE_CODE_VERSION   pinned Claude Code release                       (2.1.126)
+#   CLAUDE_CODE_VERSION   pinned Claude Code release                       (2.1.332, from scripts/claude-code.env)
 #   CLAUDE_CODE_INTEGRITY npm's dist.integrity of @anthropic-ai/claude-code-linux-x64 at that
 #                         version: `npm view @anthropic-ai/claude-code-linux-x64@VERSION dist.integrity`
 #   BOTTLE_INIT_BIN       optional: path, inside the build context, of a prebuilt static bottle-init
@@ -32,8 +32,8 @@ RUN set -eu; \
 
 # --- Claude Code: the native binary from npm's platform package (no Node.js needed) ----------
 FROM ${BASE_IMAGE} AS claude-code
-ARG CLAUDE_CODE_VERSION=2.1.126
-ARG CLAUDE_CODE_INTEGRITY=sha512-D2A9TI62aoQcxxbZzsiOWlfqs+7X/K49qSthkPdCg4B24aQWv2rL0PWTvnvMTbQUTlg6bBL0PjauANdgHs+WjQ==
+ARG CLAUDE_CODE_VERSION=2.1.332
+ARG CLAUDE_CODE_INTEGRITY=sha512-f4JWhzwYutJIHScC7/dYOPX6s28tt7ZADhsOi8zwOHq5fFPEuUeChh2NMfinSg0GrUckYxaeebC4h0DqiKzLcw==
 ARG CLAUDE_CODE_TARBALL=
 COPY . /ctx
 RUN set -eu; \

@@ -271,7 +271,9 @@ fn image_layout_and_no_build_time_ca() {
     ]);
     let out = stdout(&o);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.starts_with("2.1.126 (Claude Code)"), "{out}");
+    let want = std::env::var("BOTTLE_TEST_CLAUDE_VERSION")
+        .expect("BOTTLE_TEST_CLAUDE_VERSION (scripts/test reads scripts/claude-code.env)");
+    assert!(out.starts_with(&format!("{want} (Claude Code)")), "{out}");
     assert!(
         out.contains("claude:x:1000:1000::/home/claude:/bin/bash"),
         "{out}"

@@ -1,4 +1,4 @@
-//! End to end with the real Claude Code client (BOTTLE_TEST_CLAUDE, pinned 2.1.126).
+//! End to end with the real Claude Code client (BOTTLE_TEST_CLAUDE, pinned in scripts/claude-code.env).
 //!
 //! Layout of every test: a fresh network namespace with only `lo` up; the Messages API mock
 //! listens inside it (the listening socket is created by a thread that joined the namespace);

@@ -4,7 +4,9 @@
 # Repository root and the git-ignored cache folder (override with BOTTLE_CACHE).
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${BOTTLE_CACHE:-$REPO_ROOT/.cache}"
-CLAUDE_CODE_VERSION="${CLAUDE_CODE_VERSION:-2.1.126}"
+# The pinned Claude Code release (scripts/claude-code.env is the one source of truth).
+# shellcheck source=../claude-code.env
+. "$REPO_ROOT/scripts/claude-code.env"
 MUSL_TARGET=x86_64-unknown-linux-musl
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

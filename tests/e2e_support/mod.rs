@@ -59,7 +59,10 @@ pub fn claude_binary() -> Result<PathBuf, String> {
         .env("DISABLE_AUTOUPDATER", "1")
         .output()
         .map_err(|e| format!("BOTTLE_TEST_CLAUDE={}: cannot run it: {e}", path.display()))?;
-    let want = std::env::var("BOTTLE_TEST_CLAUDE_VERSION").unwrap_or_else(|_| "2.1.126".into());
+    let want = std::env::var("BOTTLE_TEST_CLAUDE_VERSION").map_err(|_| {
+        "BOTTLE_TEST_CLAUDE_VERSION is unset (scripts/test reads it from scripts/claude-code.env)"
+            .to_string()
+    })?;
     let got = String::from_utf8_lossy(&out.stdout);
     if !got.starts_with(&format!("{want} ")) {
         return Err(format!(
