@@ -229,10 +229,10 @@ impl BodyFramer {
                     TrailerStart { total: 0 }
                 } else {
                     let total = self.data_total.saturating_add(value);
-                    if let Some(max) = self.max {
-                        if total > max {
-                            return Err(FramingError::TooLarge { max });
-                        }
+                    if let Some(max) = self.max
+                        && total > max
+                    {
+                        return Err(FramingError::TooLarge { max });
                     }
                     self.data_total = total;
                     Data { remaining: value }

@@ -195,10 +195,10 @@ fn find_head_end(buf: &[u8], max_head: usize) -> Result<Option<usize>, Rejection
                 }
             }
             b'\r' => {
-                if let Some(&next) = buf.get(i + 1) {
-                    if next != b'\n' {
-                        return Err(Rejection::bad_request("the request head has a bare CR"));
-                    }
+                if let Some(&next) = buf.get(i + 1)
+                    && next != b'\n'
+                {
+                    return Err(Rejection::bad_request("the request head has a bare CR"));
                 }
             }
             _ => {}

@@ -243,10 +243,11 @@ impl Server {
     }
 
     fn pump(&mut self, id: u64) {
-        if let Some(c) = self.clients.get_mut(&id) {
-            if self.ctx.pump(id, c) == Turn::Unfinished && !self.again.contains(&id) {
-                self.again.push(id);
-            }
+        if let Some(c) = self.clients.get_mut(&id)
+            && self.ctx.pump(id, c) == Turn::Unfinished
+            && !self.again.contains(&id)
+        {
+            self.again.push(id);
         }
         self.finish(id);
     }
