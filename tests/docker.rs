@@ -10,6 +10,7 @@
 //! `--network host` only for the Debian mirror.
 
 mod e2e_support;
+mod skip_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

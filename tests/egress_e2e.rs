@@ -17,6 +17,7 @@
 
 mod e2e_support;
 mod egress_support;
+mod skip_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,6 +3,7 @@
 //! Under CI=true a missing requirement (root, unshare, strace...) fails instead of skipping.
 
 mod init_support;
+mod skip_support;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -907,7 +908,7 @@ fn require_strace() -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "strace missing and CI=true"
     );
-    eprintln!("SKIPPED: strace missing");
+    skip_support::skipped("strace missing (apt-get install strace)");
     false
 }
 

@@ -30,7 +30,7 @@ pub fn require(ok: bool, what: &str) -> bool {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0") {
         panic!("prerequisite missing under CI: {what}");
     }
-    eprintln!("\n*** SKIPPED (CI unset): {what} ***\n");
+    crate::skip_support::skipped(what);
     false
 }
 
@@ -153,11 +153,11 @@ pub struct Guard(pub Option<Child>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(c) = self.0.as_mut()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
@@ -236,10 +236,10 @@ pub fn descendants(root: u32) -> Vec<u32> {
     let mut all: Vec<(u32, u32)> = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if let Some(pp) = ppid(pid) {
-                    all.push((pid, pp));
-                }
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some(pp) = ppid(pid)
+            {
+                all.push((pid, pp));
             }
         }
     }
@@ -378,14 +378,14 @@ fn resident_readable_mappings(smaps: &str) -> Vec<(u64, u64)> {
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
         let first = f.next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(s), Ok(e)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                let perms = f.next().unwrap_or("");
-                let name = line.split_whitespace().nth(5).unwrap_or("");
-                current = (perms.starts_with('r') && name != "[vvar]" && name != "[vsyscall]")
-                    .then_some((s, e));
-                continue;
-            }
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(s), Ok(e)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            let perms = f.next().unwrap_or("");
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            current = (perms.starts_with('r') && name != "[vvar]" && name != "[vsyscall]")
+                .then_some((s, e));
+            continue;
         }
         if first == "Rss:" {
             let kb: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -410,12 +410,11 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 stack.push(p);
-            } else if ft.is_file() {
-                if let Ok(data) = std::fs::read(&p) {
-                    if mock::find(&data, needle).is_some() {
-                        hits.push(p);
-                    }
-                }
+            } else if ft.is_file()
+                && let Ok(data) = std::fs::read(&p)
+                && mock::find(&data, needle).is_some()
+            {
+                hits.push(p);
             }
         }
     }

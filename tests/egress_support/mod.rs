@@ -49,7 +49,7 @@ pub fn root_or_fail(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: needs root (network namespaces, nftables, setresuid); CI=true");
     }
-    eprintln!("SKIPPED {test}: needs root");
+    crate::skip_support::skipped(&format!("{test}: needs root"));
     false
 }
 

@@ -46,7 +46,7 @@ pub fn require_root() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("this test needs root and util-linux/iproute2 ({why}) and CI=true forbids skipping");
     }
-    eprintln!("SKIPPED: {why}");
+    crate::skip_support::skipped(why);
     false
 }
 
