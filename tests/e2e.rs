@@ -11,6 +11,7 @@
 //! prerequisites fail; otherwise the tests skip with a loud message.
 
 mod e2e_support;
+mod skip_support;
 
 use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -815,14 +816,14 @@ fn exec_runs_real_claude_through_the_running_pid1() {
         .iter()
         .any(|p| comm(*p) == "sleep" && real_uid(*p) == Some(1000))
     {
-        if let Some(c) = pid1_guard.0.as_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = c.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!("bottle-init (PID 1, running sleep) exited {st}: {err}");
+        if let Some(c) = pid1_guard.0.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
             }
+            panic!("bottle-init (PID 1, running sleep) exited {st}: {err}");
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
@@ -933,12 +934,51 @@ fn interactive_session(
     strace: Option<&Path>,
     log: Option<&str>,
 ) {
+    let (s, _) = interactive_screen(
+        sb,
+        sb.claude_command(&[]),
+        token,
+        strace,
+        log,
+        "please reply on the pty",
+        reply,
+    );
+    eprintln!("interactive screen:\n{s}");
+    let msgs = sb.mock.messages();
+    assert!(
+        msgs.iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("please reply on the pty")),
+        "the typed prompt never reached the mock"
+    );
+    let onboarding = sb.home.join(".claude.json");
+    let meta =
+        std::fs::symlink_metadata(&onboarding).expect("~/.claude.json exists after the first run");
+    assert_eq!(meta.uid(), 1000, "~/.claude.json belongs to the child user");
+    sb.assert_home_clean();
+    if strace.is_some() {
+        // Give claude's background start-up work time to try the network before the session
+        // (and the trace) ends.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Runs `inner` (bottle-init with claude) in tmux, waits for claude's prompt (failing on any
+/// login/onboarding screen or a leaked secret), types `prompt` and waits up to 60 s for
+/// `want` on the screen. Returns that screen and how long after the Enter key it appeared.
+fn interactive_screen(
+    sb: &Sandbox,
+    mut inner: Command,
+    token: &str,
+    strace: Option<&Path>,
+    log: Option<&str>,
+    prompt: &str,
+    want: &str,
+) -> (String, Duration) {
     let token = token.to_string();
     let sock = sb.dir.path().join("tmux.sock");
     // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
     let conf = sb.dir.path().join("tmux.conf");
     std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
-    let mut inner = sb.claude_command(&[]);
     match log {
         Some(level) => inner.env("BOTTLE_LOG", level),
         None => inner.env_remove("BOTTLE_LOG"),
@@ -1060,7 +1100,24 @@ fn interactive_session(
                 );
                 // Let the dialog finish mounting its key handler before answering it.
                 std::thread::sleep(Duration::from_millis(1000));
-                seen.push(format!("[trust dialog, answered with Enter]\n{s}"));
+                // Claude Code 2.1.332 puts the cursor on "No, exit" (2.1.126 had "Yes" first):
+                // move to "Yes, I trust this folder" as a user would, then confirm.
+                let selected = |s: &str| {
+                    s.lines()
+                        .any(|l| l.contains('❯') && l.contains("Yes, I trust this folder"))
+                };
+                let t1 = Instant::now();
+                let mut now = s.clone();
+                while !selected(&now) && t1.elapsed() < Duration::from_secs(10) {
+                    tmux(&["send-keys", "-t", "e2e", "Down"]);
+                    std::thread::sleep(Duration::from_millis(500));
+                    now = screen();
+                }
+                assert!(
+                    selected(&now),
+                    "cannot select \"Yes, I trust this folder\":\n{now}"
+                );
+                seen.push(format!("[trust dialog, Yes selected, Enter]\n{now}"));
                 tmux(&["send-keys", "-t", "e2e", "Enter"]);
                 let t1 = Instant::now();
                 while screen().contains("Yes, I trust this folder")
@@ -1141,30 +1198,101 @@ fn interactive_session(
         &mut trust_dialogs,
     );
     std::thread::sleep(Duration::from_millis(500));
-    tmux(&["send-keys", "-t", "e2e", "-l", "please reply on the pty"]);
+    tmux(&["send-keys", "-t", "e2e", "-l", prompt]);
     std::thread::sleep(Duration::from_millis(300));
     tmux(&["send-keys", "-t", "e2e", "Enter"]);
+    let sent = Instant::now();
     let s = wait_for(
-        &|s| s.contains(reply),
+        &|s| s.contains(want),
         Duration::from_secs(60),
         &mut seen,
         &mut trust_dialogs,
     );
-    eprintln!("interactive screen (trust dialogs accepted: {trust_dialogs}):\n{s}");
-    let msgs = sb.mock.messages();
-    assert!(
-        msgs.iter()
-            .any(|r| String::from_utf8_lossy(&r.body).contains("please reply on the pty")),
-        "the typed prompt never reached the mock"
-    );
-    let onboarding = sb.home.join(".claude.json");
-    let meta =
-        std::fs::symlink_metadata(&onboarding).expect("~/.claude.json exists after the first run");
-    assert_eq!(meta.uid(), 1000, "~/.claude.json belongs to the child user");
-    sb.assert_home_clean();
-    if strace.is_some() {
-        // Give claude's background start-up work time to try the network before the session
-        // (and the trace) ends.
-        std::thread::sleep(Duration::from_secs(3));
+    let took = sent.elapsed();
+    eprintln!("{want:?} after {took:?} (trust dialogs accepted: {trust_dialogs})");
+    (s, took)
+}
+
+/// A loopback port in the sandbox's namespace that nothing listens on.
+fn closed_port(sb: &Sandbox) -> u16 {
+    let l = sb.ns.listen(0).expect("bind in the namespace");
+    l.local_addr().unwrap().port()
+}
+
+/// Upstream unreachable (issue 9): a closed port, and a name that cannot be resolved (the
+/// namespace has only `lo`, so the resolver is unreachable and no query leaves the machine).
+/// `claude -p` must print the proxy's reason and exit within seconds. Before the proxy said
+/// `x-should-retry: false`, the pinned client retried 10 times and exited after ~183 s.
+#[test]
+fn unreachable_upstream_print_mode_says_why_within_seconds() {
+    let _g = heavy();
+    let token = fake_secret("sk-ant-oat01-down-");
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), "never sent", |_| {}) else {
+        return;
+    };
+    let port = closed_port(&sb);
+    for (upstream, why) in [
+        (format!("https://localhost:{port}"), "cannot connect"),
+        (
+            "https://api.bottle-test.invalid".to_string(),
+            "cannot resolve the upstream host api.bottle-test.invalid",
+        ),
+    ] {
+        let mut cmd = sb.claude_command(&["-p", "is the upstream there"]);
+        cmd.env("BOTTLE_UPSTREAM", &upstream);
+        let run = wait_timeout(sb.spawn(cmd), Duration::from_secs(60));
+        let out = format!("{}{}", run.stdout(), run.stderr());
+        assert!(!run.status.success(), "{upstream}: {}", run.describe());
+        assert!(
+            run.stdout().contains(why) && run.stdout().contains("bottle-init proxy"),
+            "{upstream}: claude did not show the proxy's reason {why:?}: {}",
+            run.describe()
+        );
+        assert!(
+            run.took < Duration::from_secs(30),
+            "{upstream}: the user waited {:?} to learn why: {}",
+            run.took,
+            run.describe()
+        );
+        assert_absent(&out, &token, "claude's or bottle-init's output");
     }
+    assert!(sb.mock.requests().is_empty(), "nothing reaches the mock");
+    sb.assert_home_clean();
+}
+
+/// The same on a pty: interactive claude shows the proxy's reason within seconds of Enter.
+#[test]
+fn unreachable_upstream_interactive_says_why_within_seconds() {
+    let _g = heavy();
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-downpty-");
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), "never sent", |_| {}) else {
+        return;
+    };
+    let port = closed_port(&sb);
+    let mut inner = sb.claude_command(&[]);
+    inner.env("BOTTLE_UPSTREAM", format!("https://localhost:{port}"));
+    let (screen, took) = interactive_screen(
+        &sb,
+        inner,
+        &token,
+        None,
+        None,
+        "is the upstream there",
+        // The final error, not the reason shown between retries ("... · attempt 3/10"),
+        // which the client keeps retrying behind for ~3 minutes.
+        "API Error: 502",
+    );
+    assert!(
+        screen.contains("bottle-init proxy") && screen.contains("cannot connect"),
+        "the reason is the proxy's:\n{screen}"
+    );
+    assert!(
+        !screen.contains("retrying") && took < Duration::from_secs(20),
+        "the user waited {took:?} (retrying) to learn why:\n{screen}"
+    );
+    assert!(sb.mock.requests().is_empty(), "nothing reaches the mock");
+    sb.assert_home_clean();
 }

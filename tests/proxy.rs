@@ -312,6 +312,8 @@ fn untrusted_upstream_certificate_gives_502_and_no_request_bytes() {
         msg.contains("TLS") && msg.to_lowercase().contains("certificate"),
         "{msg}"
     );
+    // Unreachable upstream: claude must show this at once, not retry for minutes.
+    assert_eq!(resp.header("x-should-retry"), Some("false"));
     wait_until(
         "the mock to see the handshake fail",
         Duration::from_secs(5),
@@ -838,6 +840,7 @@ fn upstream_refusing_connections_gives_502() {
     let (kind, msg) = resp.anthropic_error();
     assert_eq!(kind, "api_error");
     assert!(msg.contains("cannot connect"), "{msg}");
+    assert_eq!(resp.header("x-should-retry"), Some("false"));
 }
 
 #[test]
@@ -866,6 +869,7 @@ fn upstream_that_never_handshakes_gives_504() {
     let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
     assert_eq!(resp.status, 504);
     assert!(resp.anthropic_error().1.contains("took longer than 1 s"));
+    assert_eq!(resp.header("x-should-retry"), Some("false"));
     assert!(start.elapsed() < Duration::from_secs(4));
     drop(held);
 }
@@ -891,6 +895,8 @@ fn upstream_that_never_answers_gives_504_after_the_stream_idle_timeout() {
     let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
     assert_eq!(resp.status, 504);
     assert_eq!(mock.requests().len(), 1);
+    // The upstream was reached: a retry may well succeed, so claude may retry.
+    assert_eq!(resp.header("x-should-retry"), None);
 }
 
 #[test]

@@ -24,13 +24,25 @@ fn reason(status: u16) -> &'static str {
 /// A complete error response that closes the connection. `message` must not contain secrets;
 /// callers only pass fixed text and error descriptions that never include header values.
 pub fn error_response(status: u16, error_type: &str, message: &str) -> Vec<u8> {
+    build_error(status, error_type, message, "")
+}
+
+/// [`error_response`] plus `x-should-retry: false`, for a failure a retry within seconds will
+/// not fix (the upstream cannot be resolved, reached or verified). Claude Code honours the
+/// header: it shows the message at once instead of retrying 10 times over about three minutes
+/// (measured with 2.1.332; the README's "Upstream unreachable" has the figures).
+pub fn final_error_response(status: u16, error_type: &str, message: &str) -> Vec<u8> {
+    build_error(status, error_type, message, "x-should-retry: false\r\n")
+}
+
+fn build_error(status: u16, error_type: &str, message: &str, extra_headers: &str) -> Vec<u8> {
     let mut body = String::from(r#"{"type":"error","error":{"type":""#);
     json_escape_into(&mut body, error_type);
     body.push_str(r#"","message":""#);
     json_escape_into(&mut body, message);
     body.push_str("\"}}");
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-bottle-proxy: local\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-bottle-proxy: local\r\n{extra_headers}connection: close\r\n\r\n",
         reason(status),
         body.len()
     )
@@ -75,5 +87,18 @@ mod tests {
             body,
             r#"{"type":"error","error":{"type":"authentication_error","message":"no \"key\"\n"}}"#
         );
+        assert!(!head.contains("x-should-retry"));
+    }
+
+    #[test]
+    fn final_error_tells_the_client_not_to_retry() {
+        let r = final_error_response(502, "api_error", "cannot resolve x");
+        let body = r#"{"type":"error","error":{"type":"api_error","message":"cannot resolve x"}}"#;
+        let want = format!(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             x-bottle-proxy: local\r\nx-should-retry: false\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(String::from_utf8(r).unwrap(), want);
     }
 }

@@ -19,7 +19,7 @@ pub mod response;
 pub mod rewrite;
 
 pub use body::{BodyFramer, FramingError};
-pub use local::{error_response, warmup_response};
+pub use local::{error_response, final_error_response, warmup_response};
 pub use request::{BodyLength, Header, RequestHead, RequestLimits, parse_request_head};
 pub use response::{ResponseHead, parse_response_head};
 pub use rewrite::{AuthCheck, check_session_secret, upstream_request_head};

@@ -427,6 +427,11 @@ impl Ctx {
 
     /// An exchange failed: answer with an error if nothing was relayed yet, else truncate.
     pub(super) fn fail(&mut self, c: &mut Client, fault: Fault) {
+        // Never reached a ready upstream (DNS, TCP, TLS, or the connect timeout): the answer
+        // says not to retry, so claude shows why at once instead of after ~3 minutes of
+        // retries. A failure on a connection that worked (reused, mid-exchange) stays
+        // retryable.
+        let unreachable = !c.up.as_ref().is_some_and(UpConn::is_ready);
         if let Some(up) = c.up.take() {
             self.drop_upstream(up);
         }
@@ -481,7 +486,12 @@ impl Ctx {
         } else {
             self.log_exchange(&ex, Some(status), &msg);
             c.outbuf.clear();
-            c.outbuf.push(&http::error_response(status, kind, &msg));
+            let answer = if unreachable && status >= 500 {
+                http::final_error_response(status, kind, &msg)
+            } else {
+                http::error_response(status, kind, &msg)
+            };
+            c.outbuf.push(&answer);
             c.phase = closing(c, true);
         }
     }
