@@ -51,7 +51,8 @@ Environment (set exactly one credential):
   CLAUDE_CODE_OAUTH_TOKEN  OAuth token (from `claude setup-token`), sent as Authorization: Bearer
   ANTHROPIC_API_KEY        API key, sent as x-api-key
   BOTTLE_TOKEN_FILE        file holding the OAuth token (Docker/Kubernetes secrets)
-  BOTTLE_USER              child user: uid[:gid] or a name from /etc/passwd (default 1000)
+  BOTTLE_USER              child user: uid[:gid] or a name from /etc/passwd (default 1000);
+                           a uid with no passwd entry gets HOME=/home/uid-<UID> (0700, its own)
   BOTTLE_UPSTREAM          https://host[:port] (default https://api.anthropic.com)
   BOTTLE_UPSTREAM_CA       PEM file of extra trusted root certificates for the upstream
   BOTTLE_LISTEN            proxy address (default 127.0.0.1:0, a free loopback port)

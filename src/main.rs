@@ -13,6 +13,7 @@ use bottle_init::cli::{self, Cli, Mode, UsageError};
 use bottle_init::config::{self, Config, ConfigError, CredentialSource};
 use bottle_init::egress::setup::{self as egress_setup, SetupError};
 use bottle_init::exec::{self, ExecError};
+use bottle_init::home::{self, HomeError};
 use bottle_init::privilege::{self, DropPlan, ParentDropError, Step};
 use bottle_init::proxy::{Proxy, ProxyConfig, ProxyError};
 use bottle_init::runinfo::{self, RunInfo};
@@ -45,6 +46,8 @@ enum Failure {
     Subreaper(Errno),
     Config(ConfigError),
     User(UserError),
+    /// The private home of a uid without a passwd entry could not be made safely.
+    Home(HomeError),
     TokenFile {
         path: PathBuf,
         err: TokenFileError,
@@ -80,6 +83,7 @@ impl Failure {
             Failure::NotRoot { .. } | Failure::MissingCaps(_) => EX_NOPERM,
             Failure::Config(_)
             | Failure::User(_)
+            | Failure::Home(_)
             | Failure::TokenFile { .. }
             | Failure::CaFile { .. }
             | Failure::Proxy(_)
@@ -137,6 +141,7 @@ impl Failure {
             }
             Failure::Config(e) => e.to_string(),
             Failure::User(e) => e.to_string(),
+            Failure::Home(e) => e.to_string(),
             Failure::TokenFile { path, err } => err.message(path),
             Failure::CaFile { path, err } => format!(
                 "cannot read BOTTLE_UPSTREAM_CA {}: {err}; point it at a readable PEM file or unset it",
@@ -332,7 +337,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         );
     }
     let config = Config::from_env(env).map_err(Failure::Config)?;
-    let user = user::lookup(&config.user).map_err(Failure::User)?;
+    let mut user = user::lookup(&config.user).map_err(Failure::User)?;
     let pid1 = sys::getpid() == 1;
     if !pid1 {
         // Not PID 1 (tests, `docker run --init`): orphans must still come back to us.
@@ -370,6 +375,9 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     };
     let session_secret = Secret::random_session().map_err(Failure::SessionSecret)?;
     let session_for_child = session_secret.clone();
+    // 2b. A uid without a passwd entry gets a private home (else HOME stays the container's
+    //     /root, which it cannot write). Before binding, so a refusal leaves nothing behind.
+    home::ensure(&mut user).map_err(Failure::Home)?;
 
     // 3. Bind the listener before forking, so the child can connect at once.
     let proxy = Proxy::bind(

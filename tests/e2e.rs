@@ -34,6 +34,8 @@ mount --bind "$d/passwd" /etc/passwd
 mount --bind "$d/group" /etc/group
 # A private /run: bottle-init publishes its state for `bottle-init exec` under /run/bottle-init.
 mount -t tmpfs -o mode=0755,size=16m bottle-test-run /run
+# The sandbox's own /home when a test made one (private homes for passwd-less uids).
+if [ -d "$d/homes" ]; then mount --bind "$d/homes" /home; fi
 exec "$@"
 "#;
 
@@ -1295,4 +1297,58 @@ fn unreachable_upstream_interactive_says_why_within_seconds() {
     );
     assert!(sb.mock.requests().is_empty(), "nothing reaches the mock");
     sb.assert_home_clean();
+}
+
+/// A workspace owned by a uid with no passwd entry (issue 9): `BOTTLE_USER=4242:4242` gets a
+/// private home (/home/uid-4242, 0700, its own) and interactive claude its working first screen
+/// and a reply. Before, HOME stayed /root (not writable) and claude showed a blank screen.
+#[test]
+fn interactive_as_a_uid_without_passwd_entry_gets_a_home_and_works() {
+    let _g = heavy();
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-nopw-");
+    let reply = "reply for uid 4242";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let homes = sb.dir.path().join("homes");
+    std::fs::create_dir(&homes).unwrap();
+    std::fs::set_permissions(&homes, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&sb.work, Some(4242), Some(4242)).unwrap();
+    let mut inner = sb.claude_command(&[]);
+    inner.env("BOTTLE_USER", "4242:4242").env("HOME", "/root");
+    let (screen, _) = interactive_screen(
+        &sb,
+        inner,
+        &token,
+        None,
+        None,
+        "please reply to uid 4242",
+        reply,
+    );
+    eprintln!("screen:\n{screen}");
+    let home = homes.join("uid-4242");
+    let meta = std::fs::metadata(&home).expect("the private home exists");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (4242, 4242, 0o700)
+    );
+    let onboarding = std::fs::symlink_metadata(home.join(".claude.json"))
+        .expect("claude's state is in the private home");
+    assert_eq!(onboarding.uid(), 4242);
+    assert!(
+        home.join(".claude").is_dir(),
+        "claude wrote its state directory into the private home"
+    );
+    let hits = files_containing(&homes, token.as_bytes());
+    assert!(hits.is_empty(), "the real token was written to {hits:?}");
+    assert!(
+        sb.mock
+            .messages()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("please reply to uid 4242")),
+        "the typed prompt never reached the mock"
+    );
 }

@@ -155,8 +155,10 @@ pub fn command(world: &World, opts: &Opts) -> Command {
     if opts.pid1 {
         c.args(["--pid", "--fork", "--mount-proc", "--net", "--kill-child"]);
     }
+    // HOMES (optional): a directory bind-mounted on /home, for the private-home tests.
     let setup = "set -e; mount --bind \"$W/passwd\" /etc/passwd; mount --bind \"$W/group\" /etc/group; \
-                 if [ \"$PID1\" = 1 ]; then ip link set lo up; fi; unset W PID1; exec \"$@\"";
+                 if [ -n \"${HOMES:-}\" ]; then mount --bind \"$HOMES\" /home; fi; \
+                 if [ \"$PID1\" = 1 ]; then ip link set lo up; fi; unset W PID1 HOMES; exec \"$@\"";
     c.args(["--", "sh", "-c", setup, "sh"]);
     if let Some(out) = &opts.strace {
         c.args(["strace", "-f", "-v", "-s", "4096", "-o"]).arg(out);
