@@ -12,6 +12,7 @@
 mod e2e_support;
 mod skip_support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -684,4 +685,251 @@ fn egress_modes_in_the_container() {
         };
         assert!(logs.contains(want), "{mode}: {logs}");
     }
+}
+
+/// A `--network none` container holding a network namespace in which the Messages API mock
+/// listens on localhost:8443; other containers join it with `--network container:NAME`.
+struct MockSidecar {
+    holder: Container,
+    mock: Mock,
+    _dir: tempfile::TempDir,
+    /// `-v` value mounting the mock's CA at /etc/bottle-test/mock-ca.pem.
+    ca_mount: String,
+}
+
+impl MockSidecar {
+    const PORT: u16 = 8443;
+
+    fn start(img: &str, token: &str, reply: &str) -> MockSidecar {
+        let identity = MockIdentity::generate().expect("mock certificate");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("mock-ca.pem");
+        std::fs::write(&ca, &identity.ca_pem).unwrap();
+        // Only holds the namespace: no bottle-init, no credential.
+        let holder = Container::run(&["--network", "none", "--entrypoint", "sleep", img, "600"]);
+        holder.wait_for_process("sleep");
+        let pid: u32 = holder.inspect("{{.State.Pid}}").parse().expect("pid");
+        let ns = NetNs::of_pid(pid).expect("the holder's network namespace");
+        let listeners = ns
+            .listen_localhost(Self::PORT)
+            .expect("listen in the holder");
+        let mock = Mock::start_with(
+            listeners,
+            MockConfig::new(Expect::Bearer(token.to_string()), reply),
+            Some(identity),
+        )
+        .expect("start the mock");
+        MockSidecar {
+            holder,
+            mock,
+            ca_mount: format!("{}:/etc/bottle-test/mock-ca.pem:ro", ca.display()),
+            _dir: dir,
+        }
+    }
+
+    fn network(&self) -> String {
+        format!("container:{}", self.holder.0)
+    }
+
+    /// The request whose body carries `prompt`.
+    fn request_with(&self, prompt: &str) -> e2e_support::mock::Recorded {
+        self.mock
+            .messages()
+            .into_iter()
+            .find(|r| String::from_utf8_lossy(&r.body).contains(prompt))
+            .unwrap_or_else(|| panic!("{prompt:?} never reached the mock"))
+    }
+}
+
+/// A named volume removed when dropped.
+struct Volume(String);
+
+impl Volume {
+    fn new() -> Volume {
+        let name = format!("bottle-test-home-{}", &fake_secret("")[..12]);
+        let o = docker(&["volume", "create", &name]);
+        assert!(o.status.success(), "{}", text(&o));
+        Volume(name)
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
+/// Claude's state survives `--rm` runs with a named volume on /home/claude (issue 9): the
+/// second run's `claude -p --continue` sends the first run's conversation, and the onboarding
+/// file is still there. A control run without the volume has no conversation to continue.
+#[test]
+fn claude_state_survives_rm_runs_with_a_volume_on_home() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    let token = fake_secret("sk-ant-oat01-volume-");
+    let side = MockSidecar::start(img, &token, "volume reply");
+    let vol = Volume::new();
+    let net = side.network();
+    let home = format!("{}:/home/claude", vol.0);
+    let upstream = format!("BOTTLE_UPSTREAM=https://localhost:{}", MockSidecar::PORT);
+    let cred = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let run = |volume: bool, cmd: &[&str]| -> Output {
+        let mut a = vec!["run", "--rm", "--network", &net, "-v", &side.ca_mount];
+        if volume {
+            a.extend_from_slice(&["-v", &home]);
+        }
+        a.extend_from_slice(&["-e", &cred, "-e", &upstream]);
+        a.extend_from_slice(&["-e", "BOTTLE_UPSTREAM_CA=/etc/bottle-test/mock-ca.pem", img]);
+        a.extend_from_slice(cmd);
+        let o = docker(&a);
+        assert_absent(&text(&o), &token, "the run's output");
+        o
+    };
+    let o = run(true, &["claude", "-p", "first run: the word is zebra-4711"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        true,
+        &[
+            "claude",
+            "-p",
+            "--continue",
+            "second run: what was the word?",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let second = side.request_with("second run: what was the word?");
+    assert!(
+        String::from_utf8_lossy(&second.body).contains("zebra-4711"),
+        "the second --rm run did not continue the first run's conversation"
+    );
+    assert_eq!(
+        second.header_all("authorization"),
+        [format!("Bearer {token}")]
+    );
+    let o = run(
+        true,
+        &[
+            "sh",
+            "-c",
+            "stat -c '%U %a' ~/.claude.json; ls ~/.claude/projects",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).starts_with("claude 600\n"), "{}", text(&o));
+    // Control: without the volume the next run starts from nothing.
+    let o = run(
+        false,
+        &["claude", "-p", "--continue", "third run, no volume"],
+    );
+    let third = side.request_with("third run, no volume");
+    assert!(
+        !String::from_utf8_lossy(&third.body).contains("zebra-4711"),
+        "a run without the volume saw the conversation: {}",
+        text(&o)
+    );
+    // The token never landed in the volume (read on the host, where dockerd keeps it).
+    let dir = stdout(&docker(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        &vol.0,
+    ]));
+    assert!(
+        Path::new(&dir).join(".claude").is_dir(),
+        "volume at {dir:?}"
+    );
+    let hits = files_containing(Path::new(&dir), token.as_bytes());
+    assert!(hits.is_empty(), "the token was written to {hits:?}");
+}
+
+/// The shipped compose.yaml (issue 9): `docker-compose config` accepts it, and its
+/// `claude-secret` service runs the real claude against the mock with the token from a root-only
+/// file, which the child (uid 1000) cannot read. The test's override only adds what CI needs
+/// (the mock's network and CA).
+#[test]
+fn compose_example_runs_claude_with_a_root_only_secret_file() {
+    let _g = heavy();
+    if !require(
+        have_tool("docker-compose"),
+        "docker-compose (apt-get install docker-compose)",
+    ) {
+        return;
+    }
+    let Some(img) = image() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = |dir: &Path, args: &[&str]| -> Output {
+        Command::new("docker-compose")
+            .args(args)
+            .current_dir(dir)
+            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker-compose")
+    };
+    let o = compose(root, &["-f", "compose.yaml", "config"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for service in ["claude:", "claude-secret:", "claude-home:"] {
+        assert!(
+            stdout(&o).contains(service),
+            "{service} missing: {}",
+            text(&o)
+        );
+    }
+
+    let token = fake_secret("sk-ant-oat01-compose-");
+    let side = MockSidecar::start(img, &token, "compose reply");
+    let o = docker(&["tag", img, "claude-bottle"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    std::fs::copy(root.join("compose.yaml"), dir.join("compose.yaml")).unwrap();
+    // As the header says: sudo install -D -o root -g root -m 0400 /dev/stdin secrets/claude-token
+    std::fs::create_dir(dir.join("secrets")).unwrap();
+    let secret = dir.join("secrets/claude-token");
+    std::fs::write(&secret, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let ca = side.ca_mount.clone();
+    std::fs::write(
+        dir.join("ci.yaml"),
+        format!(
+            "services:\n  claude-secret:\n    network_mode: \"{}\"\n    environment:\n      \
+             - BOTTLE_UPSTREAM=https://localhost:{}\n      \
+             - BOTTLE_UPSTREAM_CA=/etc/bottle-test/mock-ca.pem\n    volumes:\n      - {ca}\n",
+            side.network(),
+            MockSidecar::PORT
+        ),
+    )
+    .unwrap();
+    let name = format!("bottletest{}", &fake_secret("")[..8]);
+    struct Down<'a>(&'a Path, String);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("docker-compose")
+                .args(["-p", &self.1, "-f", "compose.yaml", "down", "-v"])
+                .current_dir(self.0)
+                .output();
+        }
+    }
+    let _down = Down(dir, name.clone());
+    let run = |cmd: &[&str]| -> Output {
+        let mut a = vec!["-p", &name, "-f", "compose.yaml", "-f", "ci.yaml"];
+        a.extend_from_slice(&["run", "--rm", "-T", "claude-secret"]);
+        a.extend_from_slice(cmd);
+        let o = compose(dir, &a);
+        assert_absent(&text(&o), &token, "docker-compose run's output");
+        o
+    };
+    let o = run(&["claude", "-p", "compose prompt"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("compose reply"), "{}", text(&o));
+    let req = side.request_with("compose prompt");
+    assert_eq!(req.header_all("authorization"), [format!("Bearer {token}")]);
+    // What a hijacked claude would try: the secret file is not readable by the child.
+    let o = run(&["sh", "-c", "cat /run/secrets/claude-token; id -u"]);
+    let out = text(&o);
+    assert!(
+        out.contains("Permission denied") && stdout(&o).ends_with("1000"),
+        "{out}"
+    );
 }
