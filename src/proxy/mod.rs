@@ -328,7 +328,10 @@ impl Proxy {
         let server = event_loop::Server::new(listener, settings, tls, limits, stats, egress)?;
         std::thread::Builder::new()
             .name("proxy".into())
-            .spawn(move || server.run())
+            .spawn(move || {
+                crate::sys::block_signals_in_thread();
+                server.run()
+            })
     }
 }
 
