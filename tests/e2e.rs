@@ -889,6 +889,60 @@ fn interactive_on_a_pty_with_fresh_home() {
     interactive_session(&sb, &token, reply, None, None);
 }
 
+/// Interactive claude through `bottle-init exec` on a pty (the `docker exec -it C /bottle-init
+/// exec claude` path): exec gives claude its own pty and relays the tmux pane to it, so the
+/// full-screen UI, typing and the reply work as on PID 1's own terminal; the pane's terminal
+/// (the caller's) is never claude's.
+#[test]
+fn interactive_exec_on_a_pty_works_through_the_relay() {
+    let _g = heavy();
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-ptyexec-");
+    let reply = "interactive exec reply 5c1d";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let mut cmd = sb.init_command(&["--", "sleep", "300"]);
+    cmd.stdout(Stdio::null());
+    let pid1_child = sb.spawn(cmd);
+    let unshare_pid = pid1_child.id();
+    let _pid1_guard = Guard(Some(pid1_child));
+    let pid1 = host_pid1(unshare_pid);
+    let start = Instant::now();
+    while !descendants(pid1)
+        .iter()
+        .any(|p| comm(*p) == "sleep" && real_uid(*p) == Some(1000))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "PID 1's sleep never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut exec = Command::new("nsenter");
+    exec.arg(format!("--target={pid1}"))
+        .args(["--pid", "--mount"])
+        .arg(format!("--wd={}", sb.work.display()))
+        .args(["--", INIT, "exec", "--"])
+        .arg(&sb.claude)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token); // what `docker exec` hands every process
+    interactive_pane(&sb, &token, reply, exec, false, &|pane| {
+        let tty = |p: u32| std::fs::read_link(format!("/proc/{p}/fd/0")).unwrap_or_default();
+        let pane_tty = tty(pane);
+        let claude = descendants(pane)
+            .into_iter()
+            .find(|p| real_uid(*p) == Some(1000))
+            .expect("claude under the pane");
+        let claude_tty = tty(claude);
+        assert!(claude_tty.starts_with("/dev/pts/"), "{claude_tty:?}");
+        assert_ne!(claude_tty, pane_tty, "claude runs on the caller's terminal");
+    });
+}
+
 /// The out-of-band traffic audit for interactive mode, which does more than -p on start-up
 /// (marketplace, version checks; see the facts file): the same pty session under `strace -f`.
 #[test]
@@ -933,11 +987,6 @@ fn interactive_session(
     strace: Option<&Path>,
     log: Option<&str>,
 ) {
-    let token = token.to_string();
-    let sock = sb.dir.path().join("tmux.sock");
-    // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
-    let conf = sb.dir.path().join("tmux.conf");
-    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
     let mut inner = sb.claude_command(&[]);
     match log {
         Some(level) => inner.env("BOTTLE_LOG", level),
@@ -946,6 +995,24 @@ fn interactive_session(
     if let Some(out) = strace {
         inner = traced(&inner, out);
     }
+    interactive_pane(sb, token, reply, inner, strace.is_some(), &|_| {});
+}
+
+/// Runs `inner` (something that ends in interactive claude) in a tmux pane and drives it as
+/// [`interactive_session`] describes; `check` gets the pane's pid once the reply is on screen.
+fn interactive_pane(
+    sb: &Sandbox,
+    token: &str,
+    reply: &str,
+    inner: Command,
+    traced: bool,
+    check: &dyn Fn(u32),
+) {
+    let token = token.to_string();
+    let sock = sb.dir.path().join("tmux.sock");
+    // Keep a dead pane on screen so a failure shows bottle-init's or claude's last words.
+    let conf = sb.dir.path().join("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
     let tmux = |args: &[&str]| -> std::process::Output {
         Command::new("tmux")
             .arg("-S")
@@ -1060,7 +1127,17 @@ fn interactive_session(
                 );
                 // Let the dialog finish mounting its key handler before answering it.
                 std::thread::sleep(Duration::from_millis(1000));
-                seen.push(format!("[trust dialog, answered with Enter]\n{s}"));
+                // Claude 2.1.332's dialog ("Quick safety check") preselects "No, exit": move to
+                // "Yes, I trust this folder" first (earlier versions preselected Yes).
+                let preselected_no = s.lines().any(|l| l.contains('❯') && l.contains("No, exit"));
+                if preselected_no {
+                    tmux(&["send-keys", "-t", "e2e", "Down"]);
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                seen.push(format!(
+                    "[trust dialog, answered with {}Enter]\n{s}",
+                    if preselected_no { "Down, " } else { "" }
+                ));
                 tmux(&["send-keys", "-t", "e2e", "Enter"]);
                 let t1 = Instant::now();
                 while screen().contains("Yes, I trust this folder")
@@ -1151,6 +1228,7 @@ fn interactive_session(
         &mut trust_dialogs,
     );
     eprintln!("interactive screen (trust dialogs accepted: {trust_dialogs}):\n{s}");
+    check(pane_pid);
     let msgs = sb.mock.messages();
     assert!(
         msgs.iter()
@@ -1162,7 +1240,7 @@ fn interactive_session(
         std::fs::symlink_metadata(&onboarding).expect("~/.claude.json exists after the first run");
     assert_eq!(meta.uid(), 1000, "~/.claude.json belongs to the child user");
     sb.assert_home_clean();
-    if strace.is_some() {
+    if traced {
         // Give claude's background start-up work time to try the network before the session
         // (and the trace) ends.
         std::thread::sleep(Duration::from_secs(3));
