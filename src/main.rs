@@ -347,8 +347,10 @@ fn other_running_init(dir: &std::path::Path) -> Option<i32> {
     (live && info.pid != sys::getpid()).then_some(info.pid)
 }
 
-/// PID 1 mode: steps 3 to 7 of the sequence. Returns bottle-init's exit code.
+/// PID 1 mode: steps 3 to 8 of the sequence (README, "How it works"). Returns bottle-init's
+/// exit code.
 fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
+    // 3. Validate everything before any side effect.
     check_privileges(Mode::Run, &["SETUID", "SETGID", "SETPCAP", "KILL"])?;
     // A second init (`docker exec C /bottle-init CMD`, without `exec`) must not touch the
     // first one's run directory, socket or firewall: refuse before any side effect.
@@ -418,7 +420,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
     let session_secret = Secret::random_session().map_err(Failure::SessionSecret)?;
     let session_for_child = session_secret.clone();
 
-    // 3. Bind the listener before forking, so the child can connect at once.
+    // 4. Bind the listener before forking, so the child can connect at once.
     let proxy = Proxy::bind(
         config.listen,
         ProxyConfig {
@@ -430,7 +432,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
     )
     .map_err(Failure::Proxy)?;
     let base_url = format!("http://{}", connect_addr(proxy.local_addr()));
-    // 3b. Egress lockdown (still root, before fork): the API socket (api-only) or the
+    // 4b. Egress lockdown (still root, before fork): the API socket (api-only) or the
     //     nftables rules for the child's uid (allowlist), installed and verified.
     let dialled = connect_addr(proxy.local_addr());
     let (proxy, egress) =
@@ -470,7 +472,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
         log::warn!("cannot record the egress mode: {e}; `bottle-init exec` will refuse to run");
     }
 
-    // 4. Fork; the child drops to the user and execs (see child::become_child). From here on
+    // 5. Fork; the child drops to the user and execs (see child::become_child). From here on
     //    the child may stop our shared terminal: log lines queue instead of blocking.
     logging::hold();
     let child = match child::spawn(&prepared) {
@@ -486,7 +488,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
         }
     };
     prepared.wipe_env();
-    // 4b. Leave the start directory (often the /workspace bind mount) so PID 1 does not hold
+    // 6. Leave the start directory (often the /workspace bind mount) so PID 1 does not hold
     //     it for the container's life; the child already started there. Every path used
     //     from here on is absolute.
     if let Err(e) = sys::chdir(c"/") {
@@ -499,7 +501,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
         user.uid
     );
 
-    // 5. Drop our own privileges (CAP_KILL stays) BEFORE any thread exists, because
+    // 7. Drop our own privileges (CAP_KILL stays) BEFORE any thread exists, because
     //    capability sets are per thread; then start the log writer and the proxy.
     let abort = |f: Failure| {
         let _ = sys::kill(child, libc::SIGKILL);
@@ -519,7 +521,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
         log::warn!("re-blocking signals after starting the proxy thread: {e}");
     }
 
-    // 6. Init loop: forward signals, reap everything, stop leftovers after the child; a
+    // 8. Init loop: forward signals, reap everything, stop leftovers after the child; a
     //    stopped proxy thread stops the command too (exit 70).
     let proxy_stopped = || {
         proxy_thread.is_finished().then(|| {
@@ -528,7 +530,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
         })
     };
     let ended = init::supervise(child, config.grace, pid1, &proxy_stopped);
-    // 7. Zero the real credential before exiting (the proxy thread answers 503 from now on).
+    // 8b. Zero the real credential before exiting (the proxy thread answers 503 from now on).
     credential.wipe();
     remove_state(published.as_ref());
     Ok(match ended.proxy_stopped {

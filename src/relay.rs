@@ -91,7 +91,12 @@ struct RawMode {
 }
 
 impl RawMode {
+    /// Only when we are the terminal's foreground (`bottle-init exec ... &` from a shell must
+    /// not put the shell's terminal in raw mode behind its back).
     fn enter(fd: i32) -> Option<RawMode> {
+        if sys::tcgetpgrp(fd).ok()? != sys::getpgid(0).ok()? {
+            return None;
+        }
         let saved = sys::tcgetattr(fd).ok()?;
         sys::tcsetattr(fd, &sys::raw_mode(&saved)).ok()?;
         Some(RawMode { fd, saved })

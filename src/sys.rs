@@ -198,6 +198,12 @@ pub fn tcsetpgrp(fd: i32, pgid: i32) -> Result<(), Errno> {
     check(unsafe { libc::tcsetpgrp(fd, pgid) } as libc::c_long).map(drop)
 }
 
+/// The foreground process group of the terminal on `fd`.
+pub fn tcgetpgrp(fd: i32) -> Result<i32, Errno> {
+    // SAFETY: plain integer argument.
+    check(unsafe { libc::tcgetpgrp(fd) } as libc::c_long).map(|p| p as i32)
+}
+
 /// setsid(2): a new session and process group led by the caller. Async-signal-safe.
 pub fn setsid() -> Result<(), Errno> {
     // SAFETY: no arguments.
