@@ -2779,3 +2779,51 @@ fn exec_supervisor_is_root_with_only_cap_kill_and_holds_no_credential() {
     );
     r.stop();
 }
+
+/// `exec`'s supervisor forwards signals to the command's group (SIGUSR1 reaches a helper the
+/// command started) and exits with the command's status, 128+N for signal N.
+#[test]
+fn exec_supervisor_forwards_signals_and_exits_with_the_commands_status() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let script = "(trap 'echo helper-got-USR1; exit 0' USR1; while :; do sleep 0.05; done) & \
+                  trap 'echo got-USR1' USR1; echo ready; wait; wait; kill -TERM $$";
+    let mut c = std::process::Command::new("nsenter");
+    c.arg("-t")
+        .arg(r.init.to_string())
+        .args(["-p", "-m", "-n", "--"])
+        .arg(bin())
+        .args(["exec", "--", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+        .env("BOTTLE_RUN_DIR", w.run_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut ex = c.spawn().unwrap();
+    let mut lines = Lines::new(ex.stdout.take().unwrap());
+    let err = reader(ex.stderr.take().unwrap());
+    lines.expect("ready", Duration::from_secs(10));
+    let sup = wait_for_child(ex.id(), "bottle-init", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: our descendant's pid.
+    assert_eq!(unsafe { libc::kill(sup as i32, libc::SIGUSR1) }, 0);
+    lines.expect("helper-got-USR1", Duration::from_secs(5));
+    let st = wait_timeout(&mut ex, Duration::from_secs(10), "exec status");
+    let err = err.join().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(143),
+        "{:?} {}",
+        lines.seen,
+        String::from_utf8_lossy(&err)
+    );
+    assert!(lines.seen.iter().any(|l| l.contains("got-USR1")));
+    assert!(!contains(&err, tok.as_bytes()));
+    r.stop();
+}
