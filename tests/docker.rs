@@ -713,7 +713,7 @@ fn sha256_hex(s: &str) -> String {
 /// and read it, and whether the token's value is in environ.
 const ROOT_VIEW: &str = r#"
 for f in environ maps mem; do
-  if ( exec 3< /proc/1/$f ) 2>/dev/null; then echo "$f=open"; else echo "$f=denied"; fi
+  if err=$( (exec 3< /proc/1/$f) 2>&1 ); then echo "$f=open"; else echo "$f=denied: $err"; fi
 done
 if tr '\0' '\n' < /proc/1/environ 2>/dev/null | grep -q "CLAUDE_CODE_OAUTH_TOKEN"; then echo "environ-has-name"; fi
 if tr '\0' '\n' < /proc/1/environ 2>/dev/null | grep -qF "$CLAUDE_CODE_OAUTH_TOKEN"; then echo "environ-has-token"; fi
@@ -732,7 +732,15 @@ fn check_root_view_of_pid1(img: &str) {
     let out = stdout(&o);
     eprintln!("root, default capabilities:\n{out}");
     for f in ["environ", "maps", "mem"] {
-        assert!(out.contains(&format!("{f}=denied")), "{f}: {}", text(&o));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{f}=")))
+            .unwrap_or_else(|| panic!("{f}: {}", text(&o)));
+        assert!(
+            line.starts_with(&format!("{f}=denied")) && line.contains("Permission denied"),
+            "{line}: {}",
+            text(&o)
+        );
     }
     assert!(!out.contains("environ-has"), "{}", text(&o));
     assert!(!out.contains("maps-read"), "{}", text(&o));
