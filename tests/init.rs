@@ -1946,22 +1946,14 @@ fn pid1_and_the_exec_supervisor_leave_the_start_directory() {
         w.path(),
         "the command starts in the caller's directory"
     );
-    // exec: the supervisor left too, the command did not. (Entering a mount namespace resets
-    // the working directory: --wd puts the caller back in its own.)
-    let mut c = std::process::Command::new("nsenter");
-    c.arg("-t")
-        .arg(r.init.to_string())
-        .args(["-p", "-m", "-n"])
-        .arg(format!("--wd={}", w.path().display()))
-        .arg("--")
-        .arg(bin())
-        .args(["exec", "--", "sh", "-c", "pwd; read x; true"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
-        .env("BOTTLE_RUN_DIR", w.run_dir())
-        .current_dir(w.path())
-        .stdin(Stdio::piped())
+    // exec: the supervisor left too, the command did not.
+    let mut c = docker_exec(
+        &w,
+        &r,
+        &tok,
+        &[bin(), "exec", "--", "sh", "-c", "pwd; read x; true"],
+    );
+    c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut ex = c.spawn().unwrap();
@@ -2010,18 +2002,18 @@ fn a_second_init_refuses_and_leaves_pid1_alone() {
     };
     let before = (snapshot(&state), snapshot(&egress));
     let trace = w.path().join("second-init.trace");
-    let mut c = std::process::Command::new("nsenter");
-    c.arg("-t")
-        .arg(r.init.to_string())
-        .args(["-p", "-m", "-n", "--", "strace", "-f", "-o"])
-        .arg(&trace)
-        .arg(bin())
-        .args(["sh", "-c", "echo second-command-ran"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
-        .env("BOTTLE_RUN_DIR", w.run_dir())
-        .current_dir(w.path());
+    let trace_s = trace.to_str().unwrap();
+    let argv = [
+        "strace",
+        "-f",
+        "-o",
+        trace_s,
+        bin(),
+        "sh",
+        "-c",
+        "echo second-command-ran",
+    ];
+    let mut c = docker_exec(&w, &r, &tok, &argv);
     let t0 = Instant::now();
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -2436,26 +2428,35 @@ fn a_stopped_terminal_never_blocks_the_proxy_or_the_init_loop() {
 // `bottle-init exec` on a terminal: its own session and pty, relayed by a root supervisor
 // ------------------------------------------------------------------------------------------
 
-/// The root shell of `docker exec -it C bash`: inside PID 1's namespaces, with the
-/// container's environment (real token included), on a terminal the test owns.
-fn root_shell(w: &World, r: &Running, tok: &str, rows: u16, cols: u16) -> Term {
+/// `docker exec C ARGV...` analogue: ARGV inside PID 1's namespaces, in the caller's directory
+/// (--wd: entering a mount namespace resets it), with the container's configured environment,
+/// real token included.
+fn docker_exec(w: &World, r: &Running, tok: &str, argv: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new("nsenter");
     c.arg("-t")
         .arg(r.init.to_string())
         .args(["-p", "-m", "-n"])
         .arg(format!("--wd={}", w.path().display()))
-        .args(["--", "sh", "-i"])
+        .arg("--")
+        .args(argv)
         .env_clear()
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
-        .env("PS1", "root$ ")
-        .env("HOME", "/root")
-        .env("TERM", "dumb")
         .env("CLAUDE_CODE_OAUTH_TOKEN", tok)
         .env("BOTTLE_RUN_DIR", w.run_dir())
         .current_dir(w.path());
+    c
+}
+
+/// The root shell of `docker exec -it C bash`: inside PID 1's namespaces, with the
+/// container's environment (real token included), on a terminal the test owns.
+fn root_shell(w: &World, r: &Running, tok: &str, rows: u16, cols: u16) -> Term {
+    let mut c = docker_exec(w, r, tok, &["sh", "-i"]);
+    c.env("PS1", "root$ ")
+        .env("HOME", "/root")
+        .env("TERM", "dumb");
     let mut t = spawn_on_term(c, rows, cols);
     t.type_line("echo shell-up-$((20+1))");
     t.lines.expect("shell-up-21", Duration::from_secs(10));
@@ -2465,6 +2466,15 @@ fn root_shell(w: &World, r: &Running, tok: &str, rows: u16, cols: u16) -> Term {
 /// The line the root shell runs: `docker exec -it C /bottle-init exec ...` from inside.
 fn exec_line(args: &str) -> String {
     format!("{} exec -- {args}", bin())
+}
+
+impl Term {
+    /// Leaves the root shell; nothing it showed contained the token.
+    fn exit_shell(mut self, tok: &str) {
+        self.type_line("exit 0");
+        wait_timeout(&mut self.child, Duration::from_secs(10), "root shell");
+        assert!(self.lines.seen.iter().all(|l| !l.contains(tok)));
+    }
 }
 
 /// Writes a script the uid-1000 command can read.
@@ -2518,9 +2528,7 @@ fn exec_tiocsti_from_the_command_never_reaches_the_callers_shell() {
         sh.lines.seen
     );
 
-    sh.type_line("exit 0");
-    wait_timeout(&mut sh.child, Duration::from_secs(10), "root shell");
-    assert!(sh.lines.seen.iter().all(|l| !l.contains(&tok)));
+    sh.exit_shell(&tok);
     r.stop();
 }
 
@@ -2564,9 +2572,7 @@ fn exec_leftover_cannot_take_the_callers_terminal() {
         "{:?}",
         sh.lines.seen
     );
-    sh.type_line("exit 0");
-    wait_timeout(&mut sh.child, Duration::from_secs(10), "root shell");
-    assert!(sh.lines.seen.iter().all(|l| !l.contains(&tok)));
+    sh.exit_shell(&tok);
     r.stop();
 }
 
@@ -2628,9 +2634,7 @@ fn exec_on_a_terminal_relays_input_output_resize_and_status() {
         before,
         "terminal settings not restored after Ctrl-C"
     );
-    sh.type_line("exit 0");
-    wait_timeout(&mut sh.child, Duration::from_secs(10), "root shell");
-    assert!(sh.lines.seen.iter().all(|l| !l.contains(&tok)));
+    sh.exit_shell(&tok);
     r.stop();
 }
 
@@ -2653,7 +2657,7 @@ fn exec_supervisor_is_root_with_only_cap_kill_and_holds_no_credential() {
         "head -c1 /proc/$PPID/mem >/dev/null 2>&1 && echo mem-readable || echo mem-denied\n\
          kill -0 $PPID 2>/dev/null && echo can-signal || echo cannot-signal\n\
          set -- $(sed 's/.*) //' /proc/$$/stat); echo \"ids pid=$$ pgrp=$3 sid=$4\"\n\
-         echo probe-ready; sleep 2; echo probe-end\n",
+         echo probe-ready; sleep 4; echo probe-end\n",
     );
     sh.type_line(&format!(
         "{}; echo exec-returned",
@@ -2712,17 +2716,6 @@ fn exec_supervisor_is_root_with_only_cap_kill_and_holds_no_credential() {
         "{status}"
     );
     assert_eq!(status_field(&status, "NoNewPrivs"), Some("1"), "{status}");
-    // As root the test can read its memory: neither the real token (which `docker exec`
-    // handed it) nor the session secret is left there.
-    let mem = read_memory(sup);
-    assert!(
-        !contains(&mem, tok.as_bytes()),
-        "the real token is in the supervisor's memory"
-    );
-    assert!(
-        !contains(&mem, r.session.as_bytes()),
-        "the session secret is in the supervisor's memory"
-    );
     // The command holds no descriptor of the caller's terminal.
     let caller_tty = std::fs::read_link(format!("/proc/self/fd/{}", sh.slave.as_raw_fd())).unwrap();
     let uid = |p: u32| {
@@ -2747,12 +2740,22 @@ fn exec_supervisor_is_root_with_only_cap_kill_and_holds_no_credential() {
             assert_ne!(target, caller_tty, "pid {p} holds the caller's terminal");
         }
     }
+    // As root the test can read its memory: neither the real token (which `docker exec`
+    // handed it) nor the session secret is left there.
+    let mem = read_memory(sup);
+    assert!(
+        !contains(&mem, tok.as_bytes()),
+        "the real token is in the supervisor's memory"
+    );
+    assert!(
+        !contains(&mem, r.session.as_bytes()),
+        "the session secret is in the supervisor's memory"
+    );
     // (What is typed while the command runs is the command's input: wait for its end.)
     sh.lines.expect("exec-returned", Duration::from_secs(10));
     sh.type_line("echo back-$((4+4))");
     sh.lines.expect("back-8", Duration::from_secs(10));
-    sh.type_line("exit 0");
-    wait_timeout(&mut sh.child, Duration::from_secs(10), "root shell");
+    sh.exit_shell(&tok);
     // Without a terminal: its own session too.
     let o = exec_into(
         &w,
@@ -2792,17 +2795,8 @@ fn exec_supervisor_forwards_signals_and_exits_with_the_commands_status() {
     let r = start_pid1(&w, &tok);
     let script = "(trap 'echo helper-got-USR1; exit 0' USR1; while :; do sleep 0.05; done) & \
                   trap 'echo got-USR1' USR1; echo ready; wait; wait; kill -TERM $$";
-    let mut c = std::process::Command::new("nsenter");
-    c.arg("-t")
-        .arg(r.init.to_string())
-        .args(["-p", "-m", "-n", "--"])
-        .arg(bin())
-        .args(["exec", "--", "sh", "-c", script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
-        .env("BOTTLE_RUN_DIR", w.run_dir())
-        .stdin(Stdio::null())
+    let mut c = docker_exec(&w, &r, &tok, &[bin(), "exec", "--", "sh", "-c", script]);
+    c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut ex = c.spawn().unwrap();
