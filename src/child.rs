@@ -24,10 +24,36 @@ pub struct Prepared {
     candidates: Vec<CString>,
     pub plan: DropPlan,
     onboarding: Option<CString>,
-    /// Hand the terminal on stdin to the child's new process group.
-    pub tty: bool,
+    /// The child's process group, session and terminal.
+    pub terminal: ChildTerminal,
     /// `BOTTLE_EGRESS=api-only`: installed as the last step before execve.
     pub seccomp: Option<crate::egress::seccomp::Filter>,
+}
+
+/// Where the child stands towards process groups, sessions and terminals. In every case it
+/// leads its own process group, so signals can go to the group (its jobs included) and never
+/// to bottle-init's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildTerminal {
+    /// PID 1 on a terminal (`docker run -t`): own process group, made the foreground group of
+    /// the terminal on stdin, so Ctrl-C and Ctrl-Z reach the child and its jobs.
+    Foreground,
+    /// PID 1 without a terminal: own process group.
+    Group,
+    /// `exec` without a terminal: own session (and so its own group), no controlling terminal.
+    Session,
+    /// `exec` on a terminal: own session whose controlling terminal is a new pty; its slave
+    /// replaces each standard fd that was a terminal (`fds[i]` for fd i). The caller's own
+    /// terminal never reaches the child.
+    Pty { slave: i32, fds: [bool; 3] },
+}
+
+impl ChildTerminal {
+    /// The child starts its own session (so the parent must not `setpgid` it: that would make
+    /// it a group leader first and `setsid` would fail).
+    fn new_session(self) -> bool {
+        matches!(self, ChildTerminal::Session | ChildTerminal::Pty { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -74,7 +100,7 @@ impl Prepared {
         argv: &[OsString],
         env: Vec<(Vec<u8>, Vec<u8>)>,
         plan: DropPlan,
-        tty: bool,
+        terminal: ChildTerminal,
     ) -> Result<Prepared, PrepareError> {
         let first = argv
             .first()
@@ -103,12 +129,16 @@ impl Prepared {
             .iter()
             .map(|a| cstr(a.as_bytes().to_vec(), "an argument"))
             .collect::<Result<Vec<_>, _>>()?;
+        // The values include the session secret: built at their final size (no reallocation
+        // leaves a copy behind) and the source values are wiped.
         let envp_c = env
             .into_iter()
-            .map(|(k, v)| {
-                let mut s = k;
+            .map(|(k, mut v)| {
+                let mut s = Vec::with_capacity(k.len() + v.len() + 2);
+                s.extend_from_slice(&k);
                 s.push(b'=');
                 s.extend_from_slice(&v);
+                crate::secret::wipe(&mut v);
                 cstr(s, "an environment variable")
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -125,7 +155,7 @@ impl Prepared {
             candidates,
             plan,
             onboarding,
-            tty,
+            terminal,
             seccomp: None,
         })
     }
@@ -148,13 +178,8 @@ impl Prepared {
 pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     // Ignored dispositions survive execve (Rust ignores SIGPIPE): back to defaults.
     sys::reset_signal_dispositions();
-    if p.tty {
-        // Our own process group in the terminal's foreground, so Ctrl-C and Ctrl-Z reach the
-        // child (and its jobs) and not bottle-init. All signals are still blocked here, so
-        // tcsetpgrp from a background group cannot stop us with SIGTTOU.
-        let me = sys::getpid();
-        let _ = sys::setpgid(0, 0);
-        let _ = sys::tcsetpgrp(0, me);
+    if let Err(failed) = enter_terminal(p.terminal) {
+        return failed;
     }
     // No descriptor of bottle-init's (proxy listener, run-info files) leaks into the child.
     let swept = match keep_fd {
@@ -201,6 +226,36 @@ pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     )
 }
 
+/// Sets up the child's process group, session and terminal. Async-signal-safe.
+fn enter_terminal(t: ChildTerminal) -> Result<(), (Step, Errno)> {
+    match t {
+        ChildTerminal::Foreground => {
+            // Our own process group in the terminal's foreground, so Ctrl-C and Ctrl-Z reach
+            // the child (and its jobs) and not bottle-init. All signals are still blocked
+            // here, so tcsetpgrp from a background group cannot stop us with SIGTTOU.
+            let _ = sys::setpgid(0, 0);
+            let _ = sys::tcsetpgrp(0, sys::getpid());
+        }
+        // EPERM/EACCES here only means the parent's setpgid won the race: same result.
+        ChildTerminal::Group => {
+            let _ = sys::setpgid(0, 0);
+        }
+        ChildTerminal::Session => sys::setsid().map_err(|e| (Step::Session, e))?,
+        ChildTerminal::Pty { slave, fds } => {
+            // A new session has no controlling terminal; the fresh pty becomes it. The
+            // caller's terminal is not ours any more: TIOCSTI and tcsetpgrp on it fail.
+            sys::setsid().map_err(|e| (Step::Session, e))?;
+            sys::set_controlling_tty(slave).map_err(|e| (Step::Terminal, e))?;
+            for (fd, on) in fds.iter().enumerate() {
+                if *on {
+                    sys::dup2(slave, fd as i32).map_err(|e| (Step::Terminal, e))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The child could not be started.
 #[derive(Debug)]
 pub enum SpawnError {
@@ -239,7 +294,7 @@ pub fn spawn(p: &Prepared) -> Result<i32, SpawnError> {
         sys::exit_now(127);
     }
     sys::close(wfd);
-    if p.tty {
+    if !p.terminal.new_session() {
         // Also from the parent, so the group exists whichever process runs first (shells do
         // the same). EACCES after the child's execve is harmless.
         let _ = sys::setpgid(pid, pid);
@@ -292,18 +347,18 @@ mod tests {
             groups: vec![1000],
         };
         assert!(matches!(
-            Prepared::new(&["a\0b".into()], vec![], plan.clone(), false),
+            Prepared::new(&["a\0b".into()], vec![], plan.clone(), ChildTerminal::Group),
             Err(PrepareError::Nul(_))
         ));
         assert!(matches!(
-            Prepared::new(&[], vec![], plan.clone(), false),
+            Prepared::new(&[], vec![], plan.clone(), ChildTerminal::Group),
             Err(PrepareError::Empty)
         ));
         let p = Prepared::new(
             &["x".into()],
             vec![(b"HOME".to_vec(), b"/home/n".to_vec())],
             plan,
-            false,
+            ChildTerminal::Group,
         )
         .unwrap();
         assert_eq!(

@@ -42,7 +42,10 @@ unprivileged user with a per-run placeholder credential.
 Usage:
   bottle-init [OPTIONS] [--] [COMMAND [ARG...]]        run COMMAND (default: claude) as PID 1
   bottle-init exec [OPTIONS] [--] [COMMAND [ARG...]]   run COMMAND inside a running bottle-init
-                                                       (for `docker exec`)
+                                                       (for `docker exec`: own session, and on
+                                                       a terminal its own pty; never use
+                                                       `docker exec -u claude`, which hands
+                                                       claude's uid the real token)
 Options:
   -h, --help       print this help
   -V, --version    print the version
@@ -50,15 +53,21 @@ Options:
 Environment (set exactly one credential):
   CLAUDE_CODE_OAUTH_TOKEN  OAuth token (from `claude setup-token`), sent as Authorization: Bearer
   ANTHROPIC_API_KEY        API key, sent as x-api-key
-  BOTTLE_TOKEN_FILE        file holding the OAuth token (Docker/Kubernetes secrets)
+  BOTTLE_TOKEN_FILE        file holding the OAuth token (Docker/Kubernetes secrets); refused
+                           if the child user owns it or can read it (make it root:root 0400)
+  BOTTLE_API_KEY_FILE      file holding the API key; same rules as BOTTLE_TOKEN_FILE
+  BOTTLE_INSECURE_SECRET_FILE  1: accept a secret file the child user can read or owns
   BOTTLE_USER              child user: uid[:gid] or a name from /etc/passwd (default 1000);
                            a uid with no passwd entry gets HOME=/home/uid-<UID> (0700, its own)
   BOTTLE_UPSTREAM          https://host[:port] (default https://api.anthropic.com)
   BOTTLE_UPSTREAM_CA       PEM file of extra trusted root certificates for the upstream
-  BOTTLE_LISTEN            proxy address (default 127.0.0.1:0, a free loopback port)
-  BOTTLE_GRACE             seconds between SIGTERM and SIGKILL for leftovers (default 5)
-  BOTTLE_LOG               log filter: error, warn, info, debug (default info; warn when
-                           stderr is a terminal, so logs stay out of claude's screen)
+  BOTTLE_LISTEN            proxy address, loopback only (default 127.0.0.1:0, a free port)
+  BOTTLE_INSECURE_LISTEN   1: allow a non-loopback BOTTLE_LISTEN (not in allowlist mode)
+  BOTTLE_GRACE             seconds from SIGTERM to SIGKILL, for leftovers and after PID 1
+                           got SIGTERM (default 5)
+  BOTTLE_LOG               log filter: error, warn, info, debug, or module=level (default
+                           info; warn when stderr is a terminal, so logs stay out of
+                           claude's screen)
   BOTTLE_RUN_DIR           where PID 1 publishes state for `exec` (default /run/bottle-init)
   BOTTLE_EGRESS            open (default), api-only (no IP network; API over a Unix socket),
                            or allowlist (needs --cap-add NET_ADMIN; see BOTTLE_ALLOW_HOSTS)
@@ -66,8 +75,10 @@ Environment (set exactly one credential):
                            CONNECT: name, *.suffix or IP, optional :port (443), optional /private
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
-126 not executable; 64 usage; 69 `exec` found no running bottle-init; 71 system error;
-77 not root / missing capability; 78 configuration error.
+126 not executable; 64 usage, or a bottle-init already runs here (use `bottle-init exec`);
+69 `exec` found no running bottle-init; 70 the proxy thread stopped (the command was
+stopped: SIGTERM, SIGKILL after BOTTLE_GRACE); 71 system error; 77 not root / missing
+capability; 78 configuration error.
 ";
 
 /// Parses the arguments after argv[0].
@@ -145,6 +156,26 @@ mod tests {
         let e = p(&["--token=abc"]).unwrap_err();
         assert_eq!(e, UsageError("--token=abc".into()));
         assert!(e.to_string().contains("--help"));
+    }
+
+    /// Every exit code the README's table documents is in `--help` too (and the ones added for
+    /// issue 10: 70, a dead proxy thread; 64, a second init).
+    #[test]
+    fn help_and_readme_document_the_same_exit_codes() {
+        let readme = include_str!("../README.md");
+        for code in ["64", "69", "70", "71", "77", "78", "126", "127"] {
+            assert!(
+                readme.contains(&format!("\n| {code} "))
+                    || readme.contains(&format!("| {code} /"))
+                    || readme.contains(&format!("/ {code} |")),
+                "README exit table lacks {code}"
+            );
+            let in_help = HELP
+                .match_indices(&format!("{code} "))
+                .any(|(i, _)| i == 0 || matches!(HELP.as_bytes()[i - 1], b' ' | b'\n' | b';'));
+            assert!(in_help, "--help lacks exit code {code}");
+        }
+        assert!(HELP.contains("bottle-init exec") && HELP.contains("proxy thread"));
     }
 
     /// The variables `--help` lists and the README's configuration table must be the same set:

@@ -16,6 +16,12 @@ pub const ENV_OAUTH: &str = "CLAUDE_CODE_OAUTH_TOKEN";
 pub const ENV_API_KEY: &str = "ANTHROPIC_API_KEY";
 pub const ENV_AUTH_TOKEN: &str = "ANTHROPIC_AUTH_TOKEN";
 pub const ENV_TOKEN_FILE: &str = "BOTTLE_TOKEN_FILE";
+pub const ENV_API_KEY_FILE: &str = "BOTTLE_API_KEY_FILE";
+pub const ENV_INSECURE_SECRET_FILE: &str = "BOTTLE_INSECURE_SECRET_FILE";
+pub const ENV_INSECURE_LISTEN: &str = "BOTTLE_INSECURE_LISTEN";
+
+/// The four credential sources, in the order messages list them.
+pub const CREDENTIAL_VARS: [&str; 4] = [ENV_OAUTH, ENV_API_KEY, ENV_TOKEN_FILE, ENV_API_KEY_FILE];
 
 /// Variables whose values are credentials: captured into [`Secret`]s, wiped from the
 /// environment block, never passed to the child. `ANTHROPIC_AUTH_TOKEN` is not an accepted
@@ -35,8 +41,14 @@ pub enum CredentialSource {
         kind: CredentialKind,
         secret: Secret,
     },
-    /// `BOTTLE_TOKEN_FILE`: an OAuth token, read by main after dumpable is off.
-    File(PathBuf),
+    /// `BOTTLE_TOKEN_FILE` (an OAuth token) or `BOTTLE_API_KEY_FILE` (an API key), read by
+    /// main after dumpable is off and the child user is known (its permissions are checked
+    /// against that user).
+    File {
+        var: &'static str,
+        kind: CredentialKind,
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug)]
@@ -47,6 +59,10 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     pub listen: SocketAddr,
     pub grace: Duration,
+    /// `BOTTLE_INSECURE_SECRET_FILE=1`: read a secret file the child user can read or owns.
+    pub insecure_secret_file: bool,
+    /// `BOTTLE_INSECURE_LISTEN=1` was needed for (and allowed) a non-loopback `listen`.
+    pub insecure_listen: bool,
 }
 
 /// One variant per thing that can be wrong; `Display` says what and how to fix it.
@@ -57,8 +73,12 @@ pub enum ConfigError {
     User(user::UserError),
     Upstream(String),
     Listen(String),
+    /// A non-loopback `BOTTLE_LISTEN` without `BOTTLE_INSECURE_LISTEN=1`.
+    ListenNotLoopback(SocketAddr),
     Grace(String),
     NotUnicode(&'static str),
+    /// A `BOTTLE_INSECURE_*` switch with a value other than 1 (or 0/empty).
+    Flag(&'static str, String),
 }
 
 impl fmt::Display for ConfigError {
@@ -66,12 +86,13 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::NoCredential => write!(
                 f,
-                "no credential; set exactly one of {ENV_OAUTH} (from `claude setup-token`), {ENV_API_KEY}, or {ENV_TOKEN_FILE} (path of a file holding the OAuth token)"
+                "no credential; set exactly one of {ENV_OAUTH} (from `claude setup-token`), {ENV_API_KEY}, {ENV_TOKEN_FILE} (path of a file holding the OAuth token) or {ENV_API_KEY_FILE} (path of a file holding the API key)"
             ),
             ConfigError::TwoCredentials(names) => write!(
                 f,
-                "more than one credential is set ({}); set exactly one of {ENV_OAUTH}, {ENV_API_KEY}, {ENV_TOKEN_FILE}",
-                names.join(", ")
+                "more than one credential is set ({}); set exactly one of {}",
+                names.join(", "),
+                CREDENTIAL_VARS.join(", ")
             ),
             ConfigError::User(e) => write!(f, "{e}"),
             ConfigError::Upstream(m) => write!(f, "{m}; the default is {DEFAULT_UPSTREAM}"),
@@ -79,6 +100,16 @@ impl fmt::Display for ConfigError {
                 f,
                 "BOTTLE_LISTEN={v:?} is not an address; set it to IP:PORT such as 127.0.0.1:8080 (port 0 picks a free one), or unset it"
             ),
+            ConfigError::ListenNotLoopback(addr) => write!(
+                f,
+                "BOTTLE_LISTEN={addr} is not a loopback address: the proxy would accept the session secret from the network, and whoever learns it (every process of the child has it) could use your credential from there; listen on 127.0.0.1 (the default), or set {ENV_INSECURE_LISTEN}=1 if that network is yours alone"
+            ),
+            ConfigError::Flag(name, v) => {
+                write!(
+                    f,
+                    "{name}={v:?} is not valid; set it to 1 (or leave it unset)"
+                )
+            }
             ConfigError::Grace(v) => write!(
                 f,
                 "BOTTLE_GRACE={v:?} is not a number of seconds; set it to a value from 0 to {} (default {})",
@@ -113,6 +144,9 @@ impl Config {
     /// config, the others are dropped and wiped).
     pub fn from_env(env: &mut EnvSnapshot) -> Result<Config, ConfigError> {
         let token_file = nonempty(text(env, ENV_TOKEN_FILE)?).map(PathBuf::from);
+        let key_file = nonempty(text(env, ENV_API_KEY_FILE)?).map(PathBuf::from);
+        let insecure_secret_file = flag(env, ENV_INSECURE_SECRET_FILE)?;
+        let insecure_listen = flag(env, ENV_INSECURE_LISTEN)?;
         let user = user::parse_spec(text(env, "BOTTLE_USER")?).map_err(ConfigError::User)?;
         let upstream =
             Upstream::parse(nonempty(text(env, "BOTTLE_UPSTREAM")?).unwrap_or(DEFAULT_UPSTREAM))
@@ -125,62 +159,84 @@ impl Config {
                 .parse()
                 .map_err(|_| ConfigError::Listen(v.to_string()))?,
         };
+        if !is_loopback(listen) && !insecure_listen {
+            return Err(ConfigError::ListenNotLoopback(listen));
+        }
         let grace = match nonempty(text(env, "BOTTLE_GRACE")?) {
             None => DEFAULT_GRACE,
             Some(v) => parse_grace(v)?,
         };
 
-        let mut found: Vec<(&'static str, Option<(CredentialKind, Secret)>)> = Vec::new();
+        let mut found: Vec<(&'static str, CredentialKind, Source)> = Vec::new();
         for (name, secret) in std::mem::take(&mut env.secrets) {
             if secret.expose().iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             match name.as_str() {
-                ENV_OAUTH => found.push((ENV_OAUTH, Some((CredentialKind::OAuth, trim(secret))))),
-                ENV_API_KEY => {
-                    found.push((ENV_API_KEY, Some((CredentialKind::ApiKey, trim(secret)))))
+                ENV_OAUTH => {
+                    found.push((ENV_OAUTH, CredentialKind::OAuth, Source::Env(trim(secret))))
                 }
+                ENV_API_KEY => found.push((
+                    ENV_API_KEY,
+                    CredentialKind::ApiKey,
+                    Source::Env(trim(secret)),
+                )),
                 // ANTHROPIC_AUTH_TOKEN is wiped but not a source.
                 _ => {}
             }
         }
-        if let Some(path) = token_file {
-            found.push((ENV_TOKEN_FILE, None));
-            if found.len() == 1 {
-                return Ok(Config {
-                    credential: CredentialSource::File(path),
-                    user,
-                    upstream,
-                    upstream_ca,
-                    listen,
-                    grace,
-                });
+        for (var, kind, path) in [
+            (ENV_TOKEN_FILE, CredentialKind::OAuth, token_file),
+            (ENV_API_KEY_FILE, CredentialKind::ApiKey, key_file),
+        ] {
+            if let Some(path) = path {
+                found.push((var, kind, Source::File(path)));
             }
         }
         // Stable order in the message regardless of environment order.
-        found.sort_by_key(|(n, _)| {
-            [ENV_OAUTH, ENV_API_KEY, ENV_TOKEN_FILE]
-                .iter()
-                .position(|x| x == n)
-        });
-        match found.len() {
-            0 => Err(ConfigError::NoCredential),
-            1 => {
-                let (_, cred) = found.pop().expect("one element");
-                let (kind, secret) = cred.expect("file case returned above");
-                Ok(Config {
-                    credential: CredentialSource::Env { kind, secret },
-                    user,
-                    upstream,
-                    upstream_ca,
-                    listen,
-                    grace,
-                })
-            }
-            _ => Err(ConfigError::TwoCredentials(
-                found.iter().map(|(n, _)| *n).collect(),
-            )),
+        found.sort_by_key(|(n, _, _)| CREDENTIAL_VARS.iter().position(|x| x == n));
+        if found.len() > 1 {
+            return Err(ConfigError::TwoCredentials(
+                found.iter().map(|(n, _, _)| *n).collect(),
+            ));
         }
+        let Some((var, kind, source)) = found.pop() else {
+            return Err(ConfigError::NoCredential);
+        };
+        let credential = match source {
+            Source::Env(secret) => CredentialSource::Env { kind, secret },
+            Source::File(path) => CredentialSource::File { var, kind, path },
+        };
+        Ok(Config {
+            credential,
+            user,
+            upstream,
+            upstream_ca,
+            listen,
+            grace,
+            insecure_secret_file,
+            insecure_listen: insecure_listen && !is_loopback(listen),
+        })
+    }
+}
+
+/// A credential before it is known to be the only one.
+enum Source {
+    Env(Secret),
+    File(PathBuf),
+}
+
+/// Loopback only: 127.0.0.0/8, ::1 and the IPv4-mapped form of 127.0.0.0/8.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// A `BOTTLE_INSECURE_*` switch: `1` on; unset, empty or `0` off; anything else refused.
+fn flag(env: &EnvSnapshot, name: &'static str) -> Result<bool, ConfigError> {
+    match text(env, name)?.map(str::trim) {
+        None | Some("") | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => Err(ConfigError::Flag(name, v.to_string())),
     }
 }
 
@@ -278,9 +334,31 @@ mod tests {
     fn token_file_alone_is_accepted() {
         let c = Config::from_env(&mut snap(&[(ENV_TOKEN_FILE, "/run/secrets/t")], &[])).unwrap();
         match c.credential {
-            CredentialSource::File(p) => assert_eq!(p, PathBuf::from("/run/secrets/t")),
+            CredentialSource::File { var, kind, path } => {
+                assert_eq!(var, ENV_TOKEN_FILE);
+                assert_eq!(kind, CredentialKind::OAuth);
+                assert_eq!(path, PathBuf::from("/run/secrets/t"));
+            }
             other => panic!("{other:?}"),
         }
+        assert!(!c.insecure_secret_file);
+        let c = Config::from_env(&mut snap(
+            &[
+                (ENV_API_KEY_FILE, "/run/secrets/k"),
+                (ENV_INSECURE_SECRET_FILE, "1"),
+            ],
+            &[],
+        ))
+        .unwrap();
+        match c.credential {
+            CredentialSource::File { var, kind, path } => {
+                assert_eq!(var, ENV_API_KEY_FILE);
+                assert_eq!(kind, CredentialKind::ApiKey);
+                assert_eq!(path, PathBuf::from("/run/secrets/k"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.insecure_secret_file);
     }
 
     #[test]
@@ -288,17 +366,16 @@ mod tests {
         for mut s in [
             snap(&[], &[]),
             snap(
-                &[(ENV_TOKEN_FILE, "")],
+                &[(ENV_TOKEN_FILE, ""), (ENV_API_KEY_FILE, " ")],
                 &[(ENV_OAUTH, ""), (ENV_API_KEY, "  ")],
             ),
         ] {
             let e = Config::from_env(&mut s).unwrap_err();
             assert_eq!(e, ConfigError::NoCredential);
             let m = e.to_string();
-            assert!(
-                m.contains(ENV_OAUTH) && m.contains(ENV_API_KEY) && m.contains(ENV_TOKEN_FILE),
-                "{m}"
-            );
+            for v in CREDENTIAL_VARS {
+                assert!(m.contains(v), "{v}: {m}");
+            }
         }
     }
 
@@ -314,6 +391,8 @@ mod tests {
             snap(&[], &[(ENV_API_KEY, "valueB"), (ENV_OAUTH, "valueA")]),
             snap(&[(ENV_TOKEN_FILE, "/f")], &[(ENV_OAUTH, "valueA")]),
             snap(&[(ENV_TOKEN_FILE, "/f")], &[(ENV_API_KEY, "valueB")]),
+            snap(&[(ENV_API_KEY_FILE, "/f")], &[(ENV_OAUTH, "valueA")]),
+            snap(&[(ENV_API_KEY_FILE, "/f"), (ENV_TOKEN_FILE, "/g")], &[]),
         ];
         for mut s in cases {
             let e = Config::from_env(&mut s).unwrap_err();
@@ -327,6 +406,67 @@ mod tests {
         let e =
             Config::from_env(&mut snap(&[], &[(ENV_API_KEY, "b"), (ENV_OAUTH, "a")])).unwrap_err();
         assert_eq!(e, ConfigError::TwoCredentials(vec![ENV_OAUTH, ENV_API_KEY]));
+        let e = Config::from_env(&mut snap(
+            &[(ENV_API_KEY_FILE, "/f"), (ENV_TOKEN_FILE, "/g")],
+            &[(ENV_API_KEY, "b"), (ENV_OAUTH, "a")],
+        ))
+        .unwrap_err();
+        assert_eq!(e, ConfigError::TwoCredentials(CREDENTIAL_VARS.to_vec()));
+    }
+
+    #[test]
+    fn non_loopback_listen_is_refused_unless_insecure_listen() {
+        for addr in [
+            "0.0.0.0:8080",
+            "[::]:0",
+            "192.168.1.5:80",
+            "10.0.0.1:0",
+            "[fe80::1]:1",
+        ] {
+            let e = Config::from_env(&mut snap(&[("BOTTLE_LISTEN", addr)], &[(ENV_OAUTH, "t")]))
+                .unwrap_err();
+            assert!(
+                matches!(e, ConfigError::ListenNotLoopback(_)),
+                "{addr}: {e}"
+            );
+            let m = e.to_string();
+            assert!(
+                m.contains("not a loopback address")
+                    && m.contains("network")
+                    && m.contains("BOTTLE_INSECURE_LISTEN=1"),
+                "{m}"
+            );
+            let c = Config::from_env(&mut snap(
+                &[("BOTTLE_LISTEN", addr), (ENV_INSECURE_LISTEN, "1")],
+                &[(ENV_OAUTH, "t")],
+            ))
+            .unwrap();
+            assert!(c.insecure_listen, "{addr}");
+        }
+        for addr in [
+            "127.0.0.1:0",
+            "127.8.9.10:5",
+            "[::1]:0",
+            "[::ffff:127.0.0.1]:0",
+        ] {
+            let c = Config::from_env(&mut snap(&[("BOTTLE_LISTEN", addr)], &[(ENV_OAUTH, "t")]))
+                .unwrap();
+            assert!(!c.insecure_listen, "{addr}");
+        }
+    }
+
+    #[test]
+    fn insecure_switches_take_only_1() {
+        for name in [ENV_INSECURE_LISTEN, ENV_INSECURE_SECRET_FILE] {
+            for v in ["yes", "true", "2"] {
+                let e = Config::from_env(&mut snap(&[(name, v)], &[(ENV_OAUTH, "t")])).unwrap_err();
+                assert_eq!(e, ConfigError::Flag(name, v.to_string()));
+                assert!(e.to_string().contains(name), "{e}");
+            }
+            for v in ["0", ""] {
+                Config::from_env(&mut snap(&[(name, v)], &[(ENV_OAUTH, "t")])).unwrap();
+            }
+        }
     }
 
     #[test]

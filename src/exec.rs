@@ -1,18 +1,27 @@
 //! `bottle-init exec [--] COMMAND...`, for `docker exec`: such processes get the container's
-//! configured environment, token included. This mode strips the credentials (main already
-//! wiped them from the environment block), joins the running bottle-init through the state
-//! it published (proxy URL, session secret, child user), drops exactly like the child path,
-//! and execs in place: no fork, no second proxy.
+//! configured environment, token included. This mode wipes the credentials (main already
+//! zeroed them in the environment block), joins the running bottle-init through the state it
+//! published (proxy URL, session secret, child user), and starts the command dropped exactly
+//! like PID 1's child: no second proxy.
+//!
+//! The command never shares a terminal with this (root) process's caller: it gets its own
+//! session, and on a terminal its own pty, which this process relays as root, not dumpable,
+//! with only CAP_KILL left (see `relay`).
+//!
+//! Order: read and check PID 1's state -> build the child (environment, drop plan, egress
+//! filter) -> signalfd, pty -> fork (the child: setsid, pty as controlling terminal, drop,
+//! execve) -> the parent drops to CAP_KILL, leaves the caller's directory, relays.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::child::{self, PrepareError, Prepared};
+use crate::child::{self, ChildTerminal, PrepareError, Prepared, SpawnError};
 use crate::envclean;
-use crate::privilege::{DropPlan, Step};
+use crate::privilege::{self, DropPlan, ParentDropError, Step};
+use crate::relay::{self, Pty};
 use crate::runinfo;
 use crate::scrub::EnvSnapshot;
-use crate::sys::Errno;
+use crate::sys::{self, ChildEnd, Errno};
 
 #[derive(Debug)]
 pub enum ExecError {
@@ -26,31 +35,39 @@ pub enum ExecError {
         pid: i32,
     },
     Prepare(PrepareError),
-    /// The drop or execve failed.
+    /// The signalfd the relay waits on.
+    SignalFd(Errno),
+    /// A pty for the command could not be made.
+    Pty(Errno),
+    Spawn(SpawnError),
+    /// The drop or execve failed in the child.
     Failed {
         command: String,
         step: Step,
         errno: Errno,
     },
+    /// The relay could not drop to CAP_KILL (the command was killed).
+    ParentDrop(ParentDropError),
 }
 
-/// Never returns on success (the process becomes COMMAND).
-pub fn run(env: &EnvSnapshot, command: &[OsString]) -> ExecError {
+/// Runs the command and relays until it exits; returns how it ended.
+pub fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, ExecError> {
+    // The container's credentials, which `docker exec` handed us: exec needs none (the proxy
+    // of PID 1 holds the real one). Dropping the Secrets zeroes them.
+    env.secrets.clear();
     let dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
-    let info = match runinfo::read(&dir) {
-        Ok(i) => i,
-        Err(reason) => return ExecError::NoState { dir, reason },
-    };
+    let info = runinfo::read(&dir).map_err(|reason| ExecError::NoState {
+        dir: dir.clone(),
+        reason,
+    })?;
     // pid + comm + start time: a recycled pid or another program fails this.
     if runinfo::proc_identity(info.pid) != Some((info.comm.clone(), info.starttime)) {
-        return ExecError::NotRunning { pid: info.pid };
+        return Err(ExecError::NotRunning { pid: info.pid });
     }
     // The egress mode PID 1 runs under: same environment and filter (its nftables rules
     // already cover the child uid). No record: refuse, never run unlocked.
-    let egress = match crate::egress::setup::joined(&dir, info.pid, info.starttime) {
-        Ok(e) => e,
-        Err(reason) => return ExecError::NoState { dir, reason },
-    };
+    let egress = crate::egress::setup::joined(&dir, info.pid, info.starttime)
+        .map_err(|reason| ExecError::NoState { dir, reason })?;
     let mut child_env = envclean::child_env(
         &env.plain,
         &info.user,
@@ -64,17 +81,44 @@ pub fn run(env: &EnvSnapshot, command: &[OsString]) -> ExecError {
         gid: info.user.gid,
         groups: info.user.groups.clone(),
     };
-    // No terminal hand-off: `docker exec -t` already made us the session's foreground.
-    let mut prepared = match Prepared::new(command, child_env, plan, false) {
-        Ok(p) => p,
-        Err(e) => return ExecError::Prepare(e),
+    let sigfd = sys::signalfd(sys::ALL_SIGNALS).map_err(ExecError::SignalFd)?;
+    let mut pty = Pty::open(relay::caller_ttys(), plan.uid, plan.gid).map_err(ExecError::Pty)?;
+    let terminal = match &pty {
+        Some(p) => ChildTerminal::Pty {
+            slave: p.slave,
+            fds: p.fds,
+        },
+        None => ChildTerminal::Session,
     };
+    let mut prepared =
+        Prepared::new(command, child_env, plan, terminal).map_err(ExecError::Prepare)?;
     prepared.seccomp = egress.seccomp();
     drop(info);
-    let (step, errno) = child::become_child(&prepared, None);
-    ExecError::Failed {
-        command: prepared.command.clone(),
-        step,
-        errno,
+    let child = match child::spawn(&prepared) {
+        Ok(pid) => pid,
+        Err(SpawnError::Child { pid, step, errno }) => {
+            let _ = sys::waitpid_blocking(pid);
+            return Err(ExecError::Failed {
+                command: prepared.command.clone(),
+                step,
+                errno,
+            });
+        }
+        Err(e) => return Err(ExecError::Spawn(e)),
+    };
+    prepared.wipe_env();
+    if let Some(p) = pty.as_mut() {
+        sys::close(p.slave);
+        p.slave = -1;
     }
+    // Stay root (a uid-1000 process can neither ptrace nor signal us) but keep only CAP_KILL,
+    // to forward signals to the uid-1000 command. Single-threaded, so the drop covers us.
+    if let Err(e) = privilege::drop_parent() {
+        let _ = sys::kill(child, libc::SIGKILL);
+        let _ = sys::waitpid_blocking(child);
+        return Err(ExecError::ParentDrop(e));
+    }
+    // Like PID 1: do not hold the caller's directory (often a bind mount) while relaying.
+    let _ = sys::chdir(c"/");
+    Ok(relay::supervise(child, sigfd, pty))
 }

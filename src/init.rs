@@ -7,10 +7,15 @@
 //! - reaping is a `waitpid(-1, WNOHANG)` loop after EVERY wake-up (signal or 1 s timeout),
 //!   and the main child is found inside that loop: SIGCHLD coalescing cannot hide its exit
 //!   (catatonit#4);
-//! - forwarding goes to the child's process group when the child leads one (it does when it
-//!   owns the terminal: then its jobs get `docker stop`'s SIGTERM too, like a terminal's
-//!   Ctrl-C), else to the child alone (tini's default; a child sharing our group must not make
-//!   us signal ourselves).
+//! - the child always leads its own process group (child.rs), and forwarding goes to that
+//!   group, so `docker stop`'s SIGTERM also reaches the tools claude started; a child that
+//!   somehow shares our group gets the signal alone: we never signal our own group;
+//! - a stop is bounded: from the first SIGTERM (only SIGTERM: SIGINT is claude's "interrupt",
+//!   not a stop) the command and everything left get SIGKILL after the grace period, even if
+//!   the command ignores SIGTERM and no outside SIGKILL follows;
+//! - if the proxy thread stops (the `proxy_stopped` check, at every wake-up), PID 1 does not
+//!   carry on without an API: one error line, SIGTERM to the command's group, SIGKILL after
+//!   the grace, and main exits 70 so the orchestrator's restart policy takes over.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +25,8 @@ use crate::sys::{self, ChildEnd, Errno};
 /// mean nothing to the child.
 const NOT_FORWARDED: [i32; 3] = [libc::SIGCHLD, libc::SIGTTIN, libc::SIGTTOU];
 
-/// How often the loop wakes without a signal, as a safety net for reaping.
+/// How often the loop wakes without a signal, as a safety net for reaping (and to notice a
+/// stopped proxy thread).
 const TICK: Duration = Duration::from_secs(1);
 /// During the grace period, how often to look for leftovers re-parented to us.
 const GRACE_TICK: Duration = Duration::from_millis(50);
@@ -29,12 +35,17 @@ pub fn forwardable(sig: i32) -> bool {
     !NOT_FORWARDED.contains(&sig)
 }
 
-/// Where a forwarded signal goes.
-fn forward(child: i32, sig: i32) {
-    let target = match sys::getpgid(child) {
-        Ok(pg) if pg == child => -child,
+/// Where signals for the command go: its process group when it leads one that is not ours,
+/// else the command alone (never our own group).
+fn target(child: i32) -> i32 {
+    match (sys::getpgid(child), sys::getpgid(0)) {
+        (Ok(pg), Ok(own)) if pg == child && pg != own => -child,
         _ => child,
-    };
+    }
+}
+
+fn forward(child: i32, sig: i32) {
+    let target = target(child);
     match sys::kill(target, sig) {
         Ok(()) => log::debug!("forwarded signal {sig} to {target}"),
         // The child may have exited an instant ago; the reap loop will see it.
@@ -110,12 +121,43 @@ pub fn parse_ppid(stat: &str) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Runs until the main child has exited and the leftovers are gone; returns how it ended.
-pub fn supervise(child: i32, grace: Duration, pid1: bool) -> ChildEnd {
+/// How the supervision ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The main child's end.
+    pub child: ChildEnd,
+    /// Why the proxy thread stopped, when that is what ended the run.
+    pub proxy_stopped: Option<String>,
+}
+
+/// Runs until the main child has exited and the leftovers are gone. `proxy_stopped` is
+/// checked at every wake-up and returns why the proxy thread is gone, once it is.
+pub fn supervise(
+    child: i32,
+    grace: Duration,
+    pid1: bool,
+    proxy_stopped: &dyn Fn() -> Option<String>,
+) -> Ended {
     let mut main_end = None;
+    // When the command and everything left get SIGKILL: set by the first SIGTERM.
+    let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
+    let mut proxy_reason: Option<String> = None;
     let end = loop {
-        match sys::sigtimedwait(sys::ALL_SIGNALS, TICK) {
-            Ok(Some(sig)) if forwardable(sig) => forward(child, sig),
+        let wait = match kill_at {
+            Some(at) if !killed => TICK.min(at.saturating_duration_since(Instant::now())),
+            _ => TICK,
+        };
+        match sys::sigtimedwait(sys::ALL_SIGNALS, wait) {
+            Ok(Some(sig)) if forwardable(sig) => {
+                forward(child, sig);
+                if sig == libc::SIGTERM && kill_at.is_none() {
+                    kill_at = Some(Instant::now() + grace);
+                    log::info!(
+                        "SIGTERM: forwarded; the command and everything left get SIGKILL in {grace:?} (BOTTLE_GRACE) unless they exit"
+                    );
+                }
+            }
             Ok(_) => {}
             Err(e) => log::warn!("sigtimedwait: {e}"),
         }
@@ -128,36 +170,67 @@ pub fn supervise(child: i32, grace: Duration, pid1: bool) -> ChildEnd {
             log::error!("main child {child} vanished without a status");
             break ChildEnd::Exited(1);
         }
+        if proxy_reason.is_none()
+            && let Some(why) = proxy_stopped()
+        {
+            log::error!(
+                "the proxy thread stopped ({why}); the command has no API any more: stopping it (SIGTERM, SIGKILL after {grace:?}) and exiting 70 so the container's restart policy can take over"
+            );
+            proxy_reason = Some(why);
+            forward(child, libc::SIGTERM);
+            let at = Instant::now() + grace;
+            kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+        }
+        if let Some(at) = kill_at
+            && !killed
+            && Instant::now() >= at
+        {
+            log::warn!("the command is still running {grace:?} after SIGTERM; sending SIGKILL");
+            kill_everything(child, pid1);
+            killed = true;
+        }
     };
-    stop_leftovers(grace, pid1);
-    end
+    stop_leftovers(kill_at.unwrap_or_else(|| Instant::now() + grace), pid1);
+    Ended {
+        child: end,
+        proxy_stopped: proxy_reason,
+    }
 }
 
-/// SIGTERM to everything left, up to `grace` for them to exit, then SIGKILL.
-fn stop_leftovers(grace: Duration, pid1: bool) {
+/// SIGKILL to the command's group and everything else left.
+fn kill_everything(child: i32, pid1: bool) {
+    let _ = sys::kill(target(child), libc::SIGKILL);
+    signal_leftovers(libc::SIGKILL, pid1, &mut Vec::new());
+}
+
+/// SIGTERM to everything left, until `kill_at` for them to exit, then SIGKILL.
+fn stop_leftovers(kill_at: Instant, pid1: bool) {
     let mut ignore = None;
     if !reap(0, &mut ignore) {
         return; // nothing left: the common case, exit at once
     }
-    log::info!(
-        "main child exited; sending SIGTERM to the remaining processes (grace {:?})",
-        grace
-    );
-    let mut termed = Vec::new();
-    signal_leftovers(libc::SIGTERM, pid1, &mut termed);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        let wait = GRACE_TICK.min(deadline.saturating_duration_since(Instant::now()));
-        let _ = sys::sigtimedwait(sys::ALL_SIGNALS, wait);
-        if !reap(0, &mut ignore) {
-            return;
+    if Instant::now() < kill_at {
+        log::info!(
+            "main child exited; sending SIGTERM to the remaining processes (SIGKILL in {:?})",
+            kill_at.saturating_duration_since(Instant::now())
+        );
+        let mut termed = Vec::new();
+        signal_leftovers(libc::SIGTERM, pid1, &mut termed);
+        while Instant::now() < kill_at {
+            let wait = GRACE_TICK.min(kill_at.saturating_duration_since(Instant::now()));
+            let _ = sys::sigtimedwait(sys::ALL_SIGNALS, wait);
+            if !reap(0, &mut ignore) {
+                return;
+            }
+            if !pid1 {
+                // Grandchildren re-parented to us after their parent died get the SIGTERM too.
+                signal_leftovers(libc::SIGTERM, false, &mut termed);
+            }
         }
-        if !pid1 {
-            // Grandchildren re-parented to us after their parent died get the SIGTERM too.
-            signal_leftovers(libc::SIGTERM, false, &mut termed);
-        }
+        log::warn!("processes still running after the grace period; sending SIGKILL");
+    } else {
+        log::warn!("the grace period is over; sending SIGKILL to the remaining processes");
     }
-    log::warn!("processes still running after the grace period; sending SIGKILL");
     loop {
         // SIGKILL is re-sent every round (a fresh list each time): pids may be reused.
         signal_leftovers(libc::SIGKILL, pid1, &mut Vec::new());

@@ -3,30 +3,32 @@
 //! [`status_code`]).
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bottle_init::child::{self, PrepareError, Prepared, SpawnError};
+use bottle_init::child::{self, ChildTerminal, PrepareError, Prepared, SpawnError};
 use bottle_init::cli::{self, Cli, Mode, UsageError};
 use bottle_init::config::{self, Config, ConfigError, CredentialSource};
 use bottle_init::egress::setup::{self as egress_setup, SetupError};
 use bottle_init::exec::{self, ExecError};
 use bottle_init::home::{self, HomeError};
+use bottle_init::logging;
 use bottle_init::privilege::{self, DropPlan, ParentDropError, Step};
 use bottle_init::proxy::{Proxy, ProxyConfig, ProxyError};
 use bottle_init::runinfo::{self, RunInfo};
 use bottle_init::scrub::{self, EnvSnapshot};
 use bottle_init::secret::{Credential, Secret};
+use bottle_init::secretfile::{self, SecretFileError};
 use bottle_init::sys::{self, ChildEnd, Errno};
-use bottle_init::tokenfile::{self, TokenFileError};
 use bottle_init::user::{self, UserError};
 use bottle_init::{envclean, init};
 
 /// sysexits(3) codes for start-up failures.
 const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
+/// The proxy thread stopped while the command ran (bottle-init's own failure).
+const EX_SOFTWARE: u8 = 70;
 const EX_OSERR: u8 = 71;
 const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
@@ -36,6 +38,12 @@ const EX_CONFIG: u8 = 78;
 #[derive(Debug)]
 enum Failure {
     Usage(UsageError),
+    /// A bottle-init already runs here (its state names a live bottle-init that is not us):
+    /// most likely `docker exec C /bottle-init CMD` without the word `exec`.
+    AlreadyRunning {
+        pid: i32,
+        dir: PathBuf,
+    },
     SignalSetup(Errno),
     NotRoot {
         euid: u32,
@@ -48,9 +56,10 @@ enum Failure {
     User(UserError),
     /// The private home of a uid without a passwd entry could not be made safely.
     Home(HomeError),
-    TokenFile {
+    SecretFile {
+        var: &'static str,
         path: PathBuf,
-        err: TokenFileError,
+        err: SecretFileError,
     },
     CaFile {
         path: PathBuf,
@@ -71,7 +80,18 @@ enum Failure {
     },
     ParentDrop(ParentDropError),
     ProxyThread(std::io::Error),
-    Exec(ExecError),
+    LogThread(std::io::Error),
+    /// `exec`: no pty for the command.
+    Pty(Errno),
+    /// `exec`: no state of a running bottle-init in the run directory.
+    NoInit {
+        dir: PathBuf,
+        reason: String,
+    },
+    /// `exec`: the recorded bottle-init is not running any more.
+    InitGone {
+        pid: i32,
+    },
     /// A BOTTLE_EGRESS mode could not be validated or installed (never runs half locked).
     Egress(SetupError),
 }
@@ -79,12 +99,12 @@ enum Failure {
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Usage(_) => EX_USAGE,
+            Failure::Usage(_) | Failure::AlreadyRunning { .. } => EX_USAGE,
             Failure::NotRoot { .. } | Failure::MissingCaps(_) => EX_NOPERM,
             Failure::Config(_)
             | Failure::User(_)
             | Failure::Home(_)
-            | Failure::TokenFile { .. }
+            | Failure::SecretFile { .. }
             | Failure::CaFile { .. }
             | Failure::Proxy(_)
             | Failure::Prepare(_) => EX_CONFIG,
@@ -97,12 +117,10 @@ impl Failure {
             | Failure::Spawn(_)
             | Failure::ChildSetup { .. }
             | Failure::ParentDrop(_)
-            | Failure::ProxyThread(_) => EX_OSERR,
-            Failure::Exec(e) => match e {
-                ExecError::NoState { .. } | ExecError::NotRunning { .. } => EX_UNAVAILABLE,
-                ExecError::Prepare(_) => EX_CONFIG,
-                ExecError::Failed { .. } => EX_OSERR,
-            },
+            | Failure::ProxyThread(_)
+            | Failure::LogThread(_)
+            | Failure::Pty(_) => EX_OSERR,
+            Failure::NoInit { .. } | Failure::InitGone { .. } => EX_UNAVAILABLE,
             Failure::Egress(e) => e.exit_code(),
         }
     }
@@ -111,6 +129,10 @@ impl Failure {
     fn message(&self) -> String {
         match self {
             Failure::Usage(e) => e.to_string(),
+            Failure::AlreadyRunning { pid, dir } => format!(
+                "a bottle-init is already running here (pid {pid}, state in {}); to run a command in it use `bottle-init exec COMMAND`, e.g. `docker exec -it CONTAINER /bottle-init exec claude`",
+                dir.display()
+            ),
             Failure::SignalSetup(e) => {
                 format!("cannot block signals: {e}; this is a system problem")
             }
@@ -142,7 +164,7 @@ impl Failure {
             Failure::Config(e) => e.to_string(),
             Failure::User(e) => e.to_string(),
             Failure::Home(e) => e.to_string(),
-            Failure::TokenFile { path, err } => err.message(path),
+            Failure::SecretFile { var, path, err } => err.message(var, path),
             Failure::CaFile { path, err } => format!(
                 "cannot read BOTTLE_UPSTREAM_CA {}: {err}; point it at a readable PEM file or unset it",
                 path.display()
@@ -173,24 +195,21 @@ impl Failure {
             Failure::ProxyThread(e) => {
                 format!("cannot start the proxy thread: {e}; this is a system problem")
             }
-            Failure::Exec(ExecError::NoState { dir, reason }) => format!(
+            Failure::LogThread(e) => {
+                format!("cannot start the log writer thread: {e}; this is a system problem")
+            }
+            Failure::Pty(e) => format!(
+                "cannot open a new terminal (/dev/ptmx) for the command: {e}; run `docker exec` without -t, or mount devpts"
+            ),
+            Failure::NoInit { dir, reason } => format!(
                 "no running bottle-init found ({reason}); `bottle-init exec` only works in a container whose PID 1 is bottle-init, with the same BOTTLE_RUN_DIR (here {}, default {})",
                 dir.display(),
                 runinfo::DEFAULT_RUN_DIR
             ),
-            Failure::Exec(ExecError::NotRunning { pid }) => format!(
+            Failure::InitGone { pid } => format!(
                 "the bottle-init recorded as pid {pid} is not running; start the container with bottle-init as its entrypoint"
             ),
-            Failure::Exec(ExecError::Prepare(e)) => e.to_string(),
             Failure::Egress(e) => e.to_string(),
-            Failure::Exec(ExecError::Failed {
-                command,
-                step,
-                errno,
-            }) => match exec_failure(command, *step, *errno) {
-                Failure::Exec(_) => unreachable!("exec_failure never returns Exec"),
-                f => f.message(),
-            },
         }
     }
 }
@@ -216,13 +235,24 @@ fn status_code(end: ChildEnd) -> u8 {
 }
 
 fn exit_code_of(failure: &Failure) -> u8 {
-    match failure {
-        Failure::Exec(ExecError::Failed {
+    failure.exit_code()
+}
+
+/// `exec`'s errors as failures: those it shares with PID 1's start map to the same ones.
+fn exec_error(e: ExecError) -> Failure {
+    match e {
+        ExecError::Prepare(e) => Failure::Prepare(e),
+        ExecError::SignalFd(e) => Failure::SignalSetup(e),
+        ExecError::Pty(e) => Failure::Pty(e),
+        ExecError::Spawn(e) => Failure::Spawn(e),
+        ExecError::Failed {
             command,
             step,
             errno,
-        }) => exec_failure(command, *step, *errno).exit_code(),
-        f => f.exit_code(),
+        } => exec_failure(&command, step, errno),
+        ExecError::ParentDrop(e) => Failure::ParentDrop(e),
+        ExecError::NoState { dir, reason } => Failure::NoInit { dir, reason },
+        ExecError::NotRunning { pid } => Failure::InitGone { pid },
     }
 }
 
@@ -240,6 +270,9 @@ fn main() -> ExitCode {
     //    environment block overwritten.
     let mut env = scrub::capture_and_scrub(&config::SECRET_VARS);
     init_logging(env.get("BOTTLE_LOG"));
+    // A panic writes through the logger (std's hook writes to stderr directly, which can
+    // block); the proxy thread's panic is reported by the init loop's one line instead.
+    logging::install_panic_hook(PROXY_THREAD);
     if let Err(e) = dumpable {
         log::warn!("PR_SET_DUMPABLE=0 failed: {e}");
     }
@@ -258,43 +291,40 @@ fn main() -> ExitCode {
         Ok(Cli::Start {
             mode: Mode::Exec,
             command,
-        }) => exec_mode(&env, &command),
+        }) => exec_mode(&mut env, &command).map(status_code),
         Ok(Cli::Start {
             mode: Mode::Run,
             command,
         }) => run(&mut env, &command),
     };
-    match result {
-        Ok(end) => ExitCode::from(status_code(end)),
+    let code = match result {
+        Ok(code) => ExitCode::from(code),
         Err(f) => report(f),
-    }
+    };
+    logging::finish(LOG_DRAIN);
+    code
 }
 
+/// The proxy thread's name (the panic hook and the init loop's watch use it).
+const PROXY_THREAD: &str = "proxy";
+/// At exit, how long queued log lines may take to reach a (possibly stopped) stderr.
+const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn report(f: Failure) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "bottle-init: error: {}", f.message());
+    logging::error_line(&f.message());
     ExitCode::from(exit_code_of(&f))
 }
 
 fn init_logging(filter: Option<&[u8]>) {
     // On a terminal the child (interactive claude) owns the screen: info lines from the proxy
     // would be drawn into its full-screen UI. Unless asked, log only warnings there.
-    let default = if sys::isatty(2) { "warn" } else { "info" };
-    let filter = filter
-        .and_then(|f| std::str::from_utf8(f).ok())
-        .filter(|f| !f.is_empty())
-        .unwrap_or(default);
-    env_logger::Builder::new()
-        .parse_filters(filter)
-        .target(env_logger::Target::Stderr)
-        .format(|buf, rec| {
-            writeln!(
-                buf,
-                "bottle-init: {}: {}",
-                rec.level().as_str().to_ascii_lowercase(),
-                rec.args()
-            )
-        })
-        .init();
+    let default = if sys::isatty(2) {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Info
+    };
+    let spec = filter.and_then(|f| std::str::from_utf8(f).ok());
+    logging::init(spec, default);
 }
 
 /// Root, with the capabilities the drop and the forwarding need.
@@ -314,9 +344,25 @@ fn check_privileges(mode: Mode, needed: &[&str]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// PID 1 mode: steps 3 to 7 of the sequence.
-fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
+/// The pid of another live bottle-init whose state is in `dir` (pid, name and start time
+/// match), if any. A missing, unreadable or stale state file is no obstacle.
+fn other_running_init(dir: &std::path::Path) -> Option<i32> {
+    let info = runinfo::read(dir).ok()?;
+    let live = runinfo::proc_identity(info.pid) == Some((info.comm.clone(), info.starttime));
+    (live && info.pid != sys::getpid()).then_some(info.pid)
+}
+
+/// PID 1 mode: steps 3 to 8 of the sequence (README, "How it works"). Returns bottle-init's
+/// exit code.
+fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
+    // 3. Validate everything before any side effect.
     check_privileges(Mode::Run, &["SETUID", "SETGID", "SETPCAP", "KILL"])?;
+    // A second init (`docker exec C /bottle-init CMD`, without `exec`) must not touch the
+    // first one's run directory, socket or firewall: refuse before any side effect.
+    let run_dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
+    if let Some(pid) = other_running_init(&run_dir) {
+        return Err(Failure::AlreadyRunning { pid, dir: run_dir });
+    }
     // Egress first: a mode that cannot be installed refuses before any side effect.
     let egress_plan = egress_setup::validate(|k| {
         use std::os::unix::ffi::OsStrExt;
@@ -338,31 +384,34 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     }
     let config = Config::from_env(env).map_err(Failure::Config)?;
     let mut user = user::lookup(&config.user).map_err(Failure::User)?;
+    if config.insecure_listen {
+        log::warn!(
+            "BOTTLE_LISTEN={} is not a loopback address (allowed by {}=1): the proxy accepts the session secret from the network",
+            config.listen,
+            config::ENV_INSECURE_LISTEN
+        );
+    }
     let pid1 = sys::getpid() == 1;
     if !pid1 {
         // Not PID 1 (tests, `docker run --init`): orphans must still come back to us.
         sys::set_child_subreaper().map_err(Failure::Subreaper)?;
     }
 
-    // Credential (env, already captured) or token file (read now: root, not dumpable).
+    // Credential (env, already captured) or secret file (read now: root, not dumpable; its
+    // permissions are checked on the opened file against the child user).
     let credential = match config.credential {
         CredentialSource::Env { kind, secret } => Credential { kind, secret },
-        CredentialSource::File(path) => {
-            if tokenfile::readable_by(&path, &user) {
-                log::warn!(
-                    "BOTTLE_TOKEN_FILE {} is readable by the child user (uid {}); make it root-owned mode 0600",
-                    path.display(),
-                    user.uid
-                );
+        CredentialSource::File { var, kind, path } => {
+            let (secret, exposed) = secretfile::read(&path, &user, config.insecure_secret_file)
+                .map_err(|err| Failure::SecretFile {
+                    var,
+                    path: path.clone(),
+                    err,
+                })?;
+            if let Some(e) = exposed {
+                log::warn!("{}", secretfile::insecure_warning(var, &path, &e, user.uid));
             }
-            let secret = tokenfile::read(&path).map_err(|err| Failure::TokenFile {
-                path: path.clone(),
-                err,
-            })?;
-            Credential {
-                kind: bottle_init::secret::CredentialKind::OAuth,
-                secret,
-            }
+            Credential { kind, secret }
         }
     };
     let kind = credential.kind;
@@ -375,11 +424,11 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     };
     let session_secret = Secret::random_session().map_err(Failure::SessionSecret)?;
     let session_for_child = session_secret.clone();
-    // 2b. A uid without a passwd entry gets a private home (else HOME stays the container's
+    // 3b. A uid without a passwd entry gets a private home (else HOME stays the container's
     //     /root, which it cannot write). Before binding, so a refusal leaves nothing behind.
     home::ensure(&mut user).map_err(Failure::Home)?;
 
-    // 3. Bind the listener before forking, so the child can connect at once.
+    // 4. Bind the listener before forking, so the child can connect at once.
     let proxy = Proxy::bind(
         config.listen,
         ProxyConfig {
@@ -391,9 +440,8 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     )
     .map_err(Failure::Proxy)?;
     let base_url = format!("http://{}", connect_addr(proxy.local_addr()));
-    // 3b. Egress lockdown (still root, before fork): the API socket (api-only) or the
+    // 4b. Egress lockdown (still root, before fork): the API socket (api-only) or the
     //     nftables rules for the child's uid (allowlist), installed and verified.
-    let run_dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
     let dialled = connect_addr(proxy.local_addr());
     let (proxy, egress) =
         egress_setup::lock(&egress_plan, proxy, dialled, user.uid, user.gid, &run_dir)
@@ -412,8 +460,14 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         gid: user.gid,
         groups: user.groups.clone(),
     };
+    // The command leads its own process group; on a terminal, the terminal's foreground one.
+    let terminal = if sys::isatty(0) {
+        ChildTerminal::Foreground
+    } else {
+        ChildTerminal::Group
+    };
     let mut prepared =
-        Prepared::new(command, child_env, plan, sys::isatty(0)).map_err(Failure::Prepare)?;
+        Prepared::new(command, child_env, plan, terminal).map_err(Failure::Prepare)?;
     prepared.seccomp = egress.seccomp();
 
     // Publish for `bottle-init exec` while still root. Not fatal: only `exec` depends on it
@@ -426,7 +480,9 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         log::warn!("cannot record the egress mode: {e}; `bottle-init exec` will refuse to run");
     }
 
-    // 4. Fork; the child drops to the user and execs (see child::become_child).
+    // 5. Fork; the child drops to the user and execs (see child::become_child). From here on
+    //    the child may stop our shared terminal: log lines queue instead of blocking.
+    logging::hold();
     let child = match child::spawn(&prepared) {
         Ok(pid) => pid,
         Err(SpawnError::Child { pid, step, errno }) => {
@@ -440,6 +496,12 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         }
     };
     prepared.wipe_env();
+    // 6. Leave the start directory (often the /workspace bind mount) so PID 1 does not hold
+    //     it for the container's life; the child already started there. Every path used
+    //     from here on is absolute.
+    if let Err(e) = sys::chdir(c"/") {
+        log::warn!("chdir(\"/\") failed: {e}");
+    }
     egress_setup::announce(&egress_plan, &egress, user.uid);
     log::debug!(
         "started {} as pid {child} (uid {}), proxy at {base_url}",
@@ -447,35 +509,42 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         user.uid
     );
 
-    // 5. Drop our own privileges (CAP_KILL stays) BEFORE the proxy thread exists, because
-    //    capability sets are per thread; then start serving.
-    if let Err(e) = privilege::drop_parent() {
+    // 7. Drop our own privileges (CAP_KILL stays) BEFORE any thread exists, because
+    //    capability sets are per thread; then start the log writer and the proxy.
+    let abort = |f: Failure| {
         let _ = sys::kill(child, libc::SIGKILL);
         let _ = sys::waitpid_blocking(child);
         remove_state(published.as_ref());
-        return Err(Failure::ParentDrop(e));
-    }
+        f
+    };
+    privilege::drop_parent().map_err(|e| abort(Failure::ParentDrop(e)))?;
+    logging::start_writer().map_err(|e| abort(Failure::LogThread(e)))?;
     let credential = proxy.credential_slot();
-    if let Err(e) = proxy.spawn() {
-        let _ = sys::kill(child, libc::SIGKILL);
-        let _ = sys::waitpid_blocking(child);
-        remove_state(published.as_ref());
-        return Err(Failure::ProxyThread(e));
-    }
+    let proxy_thread = proxy.spawn().map_err(|e| abort(Failure::ProxyThread(e)))?;
 
-    // Creating the thread may have changed our mask: musl unblocks its internal signals
+    // Creating a thread may have changed our mask: musl unblocks its internal signals
     // 33 and 34 at the first pthread_create. Block everything again and make those harmless.
     sys::ignore_libc_internal_signals();
     if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
         log::warn!("re-blocking signals after starting the proxy thread: {e}");
     }
 
-    // 6. Init loop: forward signals, reap everything, stop leftovers after the child.
-    let end = init::supervise(child, config.grace, pid1);
-    // 7. Zero the real credential before exiting (the proxy thread answers 503 from now on).
+    // 8. Init loop: forward signals, reap everything, stop leftovers after the child; a
+    //    stopped proxy thread stops the command too (exit 70).
+    let proxy_stopped = || {
+        proxy_thread.is_finished().then(|| {
+            logging::panic_of(PROXY_THREAD)
+                .map_or_else(|| "it returned".to_string(), |m| format!("panic: {m}"))
+        })
+    };
+    let ended = init::supervise(child, config.grace, pid1, &proxy_stopped);
+    // 8b. Zero the real credential before exiting (the proxy thread answers 503 from now on).
     credential.wipe();
     remove_state(published.as_ref());
-    Ok(end)
+    Ok(match ended.proxy_stopped {
+        Some(_) => EX_SOFTWARE,
+        None => status_code(ended.child),
+    })
 }
 
 /// The address a client dials: a wildcard listen address is reached via loopback.
@@ -523,17 +592,25 @@ fn publish_state(
     }
 }
 
-/// Removes what PID 1 published for `exec`: the state file and the egress record beside it.
+/// Removes what PID 1 published for `exec`: the state file and the egress record beside it,
+/// if the state still names this process (never another init's files).
 fn remove_state(path: Option<&PathBuf>) {
-    if let Some(p) = path {
+    let Some(p) = path else { return };
+    let Some(dir) = p.parent() else { return };
+    let ours = runinfo::read(dir).is_ok_and(|i| {
+        i.pid == sys::getpid()
+            && runinfo::proc_identity(i.pid).is_some_and(|(_, start)| start == i.starttime)
+    });
+    if ours {
         let _ = std::fs::remove_file(p);
         let _ = std::fs::remove_file(p.with_file_name(bottle_init::egress::setup::EGRESS_FILE));
     }
 }
 
-fn exec_mode(env: &EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
-    check_privileges(Mode::Exec, &["SETUID", "SETGID", "SETPCAP"])?;
-    Err(Failure::Exec(exec::run(env, command)))
+fn exec_mode(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
+    // CAP_KILL: the relay that stays root forwards signals to the uid-1000 command.
+    check_privileges(Mode::Exec, &["SETUID", "SETGID", "SETPCAP", "KILL"])?;
+    exec::run(env, command).map_err(exec_error)
 }
 
 #[cfg(test)]
@@ -577,15 +654,23 @@ mod tests {
             exit_code_of(&exec_failure("x", Step::SetResUid, Errno(libc::EPERM))),
             71
         );
-        let f = Failure::Exec(ExecError::Failed {
+        let f = exec_error(ExecError::Failed {
             command: "x".into(),
             step: Step::Exec,
             errno: Errno(libc::ENOENT),
         });
         assert_eq!(exit_code_of(&f), 127);
         assert!(f.message().contains("command not found: x"));
-        let f = Failure::Exec(ExecError::NotRunning { pid: 1 });
+        let f = exec_error(ExecError::NotRunning { pid: 1 });
         assert_eq!(exit_code_of(&f), 69);
+        let f = exec_error(ExecError::Pty(Errno(libc::ENOENT)));
+        assert_eq!(exit_code_of(&f), 71);
+        let f = Failure::AlreadyRunning {
+            pid: 1,
+            dir: "/run/bottle-init".into(),
+        };
+        assert_eq!(exit_code_of(&f), 64);
+        assert!(f.message().contains("`bottle-init exec"), "{}", f.message());
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub enum Step {
     Exec = 14,
     /// Installing the `api-only` seccomp filter (the last step before execve).
     Seccomp = 15,
+    /// `setsid` (the child's own session, `exec`).
+    Session = 16,
+    /// Making the new pty the controlling terminal and the standard fds (`exec`).
+    Terminal = 17,
 }
 
 impl Step {
@@ -65,6 +69,8 @@ impl Step {
             SignalMask,
             Exec,
             Seccomp,
+            Session,
+            Terminal,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -87,6 +93,8 @@ impl Step {
             Step::SignalMask => "resetting the signal mask",
             Step::Seccomp => "installing the BOTTLE_EGRESS=api-only seccomp filter",
             Step::Exec => "execve",
+            Step::Session => "setsid (the command's own session)",
+            Step::Terminal => "attaching the command's new terminal",
         }
     }
 }

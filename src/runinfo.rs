@@ -18,13 +18,15 @@ use crate::user::ChildUser;
 pub const DEFAULT_RUN_DIR: &str = "/run/bottle-init";
 pub const STATE_FILE: &str = "state";
 
-/// The run directory: `BOTTLE_RUN_DIR` or the default.
+/// The run directory: `BOTTLE_RUN_DIR` or the default, made absolute (PID 1 leaves its start
+/// directory once the child runs, and removes its files from there at exit).
 pub fn run_dir(env_value: Option<&[u8]>) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
-    match env_value.filter(|v| !v.is_empty()) {
+    let dir = match env_value.filter(|v| !v.is_empty()) {
         Some(v) => PathBuf::from(OsString::from_vec(v.to_vec())),
         None => PathBuf::from(DEFAULT_RUN_DIR),
-    }
+    };
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! The only place with `unsafe` system calls for the init half: signal masks, prctl,
-//! capabilities, ids, fds, fork/exec, waitpid.
+//! capabilities, ids, fds, fork/exec, waitpid, sessions and terminals (pty, termios,
+//! window size), signalfd and poll for `exec`'s relay, extended attributes (ACLs).
 //!
 //! Invariants:
 //! - functions marked "async-signal-safe" make exactly one or a few raw system calls, never
@@ -68,6 +69,14 @@ pub fn set_sigmask(mask: SigMask) -> Result<(), Errno> {
         )
     })
     .map(drop)
+}
+
+/// Blocks every signal in the calling thread; the first thing every thread does. A thread
+/// inherits its creator's mask, but glibc unblocks its internal signals (32, 33) in every
+/// new thread (musl: 33, 34): a process-directed one (e.g. `kill -33 1`) could then be
+/// delivered to that thread and lost instead of being forwarded by the init loop.
+pub fn block_signals_in_thread() {
+    let _ = set_sigmask(ALL_SIGNALS);
 }
 
 /// The kernel's `struct sigaction` (not libc's): handler, flags, restorer, mask.
@@ -187,6 +196,239 @@ pub fn isatty(fd: i32) -> bool {
 pub fn tcsetpgrp(fd: i32, pgid: i32) -> Result<(), Errno> {
     // SAFETY: plain integer arguments.
     check(unsafe { libc::tcsetpgrp(fd, pgid) } as libc::c_long).map(drop)
+}
+
+/// The foreground process group of the terminal on `fd`.
+pub fn tcgetpgrp(fd: i32) -> Result<i32, Errno> {
+    // SAFETY: plain integer argument.
+    check(unsafe { libc::tcgetpgrp(fd) } as libc::c_long).map(|p| p as i32)
+}
+
+/// setsid(2): a new session and process group led by the caller. Async-signal-safe.
+pub fn setsid() -> Result<(), Errno> {
+    // SAFETY: no arguments.
+    check(unsafe { libc::setsid() } as libc::c_long).map(drop)
+}
+
+/// Makes the terminal on `fd` the caller's controlling terminal (TIOCSCTTY). The caller must
+/// be a session leader without one (right after [`setsid`]). Async-signal-safe.
+pub fn set_controlling_tty(fd: i32) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal from another session).
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as libc::c_long).map(drop)
+}
+
+/// dup2(2). Async-signal-safe.
+pub fn dup2(old: i32, new: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::dup2(old, new) } as libc::c_long).map(drop)
+}
+
+/// chdir(2).
+pub fn chdir(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::chdir(path.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// A new pseudo-terminal: `(master, slave)`, both CLOEXEC, the slave not made anyone's
+/// controlling terminal. The slave is opened from the master (TIOCGPTPEER, Linux 4.13), so no
+/// path under /dev/pts is looked up; on older kernels it falls back to the TIOCGPTN name.
+pub fn open_pty() -> Result<(i32, i32), Errno> {
+    // SAFETY: constant NUL-terminated path.
+    let master = check(unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as libc::c_long)? as i32;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK takes a pointer to an int; 0 unlocks the slave.
+    if let Err(e) = check(unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &unlock) } as libc::c_long)
+    {
+        close(master);
+        return Err(e);
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags as an integer and returns a new fd.
+    let peer = check(unsafe { libc::ioctl(master, libc::TIOCGPTPEER, flags) } as libc::c_long);
+    let slave = match peer {
+        Ok(fd) => fd as i32,
+        Err(Errno(libc::EINVAL)) | Err(Errno(libc::ENOTTY)) => {
+            let mut n: libc::c_uint = 0;
+            // SAFETY: TIOCGPTN writes the pty number into a valid unsigned int.
+            let rc = unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut n) };
+            if let Err(e) = check(rc as libc::c_long) {
+                close(master);
+                return Err(e);
+            }
+            let path = std::ffi::CString::new(format!("/dev/pts/{n}")).expect("no NUL");
+            // SAFETY: NUL-terminated path.
+            match check(unsafe { libc::open(path.as_ptr(), flags) } as libc::c_long) {
+                Ok(fd) => fd as i32,
+                Err(e) => {
+                    close(master);
+                    return Err(e);
+                }
+            }
+        }
+        Err(e) => {
+            close(master);
+            return Err(e);
+        }
+    };
+    Ok((master, slave))
+}
+
+/// fchown(2).
+pub fn fchown(fd: i32, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long).map(drop)
+}
+
+/// fchmod(2).
+pub fn fchmod(fd: i32, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::fchmod(fd, mode as libc::mode_t) } as libc::c_long).map(drop)
+}
+
+/// A terminal's settings.
+pub type Termios = libc::termios;
+
+pub fn tcgetattr(fd: i32) -> Result<Termios, Errno> {
+    // SAFETY: termios is plain old data; tcgetattr fills it.
+    let mut t: Termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    check(unsafe { libc::tcgetattr(fd, &mut t) } as libc::c_long)?;
+    Ok(t)
+}
+
+/// tcsetattr(fd, TCSADRAIN): applied once pending output is written; typed-ahead input is
+/// kept (TCSAFLUSH would throw it away).
+pub fn tcsetattr(fd: i32, t: &Termios) -> Result<(), Errno> {
+    // SAFETY: valid pointer to a termios.
+    check(unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, t) } as libc::c_long).map(drop)
+}
+
+/// `t` in raw mode (cfmakeraw: no echo, no line editing, no signals from keys, no output
+/// processing), for relaying bytes unchanged.
+pub fn raw_mode(t: &Termios) -> Termios {
+    let mut raw = *t;
+    // SAFETY: cfmakeraw only edits the struct it is given.
+    unsafe { libc::cfmakeraw(&mut raw) };
+    raw
+}
+
+/// A terminal's window size.
+pub type WinSize = libc::winsize;
+
+pub fn get_winsize(fd: i32) -> Result<WinSize, Errno> {
+    // SAFETY: winsize is plain old data.
+    let mut ws: WinSize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills a valid winsize.
+    check(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } as libc::c_long)?;
+    Ok(ws)
+}
+
+/// Sets the window size; the kernel then sends SIGWINCH to the terminal's foreground group.
+pub fn set_winsize(fd: i32, ws: &WinSize) -> Result<(), Errno> {
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, ws) } as libc::c_long).map(drop)
+}
+
+/// A non-blocking, CLOEXEC signalfd for `mask` (which must be blocked). Raw signalfd4 with
+/// the kernel's 8-byte mask, for the reason given at [`SigMask`].
+pub fn signalfd(mask: SigMask) -> Result<i32, Errno> {
+    // SAFETY: fd -1 creates a new signalfd; the mask pointer and size 8 are valid.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const SigMask,
+            8usize,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        )
+    })
+    .map(|fd| fd as i32)
+}
+
+/// The next signal queued on a signalfd, or `None` when there is none.
+pub fn read_signalfd(fd: i32) -> Result<Option<i32>, Errno> {
+    // SAFETY: signalfd_siginfo is plain old data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading into a valid buffer of exactly one siginfo.
+    let rc = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    match check(rc as libc::c_long) {
+        Ok(n) if n as usize == size => Ok(Some(info.ssi_signo as i32)),
+        Ok(_) => Ok(None),
+        Err(Errno(libc::EAGAIN)) | Err(Errno(libc::EINTR)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// poll(2) over `fds`; `timeout` None waits forever. Returns how many are ready (0 on
+/// timeout or EINTR).
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize, Errno> {
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: pointer and length describe a live slice of pollfd.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    match check(rc as libc::c_long) {
+        Ok(n) => Ok(n as usize),
+        Err(Errno(libc::EINTR)) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets O_NONBLOCK on `fd`. Only for descriptors this process created (a shared open file
+/// description, such as an inherited terminal, would change for every process using it).
+pub fn set_nonblocking(fd: i32) -> Result<(), Errno> {
+    // SAFETY: F_GETFL/F_SETFL with integer arguments.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)? as i32;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } as libc::c_long)
+        .map(drop)
+}
+
+/// read(2) once; EINTR is retried.
+pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        // SAFETY: pointer and length describe a live writable slice.
+        match check(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long) {
+            Ok(n) => return Ok(n as usize),
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// write(2) once; EINTR is retried.
+pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+    loop {
+        // SAFETY: pointer and length describe a live slice.
+        match check(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) } as libc::c_long) {
+            Ok(n) => return Ok(n as usize),
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The value of extended attribute `name` of the open file `fd`; `Ok(None)` when the file
+/// has no such attribute (or the filesystem has no extended attributes).
+pub fn fgetxattr(fd: i32, name: &CStr) -> Result<Option<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: valid NUL-terminated name and a live writable buffer.
+        let rc = unsafe { libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match check(rc as libc::c_long) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(Some(buf));
+            }
+            Err(Errno(libc::ENODATA)) | Err(Errno(libc::ENOTSUP)) => return Ok(None),
+            Err(Errno(libc::ERANGE)) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

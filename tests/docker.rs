@@ -933,3 +933,213 @@ fn compose_example_runs_claude_with_a_root_only_secret_file() {
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// What root, `docker exec -u claude` and `bottle-init exec` get in a container with Docker's
+// default capabilities (issue 10 items 1 and 16). Each check takes the image tag, so it works
+// with however the image is built.
+// ---------------------------------------------------------------------------------------------
+
+/// sha256 of `s` in hex, by the host's sha256sum (so a test can compare a secret it finds in
+/// the container without ever printing it).
+fn sha256_hex(s: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// For each of PID 1's environ, maps and mem: whether root (`docker exec` without -u) can open
+/// and read it, and whether the token's value is in environ.
+const ROOT_VIEW: &str = r#"
+for f in environ maps mem; do
+  if err=$( (exec 3< /proc/1/$f) 2>&1 ); then echo "$f=open"; else echo "$f=denied: $err"; fi
+done
+if tr '\0' '\n' < /proc/1/environ 2>/dev/null | grep -q "CLAUDE_CODE_OAUTH_TOKEN"; then echo "environ-has-name"; fi
+if tr '\0' '\n' < /proc/1/environ 2>/dev/null | grep -qF "$CLAUDE_CODE_OAUTH_TOKEN"; then echo "environ-has-token"; fi
+head -c 64 /proc/1/maps >/dev/null 2>&1 && echo "maps-read"
+"#;
+
+/// Root in the container with Docker's default capabilities (no CAP_SYS_PTRACE) cannot open
+/// PID 1's environ, maps or mem: PID 1 is not dumpable. With `--cap-add SYS_PTRACE` it can,
+/// and finds the token's variable name in environ with the value zeroed.
+fn check_root_view_of_pid1(img: &str) {
+    let token = fake_secret("sk-ant-oat01-rootview-");
+    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    c.wait_for_process("sleep");
+    let o = c.exec(&["sh", "-c", ROOT_VIEW]);
+    let out = stdout(&o);
+    eprintln!("root, default capabilities:\n{out}");
+    for f in ["environ", "maps", "mem"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{f}=")))
+            .unwrap_or_else(|| panic!("{f}: {}", text(&o)));
+        assert!(
+            line.starts_with(&format!("{f}=denied")) && line.contains("Permission denied"),
+            "{line}: {}",
+            text(&o)
+        );
+    }
+    assert!(!out.contains("environ-has"), "{}", text(&o));
+    assert!(!out.contains("maps-read"), "{}", text(&o));
+    let status = stdout(&c.exec(&["grep", "CapEff", "/proc/self/status"]));
+    assert!(
+        status.ends_with("00000000a80425fb"),
+        "not Docker's default set: {status}"
+    );
+    drop(c);
+
+    let c = Container::run(&[
+        "--network",
+        "none",
+        "--cap-add",
+        "SYS_PTRACE",
+        "-e",
+        &env,
+        img,
+        "sleep",
+        "300",
+    ]);
+    c.wait_for_process("sleep");
+    let o = c.exec(&["sh", "-c", ROOT_VIEW]);
+    let out = stdout(&o);
+    eprintln!("root with --cap-add SYS_PTRACE:\n{out}");
+    for f in ["environ", "maps", "mem"] {
+        assert!(out.contains(&format!("{f}=open")), "{f}: {}", text(&o));
+    }
+    assert!(
+        out.contains("environ-has-name") && out.contains("maps-read"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !out.contains("environ-has-token"),
+        "the token is readable in /proc/1/environ"
+    );
+    assert_absent(&text(&o), &token, "the probe's output");
+    assert_absent(&c.logs(), &token, "docker logs");
+}
+
+/// The README's warning, proved as an attacker would: `docker exec -u claude` (or `-u 1000`)
+/// runs with the container's environment, real token included, as claude's own uid, so
+/// claude (here: a command started by `bottle-init exec`, uid 1000) reads the token from that
+/// process's /proc/PID/environ and can open its memory (ptrace access).
+fn check_docker_exec_as_claude_exposes_the_token(img: &str) {
+    let token = fake_secret("sk-ant-oat01-asclaude-");
+    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    c.wait_for_process("sleep");
+    // What "claude" runs: finds the real token in any process it can read; prints only a
+    // hash of it, and whether it could open that process's memory.
+    let attack = r#"
+for p in /proc/[0-9]*; do
+  v=$(tr '\0' '\n' < $p/environ 2>/dev/null | sed -n 's/^CLAUDE_CODE_OAUTH_TOKEN=\(sk-ant-.*\)/\1/p')
+  [ -n "$v" ] || continue
+  echo "found in $p uid=$(stat -c %u $p) hash=$(printf %s "$v" | sha256sum | cut -d' ' -f1)"
+  if ( exec 3< $p/mem ) 2>/dev/null; then echo "mem-open $p"; fi
+done
+echo attack-done
+"#;
+    for user in ["claude", "1000"] {
+        let o = docker(&["exec", "-d", "-u", user, &c.0, "sleep", "120"]);
+        assert!(o.status.success(), "{}", text(&o));
+        std::thread::sleep(Duration::from_millis(500));
+        let o = c.exec(&["/bottle-init", "exec", "--", "sh", "-c", attack]);
+        let all = text(&o);
+        assert_absent(&all, &token, "the attacker's output");
+        let out = stdout(&o);
+        assert!(out.contains("attack-done"), "{all}");
+        let want = sha256_hex(&token);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("found in "))
+            .unwrap_or_else(|| {
+                panic!("-u {user}: the uid-1000 command did not find the token: {all}")
+            });
+        assert!(
+            line.contains("uid=1000") && line.ends_with(&format!("hash={want}")),
+            "{line}"
+        );
+        assert!(out.contains("mem-open"), "-u {user}: {all}");
+        // Stop that process (not the container's own uid-1000 `sleep`) before the next round.
+        let pid = line
+            .strip_prefix("found in /proc/")
+            .and_then(|r| r.split(' ').next())
+            .unwrap()
+            .to_string();
+        let o = c.exec(&["kill", &pid]);
+        assert!(o.status.success(), "{}", text(&o));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Control: with only `bottle-init exec` processes, there is nothing to find.
+    let o = c.exec(&["/bottle-init", "exec", "--", "sh", "-c", attack]);
+    assert!(!stdout(&o).contains("found in "), "{}", text(&o));
+}
+
+/// `docker exec -t C /bottle-init exec ...` gives the command its own pty (not the exec's
+/// terminal) and its own session.
+fn check_exec_gets_its_own_terminal(img: &str) {
+    let token = fake_secret("sk-ant-oat01-pty-");
+    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    c.wait_for_process("sleep");
+    let o = docker(&[
+        "exec",
+        "-t",
+        &c.0,
+        "sh",
+        "-c",
+        "echo outer=$(tty); /bottle-init exec -- sh -c 'echo inner=$(tty) uid=$(id -u); set -- $(sed \"s/.*) //\" /proc/$$/stat); echo sid=$4 pid=$$'",
+    ]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert_absent(&all, &token, "docker exec -t output");
+    let out = stdout(&o);
+    let get = |k: &str| {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {all}"))
+            .trim()
+            .to_string()
+    };
+    let (outer, inner) = (get("outer="), get("inner="));
+    assert!(
+        outer.starts_with("/dev/pts/") && inner.starts_with("/dev/pts/"),
+        "{all}"
+    );
+    assert_ne!(outer, inner, "the command got the caller's terminal: {all}");
+    assert_eq!(get("uid="), "1000");
+    assert_eq!(get("sid="), get("pid="), "own session: {all}");
+}
+
+#[test]
+fn root_in_the_container_cannot_read_pid1s_environ_maps_or_mem() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    check_root_view_of_pid1(img);
+}
+
+#[test]
+fn docker_exec_as_claude_hands_claude_the_real_token() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    check_docker_exec_as_claude_exposes_the_token(img);
+}
+
+#[test]
+fn bottle_init_exec_on_a_tty_in_the_container_gets_its_own_pty() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    check_exec_gets_its_own_terminal(img);
+}

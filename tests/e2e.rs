@@ -892,6 +892,70 @@ fn interactive_on_a_pty_with_fresh_home() {
     interactive_session(&sb, &token, reply, None, None);
 }
 
+/// Interactive claude through `bottle-init exec` on a pty (the `docker exec -it C /bottle-init
+/// exec claude` path): exec gives claude its own pty and relays the tmux pane to it, so the
+/// full-screen UI, typing and the reply work as on PID 1's own terminal; the pane's terminal
+/// (the caller's) is never claude's.
+#[test]
+fn interactive_exec_on_a_pty_works_through_the_relay() {
+    let _g = heavy();
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-ptyexec-");
+    let reply = "interactive exec reply 5c1d";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let mut cmd = sb.init_command(&["--", "sleep", "300"]);
+    cmd.stdout(Stdio::null());
+    let pid1_child = sb.spawn(cmd);
+    let unshare_pid = pid1_child.id();
+    let _pid1_guard = Guard(Some(pid1_child));
+    let pid1 = host_pid1(unshare_pid);
+    let start = Instant::now();
+    while !descendants(pid1)
+        .iter()
+        .any(|p| comm(*p) == "sleep" && real_uid(*p) == Some(1000))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "PID 1's sleep never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut exec = Command::new("nsenter");
+    exec.arg(format!("--target={pid1}"))
+        .args(["--pid", "--mount"])
+        .arg(format!("--wd={}", sb.work.display()))
+        .args(["--", INIT, "exec", "--"])
+        .arg(&sb.claude)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token); // what `docker exec` hands every process
+    let prompt = "please reply through exec";
+    let (screen, _) = interactive_screen(&sb, exec, &token, None, None, prompt, reply, &|pane| {
+        let tty = |p: u32| std::fs::read_link(format!("/proc/{p}/fd/0")).unwrap_or_default();
+        let pane_tty = tty(pane);
+        let claude = descendants(pane)
+            .into_iter()
+            .find(|p| real_uid(*p) == Some(1000))
+            .expect("claude under the pane");
+        let claude_tty = tty(claude);
+        assert!(claude_tty.starts_with("/dev/pts/"), "{claude_tty:?}");
+        assert_ne!(claude_tty, pane_tty, "claude runs on the caller's terminal");
+    });
+    eprintln!("interactive exec screen:\n{screen}");
+    assert!(
+        sb.mock
+            .messages()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(prompt)),
+        "the typed prompt never reached the mock"
+    );
+    sb.assert_home_clean();
+}
+
 /// The out-of-band traffic audit for interactive mode, which does more than -p on start-up
 /// (marketplace, version checks; see the facts file): the same pty session under `strace -f`.
 #[test]
@@ -944,6 +1008,7 @@ fn interactive_session(
         log,
         "please reply on the pty",
         reply,
+        &|_| {},
     );
     eprintln!("interactive screen:\n{s}");
     let msgs = sb.mock.messages();
@@ -967,6 +1032,7 @@ fn interactive_session(
 /// Runs `inner` (bottle-init with claude) in tmux, waits for claude's prompt (failing on any
 /// login/onboarding screen or a leaked secret), types `prompt` and waits up to 60 s for
 /// `want` on the screen. Returns that screen and how long after the Enter key it appeared.
+#[allow(clippy::too_many_arguments)] // a test driver: every argument is one knob of the session
 fn interactive_screen(
     sb: &Sandbox,
     mut inner: Command,
@@ -975,6 +1041,7 @@ fn interactive_screen(
     log: Option<&str>,
     prompt: &str,
     want: &str,
+    check: &dyn Fn(u32),
 ) -> (String, Duration) {
     let token = token.to_string();
     let sock = sb.dir.path().join("tmux.sock");
@@ -1211,6 +1278,7 @@ fn interactive_screen(
         &mut trust_dialogs,
     );
     let took = sent.elapsed();
+    check(pane_pid);
     eprintln!("{want:?} after {took:?} (trust dialogs accepted: {trust_dialogs})");
     (s, took)
 }
@@ -1286,6 +1354,7 @@ fn unreachable_upstream_interactive_says_why_within_seconds() {
         // The final error, not the reason shown between retries ("... · attempt 3/10"),
         // which the client keeps retrying behind for ~3 minutes.
         "API Error: 502",
+        &|_| {},
     );
     assert!(
         screen.contains("bottle-init proxy") && screen.contains("cannot connect"),
@@ -1327,6 +1396,7 @@ fn interactive_as_a_uid_without_passwd_entry_gets_a_home_and_works() {
         None,
         "please reply to uid 4242",
         reply,
+        &|_| {},
     );
     eprintln!("screen:\n{screen}");
     let home = homes.join("uid-4242");

@@ -188,36 +188,271 @@ fn child_runs_dropped_with_clean_env_as_subreaper_api_key_mode() {
     check_report(&o, &tok, &w, "ANTHROPIC_AUTH_TOKEN");
 }
 
+/// Sets a file's POSIX access ACL (`system.posix_acl_access`, little-endian version 2 and
+/// (tag, perm, id) entries), as `setfacl` would, without needing the acl package.
+fn set_acl(path: &std::path::Path, entries: &[(u16, u16, u32)]) {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path and name; the value buffer is live for the call.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+const ANY: u32 = u32::MAX;
+
+/// BOTTLE_TOKEN_FILE / BOTTLE_API_KEY_FILE fail closed: a file the child user can read (mode
+/// bits, group membership, an ACL) or owns refuses to start with 78, naming the file and the
+/// fix, and the command never runs; BOTTLE_INSECURE_SECRET_FILE=1 is the explicit way out.
 #[test]
-fn token_file_is_read_and_warned_about_when_child_readable() {
+fn secret_files_the_child_could_read_or_own_are_refused() {
     if !require_root() {
         return;
     }
     let w = World::new();
     let tok = token();
     let f = w.path().join("token");
-    std::fs::write(&f, format!("{tok}\n")).unwrap();
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let opts = || {
-        Opts::new(true, &["sh", "-c", REPORT])
-            .env("BOTTLE_TOKEN_FILE", f.to_str().unwrap())
-            .env("MARKER", "kept")
+    let ran = w.path().join("command-ran");
+    // The command shows what uid 1000 can do with the file, and leaves a mark if it ran.
+    let probe = format!(
+        "touch {r}; cat {f} >/dev/null 2>&1 && echo child-can-read || echo child-cannot-read",
+        r = ran.display(),
+        f = f.display()
+    );
+    let start = |var: &str, extra: &[(&str, &str)]| {
+        let mut o = Opts::new(false, &["sh", "-c", &probe]).env(var, f.to_str().unwrap());
+        for (k, v) in extra {
+            o = o.env(k, v);
+        }
+        let _ = std::fs::remove_file(&ran);
+        let out = run(&w, o);
+        out.assert_no_secret(&tok);
+        out
     };
-    let o = run(&w, opts());
-    check_report(&o, &tok, &w, "CLAUDE_CODE_OAUTH_TOKEN");
+    let set = |uid: u32, gid: u32, mode: u32| {
+        let _ = std::fs::remove_file(&f);
+        std::fs::write(&f, format!("{tok}\n")).unwrap();
+        chown(&f, uid, gid);
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refused = |o: &Outcome, var: &str, why: &str| {
+        o.assert_code(78);
+        let err = o.err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", o.describe());
+        for needle in [
+            "bottle-init: error: ",
+            var,
+            f.to_str().unwrap(),
+            why,
+            "chown root:root",
+            "chmod 0400",
+            "defaultMode: 0400",
+            "BOTTLE_INSECURE_SECRET_FILE=1",
+        ] {
+            assert!(lines[0].contains(needle), "{needle}\n{}", o.describe());
+        }
+        assert!(!ran.exists(), "the command ran\n{}", o.describe());
+    };
+
+    // Root-only: accepted, and the child really cannot read it.
+    set(0, 0, 0o600);
+    let o = start("BOTTLE_TOKEN_FILE", &[]);
+    o.assert_code(0);
+    assert!(o.out().contains("child-cannot-read"), "{}", o.describe());
+    assert!(!o.err().contains("BOTTLE_TOKEN_FILE"), "{}", o.describe());
+    // Group read for a group the child is not in: fine too.
+    set(0, 0, 0o640);
+    start("BOTTLE_TOKEN_FILE", &[]).assert_code(0);
+
+    let cases: [(u32, u32, u32, &str); 5] = [
+        (0, 0, 0o644, "readable by everyone"),
+        (0, 0, 0o444, "readable by everyone"),
+        (0, TEST_UID, 0o640, "readable by its group 1000"),
+        (0, 2345, 0o440, "readable by its group 2345"), // a supplementary group of tester
+        (TEST_UID, 0, 0o400, "owned by the child user"),
+    ];
+    for (uid, gid, mode, why) in cases {
+        set(uid, gid, mode);
+        refused(&start("BOTTLE_TOKEN_FILE", &[]), "BOTTLE_TOKEN_FILE", why);
+    }
+    // A POSIX ACL granting uid 1000 read on a 0600-looking root file (mode shows the mask).
+    set(0, 0, 0o600);
+    set_acl(
+        &f,
+        &[
+            (0x01, 6, ANY),
+            (0x02, 4, TEST_UID),
+            (0x04, 0, ANY),
+            (0x10, 4, ANY),
+            (0x20, 0, ANY),
+        ],
+    );
+    refused(
+        &start("BOTTLE_TOKEN_FILE", &[]),
+        "BOTTLE_TOKEN_FILE",
+        "POSIX ACL",
+    );
+    // Control: the kernel agrees the ACL lets the child read it (with the opt-in it runs).
+    let o = start("BOTTLE_TOKEN_FILE", &[("BOTTLE_INSECURE_SECRET_FILE", "1")]);
+    o.assert_code(0);
+    assert!(o.out().contains("child-can-read"), "{}", o.describe());
+    // ... and an ACL entry masked off grants nothing: accepted.
+    set_acl(
+        &f,
+        &[
+            (0x01, 6, ANY),
+            (0x02, 4, TEST_UID),
+            (0x04, 0, ANY),
+            (0x10, 0, ANY),
+            (0x20, 0, ANY),
+        ],
+    );
+    let o = start("BOTTLE_TOKEN_FILE", &[]);
+    o.assert_code(0);
+    assert!(o.out().contains("child-cannot-read"), "{}", o.describe());
+
+    // Kubernetes-style symlink: the check is on the file opened, not the link.
+    let real = w.path().join("..data-token");
+    set(0, 0, 0o644);
+    std::fs::rename(&f, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &f).unwrap();
+    refused(
+        &start("BOTTLE_TOKEN_FILE", &[]),
+        "BOTTLE_TOKEN_FILE",
+        "readable by everyone",
+    );
+    std::fs::remove_file(&f).unwrap();
+    std::fs::remove_file(&real).unwrap();
+
+    // The opt-in: runs, with a warning naming the file, and the child can read it (that is
+    // the risk accepted).
+    set(0, 0, 0o644);
+    let o = start("BOTTLE_TOKEN_FILE", &[("BOTTLE_INSECURE_SECRET_FILE", "1")]);
+    o.assert_code(0);
+    assert!(o.out().contains("child-can-read"), "{}", o.describe());
     assert!(
-        !o.err().contains("readable by the child"),
+        o.err().contains("BOTTLE_TOKEN_FILE") && o.err().contains("BOTTLE_INSECURE_SECRET_FILE=1"),
         "{}",
         o.describe()
     );
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = run(&w, opts());
-    check_report(&o, &tok, &w, "CLAUDE_CODE_OAUTH_TOKEN");
+    let o = start(
+        "BOTTLE_TOKEN_FILE",
+        &[("BOTTLE_INSECURE_SECRET_FILE", "yes")],
+    );
+    o.assert_code(78);
     assert!(
-        o.err().contains("readable by the child user"),
+        o.err().contains("BOTTLE_INSECURE_SECRET_FILE"),
         "{}",
         o.describe()
     );
+
+    // Not a regular file (a FIFO would block a plain open): refused at once.
+    let _ = std::fs::remove_file(&f);
+    let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = start("BOTTLE_TOKEN_FILE", &[]);
+    o.assert_code(78);
+    assert!(o.err().contains("not a regular file"), "{}", o.describe());
+    assert!(o.elapsed < Duration::from_secs(5), "{}", o.describe());
+    std::fs::remove_file(&f).unwrap();
+
+    // BOTTLE_API_KEY_FILE: the same rules; accepted, it is an API key (the child gets the
+    // API-key placeholder variable).
+    set(0, 0, 0o644);
+    refused(
+        &start("BOTTLE_API_KEY_FILE", &[]),
+        "BOTTLE_API_KEY_FILE",
+        "readable by everyone",
+    );
+    set(0, 0, 0o400);
+    let o = run(
+        &w,
+        Opts::new(false, &["sh", "-c", REPORT])
+            .env("BOTTLE_API_KEY_FILE", f.to_str().unwrap())
+            .env("MARKER", "kept"),
+    );
+    check_report(&o, &tok, &w, "ANTHROPIC_AUTH_TOKEN");
+}
+
+/// BOTTLE_LISTEN must be loopback unless BOTTLE_INSECURE_LISTEN=1: elsewhere the session
+/// secret would work from the network. In `allowlist` it is refused even then.
+#[test]
+fn non_loopback_listen_is_refused_unless_explicitly_allowed() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        for egress in ["open", "api-only"] {
+            let o = run(
+                &w,
+                Opts::new(true, &["sh", "-c", "echo command-ran"])
+                    .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                    .env("BOTTLE_EGRESS", egress)
+                    .env("BOTTLE_LISTEN", addr),
+            );
+            o.assert_code(78);
+            let err = o.err();
+            assert_eq!(err.lines().count(), 1, "{}", o.describe());
+            for needle in [
+                "BOTTLE_LISTEN",
+                "not a loopback",
+                "network",
+                "BOTTLE_INSECURE_LISTEN=1",
+            ] {
+                assert!(err.contains(needle), "{needle}\n{}", o.describe());
+            }
+            assert!(!o.out().contains("command-ran"), "{}", o.describe());
+        }
+    }
+    // Allowed explicitly: it listens on the wildcard address and says so.
+    let o = run(
+        &w,
+        Opts::new(true, &["sh", "-c", "cat /proc/net/tcp"])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_LISTEN", "0.0.0.0:0")
+            .env("BOTTLE_INSECURE_LISTEN", "1"),
+    );
+    o.assert_code(0);
+    assert!(
+        o.out()
+            .lines()
+            .any(|l| l.contains(" 00000000:") && l.contains(" 0A ")),
+        "no wildcard listener\n{}",
+        o.describe()
+    );
+    assert!(
+        o.err().contains("not a loopback address"),
+        "{}",
+        o.describe()
+    );
+    // allowlist: never, whatever the switch says (CONNECT would serve the whole network).
+    let o = run(
+        &w,
+        Opts::new(true, &["sh", "-c", "echo command-ran"])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_EGRESS", "allowlist")
+            .env("BOTTLE_ALLOW_HOSTS", "example.com")
+            .env("BOTTLE_LISTEN", "0.0.0.0:0")
+            .env("BOTTLE_INSECURE_LISTEN", "1"),
+    );
+    o.assert_code(78);
+    assert!(!o.out().contains("command-ran"), "{}", o.describe());
 }
 
 /// Each start-up error: one line `bottle-init: error: ...; ...`, the documented code, no secret.
@@ -617,6 +852,14 @@ fn signals_sent_to_pid1_reach_the_child() {
     for (name, sig) in sigs {
         // SAFETY: kill with a pid we found as our own descendant.
         assert_eq!(unsafe { libc::kill(init as i32, sig) }, 0);
+        if sig == libc::SIGTSTP {
+            // It goes to the command's whole group: the shell's `sleep` stops like a job on
+            // Ctrl-Z, and the shell runs its trap once that child is continued. (Not at once:
+            // a SIGCONT discards stop signals still pending.)
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::kill(init as i32, libc::SIGCONT) }, 0);
+        }
         lines.expect(&format!("got {name}"), Duration::from_secs(5));
     }
     // Signal 33 is one libc keeps for itself (the shell cannot trap it, so it dies of it):
@@ -1046,6 +1289,25 @@ fn strace_order_and_token_only_in_the_first_execve() {
     let child = t.lines[t.must(None, "setgroups(")].0;
     assert_ne!(child, main);
     assert_child_drop_order(&t, child, &tok);
+    // The child leads its own process group (no terminal here), before its execve.
+    let child_exec = t.must(Some(child), "execve(");
+    let pgid = t.must(Some(child), "setpgid(0, 0)");
+    assert!(pgid < child_exec, "{}", t.dump());
+    // 4b. PID 1 leaves its start directory once the child has exec'd (it started there), and
+    //     before any thread exists.
+    let chdir = t.must(Some(main), "chdir(\"/\"");
+    assert!(
+        child_exec < chdir,
+        "chdir before the child's execve:\n{}",
+        t.dump()
+    );
+    if let Some(thread) = t
+        .lines
+        .iter()
+        .position(|(p, l)| *p == main && l.contains("CLONE_THREAD"))
+    {
+        assert!(chdir < thread, "{}", t.dump());
+    }
     for (i, (p, l)) in t.lines.iter().enumerate().skip(1) {
         if l.starts_with("execve(") {
             let setuid = t.find(Some(*p), "setresuid(1000").unwrap_or(usize::MAX);
@@ -1079,6 +1341,41 @@ fn strace_token_file_read_only_after_dumpable_and_nowhere_else() {
     let dumpable = t.must(Some(main), "prctl(PR_SET_DUMPABLE");
     let open = t.must_open(main, &format!("{}\"", f.display()));
     assert!(dumpable < open);
+    // The permission checks are made on the opened descriptor (fstat + the ACL xattr), never
+    // on the path before or after opening it (no check-then-open race).
+    let fd: String = t.lines[open]
+        .1
+        .rsplit("= ")
+        .next()
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    assert!(!fd.is_empty(), "{}", t.lines[open].1);
+    let on_fd = |prefixes: &[String]| {
+        (open..t.lines.len())
+            .find(|&i| t.lines[i].0 == main && prefixes.iter().any(|p| t.lines[i].1.starts_with(p)))
+            .unwrap_or_else(|| panic!("no {prefixes:?} after the open:\n{}", t.dump()))
+    };
+    let stat = on_fd(&[
+        format!("statx({fd}, \"\""),
+        format!("fstat({fd},"),
+        format!("newfstatat({fd}, \"\""),
+    ]);
+    let acl = on_fd(&[format!("fgetxattr({fd}, \"system.posix_acl_access\"")]);
+    let read = on_fd(&[format!("read({fd},")]);
+    assert!(stat < read && acl < read, "{}", t.dump());
+    let path = format!("\"{}\"", f.display());
+    let by_path: Vec<&str> = t
+        .lines
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .filter(|l| l.contains(&path) && !l.starts_with("open"))
+        .collect();
+    assert!(
+        by_path.is_empty(),
+        "the token file was looked at by path: {by_path:?}"
+    );
     let hits = t.lines_with(&tok);
     assert_eq!(hits.len(), 1, "{}", t.dump());
     assert!(
@@ -1361,11 +1658,37 @@ fn exec_joins_the_running_bottle_init_with_the_same_drop() {
         let dumpable = t.must(Some(main), "prctl(PR_SET_DUMPABLE");
         let first_open_state = t.must_open(main, &w.run_dir().display().to_string());
         assert!(dumpable < first_open_state);
-        assert_child_drop_order(&t, main, &tok);
-        assert!(
-            t.find(None, "clone(").is_none() && t.find(None, "clone3(").is_none(),
-            "exec mode must not fork"
+        // One fork: the command (the pid that drops) is a child of the supervisor, which
+        // stays root and keeps only CAP_KILL after the fork, then leaves its directory.
+        let forks: Vec<&str> = t
+            .lines
+            .iter()
+            .filter(|(p, l)| *p == main && (l.starts_with("clone(") || l.starts_with("clone3(")))
+            .map(|(_, l)| l.as_str())
+            .collect();
+        assert_eq!(forks.len(), 1, "exec forks exactly once: {forks:?}");
+        assert!(!forks[0].contains("CLONE_THREAD"), "{}", forks[0]);
+        let child = t.lines[t.must(None, "setgroups(")].0;
+        assert_ne!(child, main);
+        assert_child_drop_order(&t, child, &tok);
+        assert_eq!(
+            t.find(Some(main), "setresuid("),
+            None,
+            "the supervisor changed uid"
         );
+        assert!(t.find(Some(child), "setsid(").is_some(), "{}", t.dump());
+        let fork = t.must(Some(main), forks[0]);
+        let capset = (fork..t.lines.len())
+            .find(|&i| t.lines[i].0 == main && t.lines[i].1.starts_with("capset("))
+            .unwrap_or_else(|| panic!("no capset by the supervisor:\n{}", t.dump()));
+        assert!(
+            t.lines[capset].1.contains("CAP_KILL, CAP_KILL")
+                || t.lines[capset].1.contains("1<<CAP_KILL"),
+            "{}",
+            t.lines[capset].1
+        );
+        let chdir = t.must(Some(main), "chdir(\"/\""); // may be "<unfinished ...>"
+        assert!(fork < chdir, "{}", t.dump());
     } else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -1445,4 +1768,1057 @@ fn exec_refuses_when_no_bottle_init_is_running() {
     )
     .unwrap();
     check(run(&w.run_dir()), "0600");
+}
+
+// ------------------------------------------------------------------------------------------
+// Process groups, the bounded stop, the start directory
+// ------------------------------------------------------------------------------------------
+
+/// Without a terminal the command still leads its own process group, and a signal sent to
+/// PID 1 reaches the whole group (the tools it started), never bottle-init's own group.
+#[test]
+fn command_leads_its_own_group_and_forwarded_signals_reach_the_group() {
+    if !require_root() {
+        return;
+    }
+    let script = r#"
+set -- $(sed 's/.*) //' /proc/$$/stat)
+echo "pid=$$ pgrp=$3"
+(trap 'echo helper-got-USR1; exit 0' USR1; while :; do sleep 0.05; done) &
+trap 'echo main-got-USR1' USR1
+echo ready
+wait
+wait
+echo main-done
+"#;
+    for pid1 in [true, false] {
+        let w = World::new();
+        let tok = token();
+        let opts = Opts::new(pid1, &["sh", "-c", script]).env("CLAUDE_CODE_OAUTH_TOKEN", &tok);
+        let mut child = command(&w, &opts)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let err = reader(child.stderr.take().unwrap());
+        let l = lines.expect("pid=", Duration::from_secs(10));
+        let f: Vec<&str> = l
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap().1)
+            .collect();
+        assert_eq!(f[0], f[1], "the command leads its own process group: {l}");
+        lines.expect("ready", Duration::from_secs(5));
+        let init = if pid1 {
+            wait_for_child(child.id(), "bottle-init", Duration::from_secs(5))
+        } else {
+            child.id()
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: our descendant's pid.
+        assert_eq!(unsafe { libc::kill(init as i32, libc::SIGUSR1) }, 0);
+        lines.expect("helper-got-USR1", Duration::from_secs(5));
+        lines.expect("main-done", Duration::from_secs(5));
+        // bottle-init (and, as a subreaper, the unshare wrapper in its group) was not hit.
+        let st = wait_timeout(&mut child, Duration::from_secs(10), "group signal");
+        let err = err.join().unwrap();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "pid1={pid1} {:?}\n{}",
+            lines.seen,
+            String::from_utf8_lossy(&err)
+        );
+        assert!(lines.seen.iter().any(|l| l.contains("main-got-USR1")));
+        assert!(!contains(&err, tok.as_bytes()));
+    }
+}
+
+/// A command that ignores SIGTERM: BOTTLE_GRACE after the first SIGTERM it (and everything
+/// left) gets SIGKILL, so the stop is bounded without an outside SIGKILL. SIGINT (claude's
+/// "interrupt") does not start that clock.
+#[test]
+fn sigterm_ignored_by_the_command_ends_in_sigkill_after_the_grace() {
+    if !require_root() {
+        return;
+    }
+    let script = "trap '' TERM INT; echo ready; while :; do sleep 0.05; done";
+    for pid1 in [true, false] {
+        let w = World::new();
+        let tok = token();
+        let opts = Opts::new(pid1, &["sh", "-c", script])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_GRACE", "1");
+        let mut child = command(&w, &opts)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let err = reader(child.stderr.take().unwrap());
+        lines.expect("ready", Duration::from_secs(10));
+        let init = if pid1 {
+            wait_for_child(child.id(), "bottle-init", Duration::from_secs(5))
+        } else {
+            child.id()
+        };
+        // SIGINT twice, then more than the grace: still running.
+        for _ in 0..2 {
+            // SAFETY: our descendant's pid.
+            assert_eq!(unsafe { libc::kill(init as i32, libc::SIGINT) }, 0);
+            std::thread::sleep(Duration::from_millis(900));
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGINT must not start the SIGKILL clock (pid1={pid1})"
+        );
+        let t0 = Instant::now();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(init as i32, libc::SIGTERM) }, 0);
+        std::thread::sleep(Duration::from_millis(400));
+        // A second SIGTERM does not restart the clock.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(init as i32, libc::SIGTERM) }, 0);
+        let st = wait_timeout(&mut child, Duration::from_secs(8), "ignored SIGTERM");
+        let took = t0.elapsed();
+        let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        assert_eq!(st.code(), Some(137), "pid1={pid1}\n{err}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "SIGKILL {took:?} after the first SIGTERM (grace 1 s), pid1={pid1}\n{err}"
+        );
+        assert!(err.contains("SIGKILL"), "{err}");
+        assert!(!err.contains(&tok));
+    }
+    // The clock runs from the first SIGTERM, not from the command's exit: the command takes
+    // 1 s to stop, a leftover ignores SIGTERM; grace 2 s: all over about 2 s after SIGTERM
+    // (3 s if the leftovers got a fresh grace period when the command exited).
+    let script = r#"
+(trap '' TERM; while :; do sleep 0.05; done) &
+trap 'sleep 1; exit 3' TERM
+echo ready
+while :; do sleep 0.05; done
+"#;
+    let w = World::new();
+    let tok = token();
+    let opts = Opts::new(true, &["sh", "-c", script])
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+        .env("BOTTLE_GRACE", "2");
+    let mut child = command(&w, &opts)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
+    lines.expect("ready", Duration::from_secs(10));
+    let init = wait_for_child(child.id(), "bottle-init", Duration::from_secs(5));
+    let t0 = Instant::now();
+    // SAFETY: our descendant's pid.
+    assert_eq!(unsafe { libc::kill(init as i32, libc::SIGTERM) }, 0);
+    let st = wait_timeout(&mut child, Duration::from_secs(8), "bounded stop");
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    assert_eq!(st.code(), Some(3), "{err}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(2700),
+        "stopped {took:?} after SIGTERM with BOTTLE_GRACE=2\n{err}"
+    );
+}
+
+/// PID 1 (and `exec`'s supervisor) leave their start directory once the command runs, so
+/// they do not hold the /workspace bind mount; the command itself starts there.
+#[test]
+fn pid1_and_the_exec_supervisor_leave_the_start_directory() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let cwd = |pid: u32| std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(cwd(r.init), std::path::PathBuf::from("/"), "PID 1's cwd");
+    let child = wait_for_child(r.init, "sh", Duration::from_secs(5));
+    assert_eq!(
+        cwd(child),
+        w.path(),
+        "the command starts in the caller's directory"
+    );
+    // exec: the supervisor left too, the command did not.
+    let mut c = docker_exec(
+        &w,
+        &r,
+        &tok,
+        &[bin(), "exec", "--", "sh", "-c", "pwd; read x; true"],
+    );
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut ex = c.spawn().unwrap();
+    let mut lines = Lines::new(ex.stdout.take().unwrap());
+    let pwd = lines.expect("/", Duration::from_secs(10));
+    assert_eq!(pwd.trim(), w.path().to_str().unwrap());
+    let sup = wait_for_child(ex.id(), "bottle-init", Duration::from_secs(5));
+    assert_eq!(
+        cwd(sup),
+        std::path::PathBuf::from("/"),
+        "exec supervisor's cwd"
+    );
+    let cmd = wait_for_child(sup, "sh", Duration::from_secs(5));
+    assert_eq!(cwd(cmd), w.path());
+    drop(ex.stdin.take());
+    let st = wait_timeout(&mut ex, Duration::from_secs(10), "exec");
+    assert_eq!(st.code(), Some(0));
+    r.stop();
+}
+
+// ------------------------------------------------------------------------------------------
+// A second bottle-init, a dead proxy thread, a stopped terminal
+// ------------------------------------------------------------------------------------------
+
+/// `docker exec C /bottle-init CMD` (the word `exec` forgotten) in a running container: the
+/// second init refuses at once, before any side effect, naming `bottle-init exec`; PID 1's
+/// files are untouched and `bottle-init exec` still works.
+#[test]
+fn a_second_init_refuses_and_leaves_pid1_alone() {
+    if !require_root() || !require_strace() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let state = w.run_dir().join("state");
+    let egress = w.run_dir().join("egress");
+    let snapshot = |p: &std::path::Path| {
+        let md = std::fs::metadata(p).unwrap();
+        (
+            std::fs::read(p).unwrap(),
+            md.ino(),
+            md.mtime_nsec(),
+            md.mode(),
+        )
+    };
+    let before = (snapshot(&state), snapshot(&egress));
+    let trace = w.path().join("second-init.trace");
+    let trace_s = trace.to_str().unwrap();
+    let argv = [
+        "strace",
+        "-f",
+        "-o",
+        trace_s,
+        bin(),
+        "sh",
+        "-c",
+        "echo second-command-ran",
+    ];
+    let mut c = docker_exec(&w, &r, &tok, &argv);
+    let t0 = Instant::now();
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("bottle-init: error: ")
+            && lines[0].contains("already running")
+            && lines[0].contains("`bottle-init exec"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("second-command-ran"));
+    assert!(!err.contains(&tok) && !String::from_utf8_lossy(&o.stdout).contains(&tok));
+    // No side effect at all: no socket, bind, fork, directory or file created, renamed,
+    // removed or written.
+    let t = Trace::load(&trace);
+    for call in [
+        "socket(",
+        "bind(",
+        "listen(",
+        "clone(",
+        "clone3(",
+        "fork(",
+        "vfork(",
+        "mkdir",
+        "rename",
+        "unlink",
+        "rmdir",
+        "write(3",
+        "prctl(PR_SET_CHILD_SUBREAPER",
+    ] {
+        assert_eq!(
+            t.find(None, call),
+            None,
+            "{call} by the refused init:\n{}",
+            t.dump()
+        );
+    }
+    assert_eq!(
+        (snapshot(&state), snapshot(&egress)),
+        before,
+        "PID 1's state or egress record changed"
+    );
+    // exec still joins PID 1.
+    let o = exec_into(&w, &r, &tok, &["--", "sh", "-c", "echo exec-works"], None);
+    o.assert_code(0);
+    assert!(o.out().contains("exec-works"), "{}", o.describe());
+    r.stop();
+}
+
+/// A plain HTTP/1.1 request to the proxy at `url` (`http://127.0.0.1:PORT`); the status line
+/// and headers read back, or the I/O error.
+fn http(url: &str, head: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(head.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if contains(&buf, b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A subreaper bottle-init whose command prints its proxy URL and session secret, then waits
+/// (trapping TERM unless `ignore_term`). Returns (child, lines, stderr, url, session).
+fn start_reporting(
+    w: &World,
+    tok: &str,
+    binary: Option<&str>,
+    ignore_term: bool,
+) -> (
+    std::process::Child,
+    Lines,
+    std::thread::JoinHandle<Vec<u8>>,
+    String,
+    String,
+) {
+    let trap = if ignore_term {
+        "trap '' TERM"
+    } else {
+        "trap 'echo command-got-TERM; exit 7' TERM"
+    };
+    let script = format!(
+        "{trap}; echo \"u=$ANTHROPIC_BASE_URL s=$CLAUDE_CODE_OAUTH_TOKEN\"; while :; do sleep 0.05; done"
+    );
+    let opts = Opts::new(false, &["sh", "-c", &script])
+        .env("CLAUDE_CODE_OAUTH_TOKEN", tok)
+        .env("BOTTLE_GRACE", "1")
+        .env("BOTTLE_UPSTREAM", "https://127.0.0.1:1");
+    let mut c = command(w, &opts);
+    if let Some(b) = binary {
+        // The same namespace set-up, another binary.
+        let args: Vec<std::ffi::OsString> = c
+            .get_args()
+            .map(|a| if a == bin() { b.into() } else { a.to_owned() })
+            .collect();
+        let mut c2 = std::process::Command::new(c.get_program());
+        c2.args(args)
+            .env_clear()
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .current_dir(w.path());
+        c = c2;
+    }
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
+    let l = lines.expect("u=", Duration::from_secs(10));
+    let (u, s) = l.split_once(' ').unwrap();
+    (child, lines, err, u[2..].to_string(), s[2..].to_string())
+}
+
+/// If the proxy thread dies, PID 1 does not carry on without an API: one error line saying
+/// why, SIGTERM to the command's group (SIGKILL after BOTTLE_GRACE if ignored), exit 70. The
+/// proxy is made to die by a request only test builds understand (feature `test-hooks`).
+#[test]
+fn a_dead_proxy_thread_stops_the_command_and_exits_70() {
+    if !require_root() {
+        return;
+    }
+    for ignore_term in [false, true] {
+        let w = World::new();
+        let tok = token();
+        let (mut child, mut lines, err, url, session) =
+            start_reporting(&w, &tok, None, ignore_term);
+        let ok = http(&url, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let t0 = Instant::now();
+        let _ = http(
+            &url,
+            &format!(
+                "GET /v1/bottle-init-test-hooks/panic HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {session}\r\n\r\n"
+            ),
+        );
+        let st = wait_timeout(&mut child, Duration::from_secs(10), "dead proxy");
+        let took = t0.elapsed();
+        let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        assert_eq!(st.code(), Some(70), "ignore_term={ignore_term}\n{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains(": error: ")).collect();
+        assert_eq!(errors.len(), 1, "exactly one error line\n{err}");
+        assert!(
+            errors[0].contains("proxy thread stopped")
+                && errors[0].contains("panic")
+                && errors[0].contains("70"),
+            "{err}"
+        );
+        assert!(!err.contains(&tok) && !err.contains(&session), "{err}");
+        if ignore_term {
+            // SIGKILL after the 1 s grace (plus at most the loop's 1 s tick to notice).
+            assert!(took >= Duration::from_millis(900), "{took:?}\n{err}");
+            assert!(took < Duration::from_secs(4), "{took:?}\n{err}");
+        } else {
+            lines.expect("command-got-TERM", Duration::from_secs(2));
+            assert!(took < Duration::from_secs(3), "{took:?}\n{err}");
+        }
+        assert!(lines.seen.iter().all(|l| !l.contains(&tok)));
+    }
+}
+
+/// The release binary (what the image ships) has no test hook: the same request is just a
+/// request (forwarded, 502 here), and the proxy keeps serving.
+#[test]
+fn the_release_binary_has_no_test_hooks() {
+    if !require_root() {
+        return;
+    }
+    let Some(release) = std::env::var_os("BOTTLE_TEST_MUSL_BIN").filter(|p| !p.is_empty()) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "BOTTLE_TEST_MUSL_BIN (the release build; scripts/test sets it) is unset and CI=true"
+        );
+        eprintln!("SKIPPED: BOTTLE_TEST_MUSL_BIN unset");
+        return;
+    };
+    let release = release.to_str().unwrap().to_string();
+    let bytes = std::fs::read(&release).unwrap();
+    assert!(
+        !contains(&bytes, b"bottle-init-test-hooks"),
+        "{release} contains the test hook's path"
+    );
+    // Positive control: the binary under test (a test build) has it.
+    assert!(contains(
+        &std::fs::read(bin()).unwrap(),
+        b"bottle-init-test-hooks"
+    ));
+    let w = World::new();
+    let tok = token();
+    let (mut child, _lines, err, url, session) = start_reporting(&w, &tok, Some(&release), false);
+    let answer = http(
+        &url,
+        &format!(
+            "GET /v1/bottle-init-test-hooks/panic HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {session}\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let ok = http(&url, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the release bottle-init exited"
+    );
+    // SAFETY: our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_timeout(&mut child, Duration::from_secs(10), "release stop");
+    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    assert!(!err.contains(&tok) && !err.contains(&session), "{err}");
+    assert_ne!(st.code(), Some(70), "{err}");
+}
+
+/// A process on a terminal the test owns (the "caller's terminal"): the master, a copy of the
+/// slave (to act on the terminal as its other users could: tcflow, window size), and a line
+/// reader over everything written to it.
+struct Term {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+    lines: Lines,
+    child: std::process::Child,
+}
+
+fn spawn_on_term(mut c: std::process::Command, rows: u16, cols: u16) -> Term {
+    use std::os::unix::process::CommandExt;
+    let ws = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let slave = pty.slave;
+    c.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    drop(c);
+    let master = std::fs::File::from(pty.master);
+    let lines = Lines::new(master.try_clone().unwrap());
+    Term {
+        master,
+        slave,
+        lines,
+        child,
+    }
+}
+
+impl Term {
+    fn type_line(&mut self, s: &str) {
+        self.master.write_all(s.as_bytes()).unwrap();
+        self.master.write_all(b"\n").unwrap();
+    }
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize on our own master; the kernel sends SIGWINCH
+        // to the terminal's foreground group.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
+    }
+    fn flow(&self, action: i32) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcflow on our own copy of the slave.
+        assert_eq!(unsafe { libc::tcflow(self.slave.as_raw_fd(), action) }, 0);
+    }
+}
+
+/// On a terminal the child can stop (tcflow TCOOFF, i.e. Ctrl-S), every write to stderr
+/// blocks. Log lines must never block the proxy or the init loop: requests that log are still
+/// answered at once, signals are still forwarded, and once output resumes the number of
+/// dropped lines is reported.
+#[test]
+fn a_stopped_terminal_never_blocks_the_proxy_or_the_init_loop() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let mark = w.home().join("winch");
+    // SIGWINCH: its default action (ignore) lets the group's `sleep` live, so the shell has
+    // nothing to report on the stopped terminal.
+    let script = format!(
+        "echo \"u=$ANTHROPIC_BASE_URL\"; trap 'touch {m}' WINCH; \
+         while :; do (sleep 0.01 &); sleep 0.05; done",
+        m = mark.display()
+    );
+    // Not PID 1, so the test shares the proxy's network namespace.
+    let opts = Opts::new(false, &["sh", "-c", &script])
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+        .env("BOTTLE_LOG", "info");
+    let mut t = spawn_on_term(command(&w, &opts), 24, 80);
+    let l = t.lines.expect("u=", Duration::from_secs(10));
+    let url = l.trim().strip_prefix("u=").unwrap().to_string();
+    // The child's terminal (shared with bottle-init's stderr) stops its output.
+    t.flow(libc::TCOOFF);
+    std::thread::sleep(Duration::from_millis(200));
+    let init = t.child.id();
+    // Each HEAD / is answered locally and logged at info: 600 log lines onto a stopped
+    // terminal, more than the queue holds.
+    let t0 = Instant::now();
+    for i in 0..600 {
+        let t1 = Instant::now();
+        let a = http(
+            &url,
+            "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap_or_else(|e| panic!("request {i} with the terminal stopped: {e}"));
+        assert!(a.starts_with("HTTP/1.1 200"), "request {i}: {a}");
+        assert!(
+            t1.elapsed() < Duration::from_secs(2),
+            "request {i} took {:?}",
+            t1.elapsed()
+        );
+    }
+    eprintln!("600 requests with stderr blocked: {:?}", t0.elapsed());
+    // The init loop still forwards signals and reaps (the command leaves orphans).
+    // SAFETY: our own child's pid.
+    assert_eq!(unsafe { libc::kill(init as i32, libc::SIGWINCH) }, 0);
+    let t1 = Instant::now();
+    while !mark.exists() {
+        if t1.elapsed() > Duration::from_secs(3) {
+            let mut d = String::new();
+            let mut all = vec![init];
+            let mut i = 0;
+            while i < all.len() {
+                all.extend(children_of(all[i]));
+                i += 1;
+            }
+            for pid in all {
+                for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let p = e.path();
+                    d += &format!(
+                        "{pid}/{}: {} {} {}\n",
+                        e.file_name().to_string_lossy(),
+                        std::fs::read_to_string(p.join("comm"))
+                            .unwrap_or_default()
+                            .trim(),
+                        std::fs::read_to_string(p.join("wchan")).unwrap_or_default(),
+                        std::fs::read_to_string(p.join("stack")).unwrap_or_default(),
+                    );
+                }
+            }
+            panic!("SIGWINCH not forwarded\n{d}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let zombies: Vec<u32> = children_of(init)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'))
+        })
+        .collect();
+    assert!(zombies.len() <= 1, "orphans not reaped: {zombies:?}");
+    // Output resumes: the writer catches up and says how many lines it dropped.
+    t.flow(libc::TCOON);
+    let l = t
+        .lines
+        .expect("log lines were dropped", Duration::from_secs(10));
+    let n: u64 = l
+        .split("bottle-init: warn: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{l}"));
+    assert!(n > 0 && n <= 600, "{l}");
+    // SAFETY: as above.
+    unsafe { libc::kill(init as i32, libc::SIGTERM) };
+    let st = wait_timeout(&mut t.child, Duration::from_secs(10), "stop");
+    assert_eq!(st.code(), Some(143), "{:?}", t.lines.seen);
+    assert!(t.lines.seen.iter().all(|l| !l.contains(&tok)));
+}
+
+// ------------------------------------------------------------------------------------------
+// `bottle-init exec` on a terminal: its own session and pty, relayed by a root supervisor
+// ------------------------------------------------------------------------------------------
+
+/// `docker exec C ARGV...` analogue: ARGV inside PID 1's namespaces, in the caller's directory
+/// (--wd: entering a mount namespace resets it), with the container's configured environment,
+/// real token included.
+fn docker_exec(w: &World, r: &Running, tok: &str, argv: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("nsenter");
+    c.arg("-t")
+        .arg(r.init.to_string())
+        .args(["-p", "-m", "-n"])
+        .arg(format!("--wd={}", w.path().display()))
+        .arg("--")
+        .args(argv)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("CLAUDE_CODE_OAUTH_TOKEN", tok)
+        .env("BOTTLE_RUN_DIR", w.run_dir())
+        .current_dir(w.path());
+    c
+}
+
+/// The root shell of `docker exec -it C bash`: inside PID 1's namespaces, with the
+/// container's environment (real token included), on a terminal the test owns.
+fn root_shell(w: &World, r: &Running, tok: &str, rows: u16, cols: u16) -> Term {
+    let mut c = docker_exec(w, r, tok, &["sh", "-i"]);
+    c.env("PS1", "root$ ")
+        .env("HOME", "/root")
+        .env("TERM", "dumb");
+    let mut t = spawn_on_term(c, rows, cols);
+    t.type_line("echo shell-up-$((20+1))");
+    t.lines.expect("shell-up-21", Duration::from_secs(10));
+    t
+}
+
+/// The line the root shell runs: `docker exec -it C /bottle-init exec ...` from inside.
+fn exec_line(args: &str) -> String {
+    format!("{} exec -- {args}", bin())
+}
+
+impl Term {
+    /// Leaves the root shell; nothing it showed contained the token.
+    fn exit_shell(mut self, tok: &str) {
+        self.type_line("exit 0");
+        wait_timeout(&mut self.child, Duration::from_secs(10), "root shell");
+        assert!(self.lines.seen.iter().all(|l| !l.contains(tok)));
+    }
+}
+
+/// Writes a script the uid-1000 command can read.
+fn script(w: &World, name: &str, text: &str) -> std::path::PathBuf {
+    let p = w.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+/// The first attack of issue 10 item 1, from the uid-1000 command `exec` starts under a root
+/// shell (whose environment holds the real token): keystrokes pushed with TIOCSTI into "its"
+/// terminal must not reach the root shell, which would run them as root.
+#[test]
+fn exec_tiocsti_from_the_command_never_reaches_the_callers_shell() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let mut sh = root_shell(&w, &r, &tok, 24, 80);
+
+    // TIOCSTI: `touch PWNED` typed into the terminal, as if root had typed it.
+    let pwned = w.path().join("pwned-as-root");
+    let sti = script(
+        &w,
+        "sti.pl",
+        &format!(
+            "for (split //, \"touch {}\\n\") {{ ioctl(STDIN, 0x5412, $_) or die \"TIOCSTI: $!\\n\" }}\nprint \"sti-ok\\n\";\n",
+            pwned.display()
+        ),
+    );
+    sh.type_line(&format!(
+        "{}; echo exec-done-$((1+1))",
+        exec_line(&format!("perl {}", sti.display()))
+    ));
+    sh.lines.expect("exec-done-2", Duration::from_secs(10));
+    // The injection itself worked, on the command's own terminal.
+    assert!(
+        sh.lines.seen.iter().any(|l| l.contains("sti-ok")),
+        "{:?}",
+        sh.lines.seen
+    );
+    sh.type_line("echo after-$((2+3))");
+    sh.lines.expect("after-5", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !pwned.exists(),
+        "keystrokes injected by the uid-1000 command ran in the root shell: {:?}",
+        sh.lines.seen
+    );
+
+    sh.exit_shell(&tok);
+    r.stop();
+}
+
+/// The second attack of issue 10 item 1: a leftover background process of the command takes
+/// the terminal's foreground (SIGTTOU ignored) once the command has exited, to read what root
+/// types next. It only ever had the command's own pty, which is hung up by then.
+#[test]
+fn exec_leftover_cannot_take_the_callers_terminal() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let mut sh = root_shell(&w, &r, &tok, 24, 80);
+    let stolen = w.home().join("stolen");
+    let left = script(
+        &w,
+        "leftover.sh",
+        &format!(
+            "(trap '' HUP TTOU TTIN\n exec </dev/tty\n sleep 0.7\n perl -MPOSIX -e 'POSIX::tcsetpgrp(0, getpgrp()) ? print \"took-fg\\n\" : print \"tcsetpgrp-failed\\n\"'\n read line\n echo \"stolen:$line\" > {}) &\necho started-leftover\n",
+            stolen.display()
+        ),
+    );
+    sh.type_line(&format!(
+        "{}; echo exec2-done",
+        exec_line(&format!("sh {}", left.display()))
+    ));
+    sh.lines.expect("exec2-done", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    sh.type_line("echo typed-by-root-$((3+4))");
+    sh.lines.expect("typed-by-root-7", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let got = std::fs::read_to_string(&stolen).unwrap_or_default();
+    assert!(
+        !got.contains("typed-by-root"),
+        "the leftover read root's input: {got:?}"
+    );
+    assert!(
+        sh.lines.seen.iter().all(|l| !l.contains("took-fg")),
+        "{:?}",
+        sh.lines.seen
+    );
+    sh.exit_shell(&tok);
+    r.stop();
+}
+
+/// Through the relay the command is an ordinary terminal program: it reads what is typed,
+/// sees the caller's window size and its changes, Ctrl-C interrupts it, its exit status is
+/// `exec`'s, and the caller's terminal settings come back unchanged.
+#[test]
+fn exec_on_a_terminal_relays_input_output_resize_and_status() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let mut sh = root_shell(&w, &r, &tok, 30, 100);
+    use std::os::fd::AsRawFd;
+    let termios = |t: &Term| {
+        let t = nix::sys::termios::tcgetattr(&t.slave).unwrap();
+        (
+            t.input_flags,
+            t.output_flags,
+            t.local_flags,
+            t.control_flags,
+        )
+    };
+    let before = termios(&sh);
+    let rw = script(
+        &w,
+        "rw.sh",
+        "stty size; tty; read l; echo \"got:$l\"; stty size; exit 7\n",
+    );
+    sh.type_line(&format!(
+        "{}; echo rc=$?",
+        exec_line(&format!("sh {}", rw.display()))
+    ));
+    sh.lines.expect("30 100", Duration::from_secs(10));
+    let tty = sh.lines.expect("/dev/pts/", Duration::from_secs(5));
+    let caller_tty = std::fs::read_link(format!("/proc/self/fd/{}", sh.slave.as_raw_fd())).unwrap();
+    assert_ne!(
+        tty.trim(),
+        caller_tty.to_str().unwrap(),
+        "the command runs on the caller's terminal"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    sh.resize(40, 120);
+    std::thread::sleep(Duration::from_millis(300));
+    sh.type_line("hello pty");
+    sh.lines.expect("got:hello pty", Duration::from_secs(5));
+    sh.lines.expect("40 120", Duration::from_secs(5));
+    sh.lines.expect("rc=7", Duration::from_secs(5));
+    assert_eq!(termios(&sh), before, "terminal settings not restored");
+    // Ctrl-C reaches the command through the pty: 128+SIGINT.
+    sh.type_line(&format!("{}; echo rc=$?", exec_line("sleep 30")));
+    std::thread::sleep(Duration::from_millis(800));
+    sh.master.write_all(b"\x03").unwrap();
+    sh.lines.expect("rc=130", Duration::from_secs(5));
+    assert_eq!(
+        termios(&sh),
+        before,
+        "terminal settings not restored after Ctrl-C"
+    );
+    sh.exit_shell(&tok);
+    r.stop();
+}
+
+/// The process `exec` leaves behind is root (so uid 1000 can neither ptrace nor signal it),
+/// not dumpable, with only CAP_KILL, no_new_privs, and no credential in its memory; the
+/// command has its own session, and no descriptor of the caller's terminal.
+#[test]
+fn exec_supervisor_is_root_with_only_cap_kill_and_holds_no_credential() {
+    if !require_root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let mut sh = root_shell(&w, &r, &tok, 24, 80);
+    let probe = script(
+        &w,
+        "probe.sh",
+        "head -c1 /proc/$PPID/mem >/dev/null 2>&1 && echo mem-readable || echo mem-denied\n\
+         kill -0 $PPID 2>/dev/null && echo can-signal || echo cannot-signal\n\
+         set -- $(sed 's/.*) //' /proc/$$/stat); echo \"ids pid=$$ pgrp=$3 sid=$4\"\n\
+         echo probe-ready; sleep 4; echo probe-end\n",
+    );
+    sh.type_line(&format!(
+        "{}; echo exec-returned",
+        exec_line(&format!("sh {}", probe.display()))
+    ));
+    sh.lines.expect("probe-ready", Duration::from_secs(10));
+    let seen = sh.lines.seen.join("\n");
+    assert!(
+        seen.contains("mem-denied") && seen.contains("cannot-signal"),
+        "{seen}"
+    );
+    let ids = sh
+        .lines
+        .seen
+        .iter()
+        .find(|l| l.contains("ids pid="))
+        .unwrap()
+        .clone();
+    let f: Vec<&str> = ids
+        .trim()
+        .split(' ')
+        .skip(1)
+        .map(|kv| kv.split_once('=').unwrap().1)
+        .collect();
+    assert!(
+        f[0] == f[1] && f[1] == f[2],
+        "the command leads its own session: {ids}"
+    );
+    // Find the supervisor (host view): the bottle-init under the root shell's nsenter.
+    let mut tree = vec![sh.child.id()];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(children_of(tree[i]));
+        i += 1;
+    }
+    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let sup = *tree
+        .iter()
+        .find(|p| comm(**p).trim() == "bottle-init")
+        .expect("supervisor");
+    let status = std::fs::read_to_string(format!("/proc/{sup}/status")).unwrap();
+    assert_eq!(status_field(&status, "Uid"), Some("0\t0\t0\t0"), "{status}");
+    assert_eq!(
+        status_field(&status, "CapEff"),
+        Some("0000000000000020"),
+        "{status}"
+    );
+    assert_eq!(
+        status_field(&status, "CapPrm"),
+        Some("0000000000000020"),
+        "{status}"
+    );
+    assert_eq!(
+        status_field(&status, "CapBnd"),
+        Some("0000000000000000"),
+        "{status}"
+    );
+    assert_eq!(status_field(&status, "NoNewPrivs"), Some("1"), "{status}");
+    // The command holds no descriptor of the caller's terminal.
+    let caller_tty = std::fs::read_link(format!("/proc/self/fd/{}", sh.slave.as_raw_fd())).unwrap();
+    let uid = |p: u32| {
+        let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        status_field(&st, "Uid").map(|u| u.split('\t').next().unwrap_or("").to_string())
+    };
+    let commands: Vec<u32> = tree
+        .iter()
+        .copied()
+        .filter(|p| uid(*p).as_deref() == Some("1000"))
+        .collect();
+    assert!(
+        !commands.is_empty(),
+        "no uid-1000 process under the root shell"
+    );
+    for p in &commands {
+        for fd in std::fs::read_dir(format!("/proc/{p}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(target, caller_tty, "pid {p} holds the caller's terminal");
+        }
+    }
+    // As root the test can read its memory: neither the real token (which `docker exec`
+    // handed it) nor the session secret is left there.
+    let mem = read_memory(sup);
+    assert!(
+        !contains(&mem, tok.as_bytes()),
+        "the real token is in the supervisor's memory"
+    );
+    assert!(
+        !contains(&mem, r.session.as_bytes()),
+        "the session secret is in the supervisor's memory"
+    );
+    // (What is typed while the command runs is the command's input: wait for its end.)
+    sh.lines.expect("exec-returned", Duration::from_secs(10));
+    sh.type_line("echo back-$((4+4))");
+    sh.lines.expect("back-8", Duration::from_secs(10));
+    sh.exit_shell(&tok);
+    // Without a terminal: its own session too.
+    let o = exec_into(
+        &w,
+        &r,
+        &tok,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "set -- $(sed 's/.*) //' /proc/$$/stat); echo \"pid=$$ pgrp=$3 sid=$4\"",
+        ],
+        None,
+    );
+    o.assert_code(0);
+    let l = o.out();
+    let f: Vec<&str> = l
+        .trim()
+        .split(' ')
+        .map(|kv| kv.split_once('=').unwrap().1)
+        .collect();
+    assert!(
+        f[0] == f[1] && f[1] == f[2],
+        "own session without a terminal: {l}"
+    );
+    r.stop();
+}
+
+/// `exec`'s supervisor forwards signals to the command's group (SIGUSR1 reaches a helper the
+/// command started) and exits with the command's status, 128+N for signal N.
+#[test]
+fn exec_supervisor_forwards_signals_and_exits_with_the_commands_status() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let script = "(trap 'echo helper-got-USR1; exit 0' USR1; while :; do sleep 0.05; done) & \
+                  trap 'echo got-USR1' USR1; echo ready; wait; wait; kill -TERM $$";
+    let mut c = docker_exec(&w, &r, &tok, &[bin(), "exec", "--", "sh", "-c", script]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut ex = c.spawn().unwrap();
+    let mut lines = Lines::new(ex.stdout.take().unwrap());
+    let err = reader(ex.stderr.take().unwrap());
+    lines.expect("ready", Duration::from_secs(10));
+    let sup = wait_for_child(ex.id(), "bottle-init", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: our descendant's pid.
+    assert_eq!(unsafe { libc::kill(sup as i32, libc::SIGUSR1) }, 0);
+    lines.expect("helper-got-USR1", Duration::from_secs(5));
+    let st = wait_timeout(&mut ex, Duration::from_secs(10), "exec status");
+    let err = err.join().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(143),
+        "{:?} {}",
+        lines.seen,
+        String::from_utf8_lossy(&err)
+    );
+    assert!(lines.seen.iter().any(|l| l.contains("got-USR1")));
+    assert!(!contains(&err, tok.as_bytes()));
+    r.stop();
 }

@@ -23,6 +23,7 @@ impl Resolver {
         std::thread::Builder::new()
             .name("proxy-dns".into())
             .spawn(move || {
+                crate::sys::block_signals_in_thread();
                 for () in req_rx {
                     let answer = match (host.as_str(), port).to_socket_addrs() {
                         Ok(addrs) => {

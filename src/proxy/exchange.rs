@@ -204,6 +204,13 @@ impl Ctx {
             );
             return;
         }
+        #[cfg(feature = "test-hooks")]
+        if head.target == crate::proxy::TEST_PANIC_PATH {
+            panic!(
+                "test hook: {} asked the proxy thread to panic",
+                crate::proxy::TEST_PANIC_PATH
+            );
+        }
         let path = head.path();
         if !path.starts_with("/v1/") || has_dot_segment(path) {
             let msg = "bottle-init proxy: only Anthropic API paths under /v1/ are forwarded";

@@ -40,6 +40,11 @@ use std::time::Duration;
 
 use crate::secret::{Credential, Secret};
 
+/// Test builds only (feature `test-hooks`, never in release builds): an authenticated request
+/// to this path panics the proxy thread, so tests can check what PID 1 does when it dies.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_PATH: &str = "/v1/bottle-init-test-hooks/panic";
+
 /// Where requests go: always `https://host[:port]`; the client's Host header never changes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
@@ -328,7 +333,10 @@ impl Proxy {
         let server = event_loop::Server::new(listener, settings, tls, limits, stats, egress)?;
         std::thread::Builder::new()
             .name("proxy".into())
-            .spawn(move || server.run())
+            .spawn(move || {
+                crate::sys::block_signals_in_thread();
+                server.run()
+            })
     }
 }
 

@@ -183,6 +183,7 @@ fn start(ctx: &mut Ctx, id: u64, c: &mut Client, target: &str) {
     let spawned = std::thread::Builder::new()
         .name("proxy-connect-dns".into())
         .spawn(move || {
+            crate::sys::block_signals_in_thread();
             let answer = resolve_grant(&g);
             if tx.send((id, answer)).is_ok()
                 && let Err(e) = waker.wake()
