@@ -1737,3 +1737,505 @@ data: {"type": "message_stop"}
     }
 }
 
+#[cfg(test)]
+mod props {
+    //! Generated bodies against an oracle that evaluates the policy on the value tree the body
+    //! was rendered from (not on the text), plus garbage and mutations that must never panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum J {
+        Null,
+        Bool(bool),
+        Count(u64),
+        /// Valid JSON numbers that are not token counts.
+        NotCount(&'static str),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    const KEYS: [&str; 4] = [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ];
+
+    fn get<'a>(o: &'a [(String, J)], key: &str) -> Option<&'a J> {
+        o.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn counts(v: Option<&J>) -> [Option<u64>; 4] {
+        match v {
+            Some(J::Obj(o)) => KEYS.map(|k| match get(o, k) {
+                Some(J::Count(n)) => Some(*n),
+                _ => None,
+            }),
+            _ => [None; 4],
+        }
+    }
+
+    fn model(v: Option<&J>) -> Option<String> {
+        let Some(J::Str(s)) = v else { return None };
+        let mut m: String = s
+            .chars()
+            .map(|c| if ('!'..='~').contains(&c) { c } else { '?' })
+            .collect();
+        m.truncate(MODEL_CAP);
+        Some(m)
+    }
+
+    type Expect = (Option<String>, [Option<u64>; 4]);
+
+    fn expect_doc(doc: &J) -> Expect {
+        match doc {
+            J::Obj(o) => (model(get(o, "model")), counts(get(o, "usage"))),
+            _ => (None, [None; 4]),
+        }
+    }
+
+    fn expect_sse(events: &[(Option<String>, J)]) -> Expect {
+        let (mut m, mut start, mut delta) = (None, [None; 4], [None; 4]);
+        let merge = |dst: &mut [Option<u64>; 4], src: [Option<u64>; 4]| {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.or(*d);
+            }
+        };
+        for (name, data) in events {
+            let J::Obj(o) = data else { continue };
+            let Some(J::Str(ty)) = get(o, "type") else {
+                continue;
+            };
+            let name = name.as_deref().filter(|n| !n.is_empty() && *n != "message");
+            if name.is_some_and(|n| n != ty) {
+                continue;
+            }
+            match ty.as_str() {
+                "message_start" => {
+                    let msg = match get(o, "message") {
+                        Some(J::Obj(msg)) => &msg[..],
+                        _ => &[],
+                    };
+                    if let Some(x) = model(get(msg, "model")) {
+                        m = Some(x);
+                    }
+                    merge(&mut start, counts(get(msg, "usage")));
+                }
+                "message_delta" => merge(&mut delta, counts(get(o, "usage"))),
+                _ => {}
+            }
+        }
+        let mut out = [None; 4];
+        for i in 0..4 {
+            out[i] = delta[i].or(start[i]);
+        }
+        (m, out)
+    }
+
+    /// Renders JSON text; `rng` picks escapes (any character may be written as `\uXXXX`) and
+    /// `pretty` puts newlines between tokens, so SSE data can be split into several lines.
+    struct Render {
+        rng: u64,
+        pretty: bool,
+        out: String,
+    }
+
+    impl Render {
+        fn coin(&mut self, one_in: u64) -> bool {
+            self.rng = self
+                .rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.rng >> 33).is_multiple_of(one_in)
+        }
+
+        fn gap(&mut self) {
+            if self.pretty {
+                self.out.push('\n');
+                if self.coin(2) {
+                    self.out.push_str("  ");
+                }
+            } else if self.coin(4) {
+                let c = if self.coin(2) { ' ' } else { '\t' };
+                self.out.push(c);
+            }
+        }
+
+        fn string(&mut self, s: &str) {
+            self.out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => self.out.push_str("\\\""),
+                    '\\' => self.out.push_str("\\\\"),
+                    '\n' => self.out.push_str("\\n"),
+                    '/' if self.coin(3) => self.out.push_str("\\/"),
+                    c if (c as u32) < 0x20 || self.coin(6) => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            let hex = format!("\\u{:04x}", u);
+                            let hex = if self.coin(2) {
+                                hex.to_uppercase().replace("\\U", "\\u")
+                            } else {
+                                hex
+                            };
+                            self.out.push_str(&hex);
+                        }
+                    }
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+
+        fn value(&mut self, v: &J) {
+            match v {
+                J::Null => self.out.push_str("null"),
+                J::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),
+                J::Count(n) => self.out.push_str(&n.to_string()),
+                J::NotCount(t) => self.out.push_str(t),
+                J::Str(s) => self.string(s),
+                J::Arr(items) => {
+                    self.out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.gap();
+                        self.value(item);
+                    }
+                    self.gap();
+                    self.out.push(']');
+                }
+                J::Obj(entries) => {
+                    self.out.push('{');
+                    for (i, (k, item)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.gap();
+                        self.string(k);
+                        self.out.push(':');
+                        if self.coin(3) {
+                            self.out.push(' ');
+                        }
+                        self.value(item);
+                    }
+                    self.gap();
+                    self.out.push('}');
+                }
+            }
+        }
+    }
+
+    fn render(v: &J, rng: u64, pretty: bool) -> String {
+        let mut r = Render {
+            rng,
+            pretty,
+            out: String::new(),
+        };
+        r.value(v);
+        r.out
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("usage".to_string()),
+            Just("\"usage\":{\"input_tokens\":1}".to_string()),
+            Just("\\".to_string()),
+            Just("data: {\"type\":\"message_delta\"}\n\n".to_string()),
+            Just("message_start".to_string()),
+            Just("message_delta".to_string()),
+            Just("claude-sonnet-4-5".to_string()),
+            Just("a b\u{e9}\u{1F600}\u{0}\u{1f}".to_string()),
+            Just("x".repeat(MODEL_CAP + 3)),
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "usage", "model", "type", "message", "input_tokens", "output_tokens",
+                "cache_read_input_tokens", "cache_creation_input_tokens", "content", "delta",
+            ])
+            .prop_map(String::from),
+            1 => text(),
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = J> {
+        prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            prop_oneof![0u64..100, Just(u64::MAX), any::<u64>()].prop_map(J::Count),
+            prop::sample::select(vec![
+                "-1",
+                "-0",
+                "1.5",
+                "0.0",
+                "2e3",
+                "1E+2",
+                "5e-1",
+                "18446744073709551616",
+                "99999999999999999999999",
+            ])
+            .prop_map(J::NotCount),
+            text().prop_map(J::Str),
+        ]
+    }
+
+    fn tree() -> impl Strategy<Value = J> {
+        leaf().prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                prop::collection::vec((key(), inner), 0..6).prop_map(J::Obj),
+            ]
+        })
+    }
+
+    /// A usage object: mostly counts, sometimes not, with unknown and nested fields.
+    fn usage() -> impl Strategy<Value = J> {
+        let field = prop_oneof![
+            4 => (prop::sample::select(KEYS.to_vec()), prop_oneof![4 => (0u64..1_000_000).prop_map(J::Count), 1 => leaf()]),
+            1 => (prop::sample::select(vec!["server_tool_use", "cache_creation", "service_tier"]), tree()),
+        ]
+        .prop_map(|(k, v)| (k.to_string(), v));
+        prop_oneof![
+            6 => prop::collection::vec(field, 0..7).prop_map(J::Obj),
+            1 => tree(),
+        ]
+    }
+
+    fn entry(k: &'static str, v: impl Strategy<Value = J>) -> impl Strategy<Value = (String, J)> {
+        v.prop_map(move |v| (k.to_string(), v))
+    }
+
+    fn model_value() -> impl Strategy<Value = J> {
+        prop_oneof![5 => text().prop_map(J::Str), 1 => leaf()]
+    }
+
+    /// A non-streaming reply: the interesting keys (sometimes twice), a content array with
+    /// lookalikes, and noise, in any order.
+    fn document() -> impl Strategy<Value = J> {
+        prop::collection::vec(
+            prop_oneof![
+                entry("model", model_value()),
+                entry("usage", usage()),
+                entry(
+                    "content",
+                    prop::collection::vec(tree(), 0..4).prop_map(J::Arr)
+                ),
+                (key(), tree()),
+            ],
+            0..7,
+        )
+        .prop_map(J::Obj)
+    }
+
+    fn event_type() -> impl Strategy<Value = J> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "message_start", "message_delta", "ping", "content_block_delta", "message_stop",
+            ])
+            .prop_map(|t| J::Str(t.to_string())),
+            1 => leaf(),
+        ]
+    }
+
+    /// One event's data and `event:` name.
+    fn event() -> impl Strategy<Value = (Option<String>, J)> {
+        let message = prop::collection::vec(
+            prop_oneof![
+                entry("model", model_value()),
+                entry("usage", usage()),
+                entry("content", tree()),
+                (key(), tree()),
+            ],
+            0..6,
+        )
+        .prop_map(J::Obj);
+        let data = prop::collection::vec(
+            prop_oneof![
+                3 => entry("type", event_type()),
+                2 => entry("message", prop_oneof![4 => message, 1 => tree()]),
+                2 => entry("usage", usage()),
+                1 => (key(), tree()),
+            ],
+            0..6,
+        )
+        .prop_map(J::Obj);
+        let name = prop_oneof![
+            3 => Just(None),
+            1 => prop::sample::select(vec![
+                "", "message", "message_start", "message_delta", "ping", "message_start_and_more",
+            ])
+            .prop_map(|n| Some(n.to_string())),
+        ];
+        (name, prop_oneof![8 => data, 1 => tree()])
+    }
+
+    /// SSE framing choices.
+    #[derive(Clone, Debug)]
+    struct Framing {
+        /// 0 LF, 1 CRLF, 2 CR, 3 mixed.
+        eol: u8,
+        space: bool,
+        pretty: bool,
+        comments: bool,
+        bom: bool,
+        rng: u64,
+    }
+
+    fn framing() -> impl Strategy<Value = Framing> {
+        (
+            0u8..4,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(|(eol, space, pretty, comments, bom, rng)| Framing {
+                eol,
+                space,
+                pretty,
+                comments,
+                bom,
+                rng,
+            })
+    }
+
+    fn render_sse(events: &[(Option<String>, J)], f: &Framing) -> String {
+        let mut out = String::new();
+        let mut rng = f.rng;
+        let mut last_cr = false;
+        let mut roll = |n: u64| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) % n
+        };
+        // An empty line after a CR must not end in a lone LF: that would be the CR's CRLF.
+        let mut line = |out: &mut String, text: &str, roll: &mut dyn FnMut(u64) -> u64| {
+            out.push_str(text);
+            let mut e = if f.eol == 3 { roll(3) as u8 } else { f.eol };
+            if text.is_empty() && last_cr && e == 0 {
+                e = 1;
+            }
+            out.push_str(["\n", "\r\n", "\r"][e as usize]);
+            last_cr = e == 2;
+        };
+        if f.bom {
+            out.push('\u{feff}');
+        }
+        for (i, (name, data)) in events.iter().enumerate() {
+            if f.comments {
+                line(&mut out, ": keep-alive", &mut roll);
+            }
+            if let Some(n) = name {
+                line(
+                    &mut out,
+                    &format!("event:{}{n}", if f.space { " " } else { "" }),
+                    &mut roll,
+                );
+            }
+            if f.comments && i % 2 == 0 {
+                line(&mut out, "id: 1", &mut roll);
+            }
+            let json = render(data, f.rng ^ i as u64, f.pretty);
+            for l in json.split('\n') {
+                line(
+                    &mut out,
+                    &format!("data:{}{l}", if f.space { " " } else { "" }),
+                    &mut roll,
+                );
+            }
+            line(&mut out, "", &mut roll);
+        }
+        out
+    }
+
+    fn check(
+        mode: ScanMode,
+        body: &[u8],
+        cuts: &[usize],
+        want: &Expect,
+    ) -> Result<(), TestCaseError> {
+        let mut s = UsageScanner::new(mode);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut at = 0;
+        for c in cuts {
+            s.feed(&body[at..c]);
+            at = c;
+        }
+        s.feed(&body[at..]);
+        let Usage::Scanned(t) = s.usage() else {
+            return Err(TestCaseError::fail("not scanned"));
+        };
+        prop_assert_eq!(t.outcome, Outcome::Complete);
+        prop_assert_eq!(t.model().map(String::from), want.0.clone());
+        prop_assert_eq!([t.input, t.output, t.cache_read, t.cache_write], want.1);
+        let mut whole = UsageScanner::new(mode);
+        whole.feed(body);
+        prop_assert_eq!(whole.usage(), s.usage());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn documents_give_what_the_oracle_says(
+            doc in document(),
+            rng in any::<u64>(),
+            pretty in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let body = render(&doc, rng, pretty);
+            check(ScanMode::Json, body.as_bytes(), &cuts, &expect_doc(&doc))?;
+        }
+
+        #[test]
+        fn streams_give_what_the_oracle_says(
+            events in prop::collection::vec(event(), 0..8),
+            f in framing(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let body = render_sse(&events, &f);
+            check(ScanMode::Sse, body.as_bytes(), &cuts, &expect_sse(&events))?;
+        }
+
+        #[test]
+        fn garbage_never_panics_and_agrees_with_splits(
+            data in prop::collection::vec(any::<u8>(), 0..400),
+        ) {
+            fuzz_harness(&data);
+        }
+
+        #[test]
+        fn mutated_bodies_never_panic_and_agree_with_splits(
+            events in prop::collection::vec(event(), 1..4),
+            f in framing(),
+            ctl in any::<u8>(),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..6),
+        ) {
+            let mut body = render_sse(&events, &f).into_bytes();
+            if ctl & 1 == 1 {
+                body = render(&events[0].1, f.rng, f.pretty).into_bytes();
+            }
+            for (at, byte, op) in edits {
+                let at = at % (body.len() + 1);
+                match op {
+                    0 => body.insert(at, byte),
+                    1 if at < body.len() => { body.remove(at); }
+                    _ if at < body.len() => body[at] = byte,
+                    _ => body.push(byte),
+                }
+            }
+            fuzz_harness(&[&[ctl][..], &body].concat());
+        }
+    }
+}
