@@ -17,12 +17,14 @@ pub mod local;
 pub mod request;
 pub mod response;
 pub mod rewrite;
+pub mod usage;
 
 pub use body::{BodyFramer, FramingError};
 pub use local::{error_response, final_error_response, warmup_response};
 pub use request::{BodyLength, Header, RequestHead, RequestLimits, parse_request_head};
 pub use response::{ResponseHead, parse_response_head};
 pub use rewrite::{AuthCheck, check_session_secret, upstream_request_head};
+pub use usage::{Outcome, ScanMode, Tokens, UnscannedReason, Usage, UsageScanner};
 
 /// Why a request is refused, and what to tell the client. `message` is for a human and never
 /// contains client-supplied header values.

@@ -1,0 +1,2241 @@
+//! Passive token-usage scanning of one API response body (issue 12). The proxy feeds the
+//! decoded body payload it relays (for a chunked body only the chunk data; otherwise the bytes
+//! as they are), in whatever pieces it has, and at the end asks what the API reported: the
+//! model and the input, output, cache-read and cache-write token counts.
+//!
+//! Invariants:
+//! - read-only: the scanner takes `&[u8]` and returns nothing about the bytes, so it cannot
+//!   change or hold back what is relayed;
+//! - bounded: no allocation at all and nothing buffered. The JSON of an SSE event or of a
+//!   document is lexed as it streams by (a per-byte state machine with a depth-limited key
+//!   path), keeping only the few scalars we want; the model name is capped at [`MODEL_CAP`];
+//! - total: any bytes, split anywhere, give the same result as fed whole, and never panic.
+//!   Malformed JSON stops the scan of that SSE event (it is not counted) or of that JSON
+//!   document (what came before counts); [`Tokens::outcome`] says which happened.
+//!
+//! What counts (the policy):
+//! - `text/event-stream`: events framed as the WHATWG spec says (CRLF, LF or CR line ends;
+//!   `data:` with one optional space, several data lines joined by LF; `:` comments; an empty
+//!   line dispatches). Each event's data must be one JSON value. Its `type` decides, not the
+//!   `event:` name: `message_start` gives `message.model` and `message.usage.*`,
+//!   `message_delta` gives `usage.*`, anything else is ignored. An event whose `event:` name is
+//!   present and names another type than its data is ignored (a confused stream is not
+//!   counted). A count carried by a `message_delta` wins over `message_start`'s, whatever the
+//!   order, and the last `message_delta` that carries it wins (they are cumulative; newer API
+//!   versions also repeat the input and cache counts there, as the SDKs expect).
+//! - `application/json`: the document's top-level `model` and `usage.*`.
+//! - A key that occurs twice: the last occurrence wins, as in `JSON.parse`. A count that is not
+//!   a non-negative integer fitting u64 (negative, fraction, exponent, null, a string) is
+//!   unknown; `usage` objects elsewhere (inside `content`, a tool's input, a string) are not
+//!   counted.
+//! - The model name keeps visible ASCII (`!`..=`~`); any other character (space, control,
+//!   non-ASCII, escaped or raw) becomes one `?`, so it can go in a `key=value` log line as is.
+
+use std::fmt;
+
+/// Longest model name kept; the rest of a longer name is dropped.
+pub const MODEL_CAP: usize = 200;
+/// Deepest JSON nesting scanned; deeper input is treated as malformed.
+pub const MAX_DEPTH: usize = 256;
+
+/// How a response body is scanned, from its head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanMode {
+    /// `text/event-stream`: the streaming Messages API.
+    Sse,
+    /// `application/json`: a non-streaming reply.
+    Json,
+    /// Not scanned, and why.
+    Unscanned(UnscannedReason),
+}
+
+/// Why a body is not scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnscannedReason {
+    /// `Content-Type` is missing, is neither `text/event-stream` nor `application/json`, or
+    /// several `Content-Type` fields disagree.
+    ContentType,
+    /// A `Content-Encoding` other than identity, or a transfer coding other than chunked: the
+    /// payload is compressed and its usage cannot be read without decoding it.
+    Encoded,
+}
+
+impl UnscannedReason {
+    /// A short word for a log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnscannedReason::ContentType => "content-type",
+            UnscannedReason::Encoded => "encoded",
+        }
+    }
+}
+
+impl fmt::Display for UnscannedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ScanMode {
+    /// Chooses the mode from a response's header fields, e.g.
+    /// `ScanMode::from_headers(resp.headers.iter().map(|h| (h.name, h.value)))` with httparse.
+    /// An encoding wins over the content type, so the reason names what to fix.
+    pub fn from_headers<'a, I>(headers: I) -> ScanMode
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+    {
+        let mut kind: Option<Option<ScanMode>> = None;
+        let mut conflict = false;
+        let mut encoded = false;
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-type") {
+                let k = media_type(value);
+                match kind {
+                    None => kind = Some(k),
+                    Some(prev) if prev != k => conflict = true,
+                    Some(_) => {}
+                }
+            } else if name.eq_ignore_ascii_case("content-encoding") {
+                encoded |= !codings(value).all(|c| c.is_empty() || c == b"identity");
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                encoded |= !codings(value).all(|c| c.is_empty() || c == b"chunked");
+            }
+        }
+        match kind {
+            _ if encoded => ScanMode::Unscanned(UnscannedReason::Encoded),
+            Some(Some(mode)) if !conflict => mode,
+            _ => ScanMode::Unscanned(UnscannedReason::ContentType),
+        }
+    }
+}
+
+/// The media type of a `Content-Type` value, if it is one we scan (parameters ignored).
+fn media_type(value: &[u8]) -> Option<ScanMode> {
+    let mt = value
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii();
+    if mt.eq_ignore_ascii_case(b"text/event-stream") {
+        Some(ScanMode::Sse)
+    } else if mt.eq_ignore_ascii_case(b"application/json") {
+        Some(ScanMode::Json)
+    } else {
+        None
+    }
+}
+
+/// The codings of a comma-separated list, parameters and whitespace dropped; `identity` and
+/// `chunked` (the two we compare against) come back lowercase whatever their case.
+fn codings(value: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    value.split(|&b| b == b',').map(|c| {
+        let c = c.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+        if c.eq_ignore_ascii_case(b"identity") {
+            b"identity".as_slice()
+        } else if c.eq_ignore_ascii_case(b"chunked") {
+            b"chunked".as_slice()
+        } else {
+            c
+        }
+    })
+}
+
+/// What a scanned body reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per response, returned by value; the model is inline so nothing allocates"
+)]
+pub enum Usage {
+    Unscanned { reason: UnscannedReason },
+    Scanned(Tokens),
+}
+
+/// The usage figures found; `None` where the body did not report that figure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    model: Option<Model>,
+    /// `input_tokens`.
+    pub input: Option<u64>,
+    /// `output_tokens`.
+    pub output: Option<u64>,
+    /// `cache_read_input_tokens`.
+    pub cache_read: Option<u64>,
+    /// `cache_creation_input_tokens`.
+    pub cache_write: Option<u64>,
+    pub outcome: Outcome,
+}
+
+impl Tokens {
+    /// The model name, sanitised as the module doc says.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_ref().map(Model::as_str)
+    }
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("model", &self.model())
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .field("cache_read", &self.cache_read)
+            .field("cache_write", &self.cache_write)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+/// How the body ended, as far as the scanner can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// JSON: one complete document. SSE: every event was well formed and the body ended
+    /// between events.
+    Complete,
+    /// The body (so far) ends inside a document or an event: the figures are what came before.
+    Truncated,
+    /// JSON: the document is malformed (or nested deeper than [`MAX_DEPTH`]); the figures are
+    /// those before the fault. SSE: at least one event's data was not one JSON value; such
+    /// events are not counted.
+    Malformed,
+}
+
+/// Scans one response body. Create it from the response head, feed it every payload byte in
+/// order, then read [`UsageScanner::usage`] (at any time: mid-body it is the figures so far).
+#[derive(Clone, Debug)]
+pub struct UsageScanner {
+    inner: Inner,
+}
+
+#[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per in-flight response; inline so scanning never allocates"
+)]
+enum Inner {
+    Off(UnscannedReason),
+    Json(JsonScan),
+    Sse(Sse),
+}
+
+impl UsageScanner {
+    pub fn new(mode: ScanMode) -> UsageScanner {
+        let inner = match mode {
+            ScanMode::Sse => Inner::Sse(Sse::new()),
+            ScanMode::Json => Inner::Json(JsonScan::new(Schema::Document)),
+            ScanMode::Unscanned(reason) => Inner::Off(reason),
+        };
+        UsageScanner { inner }
+    }
+
+    /// Reads the next piece of the payload.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        match &mut self.inner {
+            Inner::Off(_) => {}
+            Inner::Json(j) => j.feed(bytes),
+            Inner::Sse(s) => s.feed(bytes),
+        }
+    }
+
+    /// What the body reported so far.
+    pub fn usage(&self) -> Usage {
+        match &self.inner {
+            Inner::Off(reason) => Usage::Unscanned { reason: *reason },
+            Inner::Json(j) => Usage::Scanned(j.tokens()),
+            Inner::Sse(s) => Usage::Scanned(s.tokens()),
+        }
+    }
+}
+
+/// A sanitised model name, stored inline (no allocation). Bytes past `len` are stale.
+#[derive(Clone, Copy, Eq)]
+struct Model {
+    buf: [u8; MODEL_CAP],
+    len: usize,
+}
+
+impl Model {
+    const EMPTY: Model = Model {
+        buf: [0; MODEL_CAP],
+        len: 0,
+    };
+
+    fn push(&mut self, b: u8) {
+        if self.len < MODEL_CAP {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    /// A raw string byte: visible ASCII kept, each other character one `?` (UTF-8
+    /// continuation bytes belong to the character their lead byte already replaced).
+    fn push_raw(&mut self, b: u8) {
+        match b {
+            0x21..=0x7e => self.push(b),
+            0x80..=0xbf => {}
+            _ => self.push(b'?'),
+        }
+    }
+
+    /// A `\uXXXX` code unit: a low surrogate belongs to the high one before it.
+    fn push_unit(&mut self, u: u16) {
+        match u {
+            0x21..=0x7e => self.push(u as u8),
+            0xdc00..=0xdfff => {}
+            _ => self.push(b'?'),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only visible ASCII is ever pushed, so this is always valid UTF-8.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl PartialEq for Model {
+    fn eq(&self, other: &Model) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A short ASCII word (a key, a type, a field name) compared against a few known ones. A word
+/// that is too long or not ASCII never compares equal to any.
+#[derive(Clone, Copy, Debug)]
+struct Word<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    bad: bool,
+}
+
+impl<const N: usize> Word<N> {
+    const EMPTY: Self = Word {
+        buf: [0; N],
+        len: 0,
+        bad: false,
+    };
+
+    fn push(&mut self, b: u8) {
+        if self.len < N && b.is_ascii() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        } else {
+            self.bad = true;
+        }
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        (!self.bad).then_some(&self.buf[..self.len])
+    }
+}
+
+// Indexes of the four counts.
+const INPUT: usize = 0;
+const OUTPUT: usize = 1;
+const CACHE_READ: usize = 2;
+const CACHE_WRITE: usize = 3;
+type Counts = [Option<u64>; 4];
+
+fn count_index(key: &[u8]) -> Option<usize> {
+    match key {
+        b"input_tokens" => Some(INPUT),
+        b"output_tokens" => Some(OUTPUT),
+        b"cache_read_input_tokens" => Some(CACHE_READ),
+        b"cache_creation_input_tokens" => Some(CACHE_WRITE),
+        _ => None,
+    }
+}
+
+/// The `type` of an SSE event (or its `event:` name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventType {
+    /// No `type` in the data; for a name: no `event:` line, empty, or `message` (the default).
+    Default,
+    Start,
+    Delta,
+    Other,
+}
+
+impl EventType {
+    fn of(word: Option<&[u8]>) -> EventType {
+        match word {
+            Some(b"message_start") => EventType::Start,
+            Some(b"message_delta") => EventType::Delta,
+            _ => EventType::Other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON: an incremental lexer that knows where it is in the few paths we read.
+
+/// Which document shape the key path is matched against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schema {
+    /// A non-streaming reply: `model`, `usage.*`.
+    Document,
+    /// An SSE event's data: `type`, `message.model`, `message.usage.*`, `usage.*`.
+    Event,
+}
+
+/// What a value position means. Containers we descend into, leaves we capture, or `Other`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Node {
+    Other,
+    Root,
+    /// `message` of an event.
+    Message,
+    /// A usage object: set 0 is the document's `usage` or an event's `message.usage`, set 1 an
+    /// event's top-level `usage`.
+    Usage(usize),
+    Model,
+    Type,
+    Count(usize, usize),
+}
+
+impl Node {
+    fn is_container(self) -> bool {
+        matches!(self, Node::Root | Node::Message | Node::Usage(_))
+    }
+
+    fn child(self, schema: Schema, key: &[u8]) -> Node {
+        match (schema, self, key) {
+            (Schema::Document, Node::Root, b"model") => Node::Model,
+            (Schema::Document, Node::Root, b"usage") => Node::Usage(0),
+            (Schema::Event, Node::Root, b"type") => Node::Type,
+            (Schema::Event, Node::Root, b"message") => Node::Message,
+            (Schema::Event, Node::Root, b"usage") => Node::Usage(1),
+            (Schema::Event, Node::Message, b"model") => Node::Model,
+            (Schema::Event, Node::Message, b"usage") => Node::Usage(0),
+            (_, Node::Usage(set), k) => count_index(k).map_or(Node::Other, |i| Node::Count(set, i)),
+            _ => Node::Other,
+        }
+    }
+}
+
+/// Containers whose node is tracked: the root object, `message`, `message.usage`. Deeper ones
+/// are `Other` by construction.
+const PATH: usize = 3;
+
+/// The values found in one document or event. A value's start clears what it will set, so a
+/// repeated key's last occurrence wins.
+/// The model is captured in place; `has_model` says it is a complete string value.
+#[derive(Clone, Copy, Debug)]
+struct Found {
+    model: Model,
+    has_model: bool,
+    ty: EventType,
+    counts: [Counts; 2],
+}
+
+impl Found {
+    fn model(&self) -> Option<Model> {
+        self.has_model.then_some(self.model)
+    }
+
+    /// Forgets everything (the model's bytes are left, `has_model` hides them).
+    fn forget(&mut self) {
+        self.has_model = false;
+        self.ty = EventType::Default;
+        self.counts = [[None; 4]; 2];
+    }
+
+    fn clear(&mut self, node: Node) {
+        match node {
+            Node::Model => self.has_model = false,
+            Node::Type => self.ty = EventType::Default,
+            Node::Message => {
+                self.has_model = false;
+                self.counts[0] = [None; 4];
+            }
+            Node::Usage(set) => self.counts[set] = [None; 4],
+            Node::Count(set, i) => self.counts[set][i] = None,
+            Node::Root | Node::Other => {}
+        }
+    }
+}
+
+/// Where the bytes of the string being lexed go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    Skip,
+    Word,
+    Model,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NumState {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
+}
+
+impl NumState {
+    /// A number may end here.
+    fn can_end(self) -> bool {
+        matches!(
+            self,
+            NumState::Zero | NumState::Int | NumState::Frac | NumState::ExpDigits
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lex {
+    /// A value must come: at the root, after `:`, after `,` in an array.
+    Value,
+    /// After `[`: a value or `]`.
+    ValueOrClose,
+    /// After `{`: a key or `}`.
+    KeyOrClose,
+    /// After `,` in an object.
+    Key,
+    Colon,
+    /// After a value inside a container: `,` or the closer.
+    After,
+    Str,
+    Escape,
+    Unicode {
+        digits: u8,
+        unit: u16,
+    },
+    /// `count` stays `Some` while the number is still a valid token count.
+    Number {
+        state: NumState,
+        count: Option<u64>,
+    },
+    /// The rest of `true`, `false` or `null`.
+    Literal(&'static [u8]),
+    /// The root value is complete; only whitespace may follow.
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct JsonScan {
+    schema: Schema,
+    state: Lex,
+    depth: usize,
+    /// Bit `d` set: the container at depth `d + 1` is an object.
+    objects: [u64; MAX_DEPTH / 64],
+    /// Node of the container at depth `d + 1`, for `d < PATH`.
+    nodes: [Node; PATH],
+    /// Node of the value about to start (or being lexed, for scalars).
+    next: Node,
+    in_key: bool,
+    capture: Capture,
+    word: Word<32>,
+    found: Found,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+impl JsonScan {
+    fn new(schema: Schema) -> JsonScan {
+        JsonScan {
+            schema,
+            state: Lex::Value,
+            depth: 0,
+            objects: [0; MAX_DEPTH / 64],
+            nodes: [Node::Other; PATH],
+            next: Node::Root,
+            in_key: false,
+            capture: Capture::Skip,
+            word: Word::EMPTY,
+            found: Found {
+                model: Model::EMPTY,
+                has_model: false,
+                ty: EventType::Default,
+                counts: [[None; 4]; 2],
+            },
+        }
+    }
+
+    /// Starts over for the next event, reusing the memory.
+    fn reset(&mut self) {
+        self.state = Lex::Value;
+        self.depth = 0;
+        self.next = Node::Root;
+        self.found.forget();
+    }
+
+    /// The input so far is exactly one JSON value (plus whitespace).
+    fn complete(&self) -> bool {
+        match self.state {
+            Lex::Done => true,
+            // A bare number at the root ends with the input.
+            Lex::Number { state, .. } => self.depth == 0 && state.can_end(),
+            _ => false,
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self.state {
+            Lex::Failed => Outcome::Malformed,
+            _ if self.complete() => Outcome::Complete,
+            _ => Outcome::Truncated,
+        }
+    }
+
+    fn tokens(&self) -> Tokens {
+        let c = self.found.counts[0];
+        Tokens {
+            model: self.found.model(),
+            input: c[INPUT],
+            output: c[OUTPUT],
+            cache_read: c[CACHE_READ],
+            cache_write: c[CACHE_WRITE],
+            outcome: self.outcome(),
+        }
+    }
+
+    fn feed(&mut self, input: &[u8]) {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                Lex::Failed => return,
+                // The bulk of a body is string content nobody wants: skip to what matters.
+                Lex::Str if self.capture == Capture::Skip => {
+                    let rest = &input[i..];
+                    i += rest
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                        .unwrap_or(rest.len());
+                    if i == input.len() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            self.byte(input[i]);
+            i += 1;
+        }
+    }
+
+    fn fail(&mut self) {
+        self.state = Lex::Failed;
+    }
+
+    fn byte(&mut self, b: u8) {
+        match self.state {
+            Lex::Value | Lex::ValueOrClose if is_ws(b) => {}
+            Lex::ValueOrClose if b == b']' => self.close(b),
+            Lex::Value | Lex::ValueOrClose => self.value(b),
+            Lex::KeyOrClose | Lex::Key if is_ws(b) => {}
+            Lex::KeyOrClose | Lex::Key if b == b'"' => self.begin_key(),
+            Lex::KeyOrClose if b == b'}' => self.close(b),
+            Lex::Colon if is_ws(b) => {}
+            Lex::Colon if b == b':' => self.state = Lex::Value,
+            Lex::After => self.after(b),
+            Lex::Done if is_ws(b) => {}
+            Lex::Str => self.string_byte(b),
+            Lex::Escape => self.escape(b),
+            Lex::Unicode { digits, unit } => {
+                let Some(d) = (b as char).to_digit(16) else {
+                    return self.fail();
+                };
+                let unit = (unit << 4) | d as u16;
+                if digits == 3 {
+                    self.put_unit(unit);
+                    self.state = Lex::Str;
+                } else {
+                    self.state = Lex::Unicode {
+                        digits: digits + 1,
+                        unit,
+                    };
+                }
+            }
+            Lex::Number { state, count } => self.number(state, count, b),
+            Lex::Literal(rest) => match rest.split_first() {
+                Some((&want, tail)) if want == b => {
+                    self.state = Lex::Literal(tail);
+                    if tail.is_empty() {
+                        self.end_value();
+                    }
+                }
+                _ => self.fail(),
+            },
+            Lex::KeyOrClose | Lex::Key | Lex::Colon | Lex::Done | Lex::Failed => self.fail(),
+        }
+    }
+
+    /// The node of the innermost open container.
+    fn container(&self) -> Node {
+        match self.depth {
+            0 => Node::Other,
+            d if d <= PATH => self.nodes[d - 1],
+            _ => Node::Other,
+        }
+    }
+
+    fn in_object(&self) -> bool {
+        let d = self.depth - 1;
+        self.objects[d / 64] & (1 << (d % 64)) != 0
+    }
+
+    fn value(&mut self, b: u8) {
+        let node = self.next;
+        self.found.clear(node);
+        match b {
+            b'{' => self.open(true, node),
+            b'[' => self.open(false, node),
+            b'"' => {
+                self.in_key = false;
+                self.capture = match node {
+                    Node::Model => {
+                        self.found.model.len = 0;
+                        Capture::Model
+                    }
+                    Node::Type => {
+                        self.word = Word::EMPTY;
+                        Capture::Word
+                    }
+                    _ => Capture::Skip,
+                };
+                self.state = Lex::Str;
+            }
+            b'-' => {
+                self.state = Lex::Number {
+                    state: NumState::Minus,
+                    count: None,
+                }
+            }
+            b'0' => {
+                self.state = Lex::Number {
+                    state: NumState::Zero,
+                    count: Some(0),
+                }
+            }
+            b'1'..=b'9' => {
+                self.state = Lex::Number {
+                    state: NumState::Int,
+                    count: Some(u64::from(b - b'0')),
+                }
+            }
+            b't' => self.state = Lex::Literal(b"rue"),
+            b'f' => self.state = Lex::Literal(b"alse"),
+            b'n' => self.state = Lex::Literal(b"ull"),
+            _ => self.fail(),
+        }
+    }
+
+    fn open(&mut self, object: bool, node: Node) {
+        let d = self.depth;
+        if d == MAX_DEPTH {
+            return self.fail();
+        }
+        let bit = 1u64 << (d % 64);
+        if object {
+            self.objects[d / 64] |= bit;
+        } else {
+            self.objects[d / 64] &= !bit;
+        }
+        if d < PATH {
+            // An array, or an object where a scalar belongs, holds nothing we count.
+            self.nodes[d] = if object && node.is_container() {
+                node
+            } else {
+                Node::Other
+            };
+        }
+        self.depth += 1;
+        self.next = Node::Other;
+        self.state = if object {
+            Lex::KeyOrClose
+        } else {
+            Lex::ValueOrClose
+        };
+    }
+
+    fn close(&mut self, b: u8) {
+        if (b == b'}') != self.in_object() {
+            return self.fail();
+        }
+        self.depth -= 1;
+        self.end_value();
+    }
+
+    fn end_value(&mut self) {
+        self.state = if self.depth == 0 {
+            Lex::Done
+        } else {
+            Lex::After
+        };
+    }
+
+    fn after(&mut self, b: u8) {
+        match b {
+            _ if is_ws(b) => {}
+            b',' if self.in_object() => self.state = Lex::Key,
+            b',' => {
+                self.next = Node::Other;
+                self.state = Lex::Value;
+            }
+            b'}' | b']' => self.close(b),
+            _ => self.fail(),
+        }
+    }
+
+    fn begin_key(&mut self) {
+        self.in_key = true;
+        self.capture = if self.container() == Node::Other {
+            Capture::Skip
+        } else {
+            self.word = Word::EMPTY;
+            Capture::Word
+        };
+        self.state = Lex::Str;
+    }
+
+    fn string_byte(&mut self, b: u8) {
+        match b {
+            b'"' => self.end_string(),
+            b'\\' => self.state = Lex::Escape,
+            0..=0x1f => self.fail(),
+            _ => match self.capture {
+                Capture::Skip => {}
+                Capture::Word => self.word.push(b),
+                Capture::Model => self.found.model.push_raw(b),
+            },
+        }
+    }
+
+    fn escape(&mut self, b: u8) {
+        let unit = match b {
+            b'"' | b'\\' | b'/' => b,
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                self.state = Lex::Unicode { digits: 0, unit: 0 };
+                return;
+            }
+            _ => return self.fail(),
+        };
+        self.put_unit(u16::from(unit));
+        self.state = Lex::Str;
+    }
+
+    fn put_unit(&mut self, u: u16) {
+        match self.capture {
+            Capture::Skip => {}
+            // Non-ASCII marks the word bad: no key or type we match has it.
+            Capture::Word => self.word.push(u8::try_from(u).unwrap_or(0x80)),
+            Capture::Model => self.found.model.push_unit(u),
+        }
+    }
+
+    fn end_string(&mut self) {
+        if self.in_key {
+            self.next = match (self.capture, self.word.get()) {
+                (Capture::Word, Some(key)) => self.container().child(self.schema, key),
+                _ => Node::Other,
+            };
+            self.state = Lex::Colon;
+            return;
+        }
+        match self.next {
+            Node::Model => self.found.has_model = true,
+            Node::Type => self.found.ty = EventType::of(self.word.get()),
+            _ => {}
+        }
+        self.end_value();
+    }
+
+    fn number(&mut self, state: NumState, mut count: Option<u64>, b: u8) {
+        use NumState::*;
+        let next = match (state, b) {
+            (Minus, b'0') => Zero,
+            (Minus, b'1'..=b'9') => Int,
+            (Int, b'0'..=b'9') => {
+                count = count
+                    .and_then(|c| c.checked_mul(10))
+                    .and_then(|c| c.checked_add(u64::from(b - b'0')));
+                Int
+            }
+            (Zero | Int, b'.') => {
+                count = None;
+                Dot
+            }
+            (Zero | Int | Frac, b'e' | b'E') => {
+                count = None;
+                Exp
+            }
+            (Dot | Frac, b'0'..=b'9') => Frac,
+            (Exp, b'+' | b'-') => ExpSign,
+            (Exp | ExpSign | ExpDigits, b'0'..=b'9') => ExpDigits,
+            (s, _) if s.can_end() && (is_ws(b) || matches!(b, b',' | b'}' | b']')) => {
+                // The number ended just before `b`, which the container state reads next.
+                if let Node::Count(set, i) = self.next {
+                    self.found.counts[set][i] = count;
+                }
+                self.end_value();
+                return self.byte(b);
+            }
+            _ => return self.fail(),
+        };
+        self.state = Lex::Number { state: next, count };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSE: WHATWG event-stream framing, with each event's data fed straight into a JsonScan.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    /// Nothing yet on this line.
+    Start,
+    /// In the field name.
+    Name,
+    /// Just after the colon: one space may follow.
+    ValueStart,
+    Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Data,
+    Event,
+    /// `id`, `retry`, unknown fields, comments.
+    Ignore,
+}
+
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// The figures of the events dispatched so far.
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    model: Option<Model>,
+    start: Counts,
+    delta: Counts,
+}
+
+#[derive(Clone, Debug)]
+struct Sse {
+    line: Line,
+    field: Field,
+    name: Word<5>,
+    event: Word<16>,
+    has_data: bool,
+    /// The last line ended in CR: an LF now completes that line end.
+    after_cr: bool,
+    /// How much of a leading BOM has been seen; `BOM.len()` once past the stream start.
+    bom: usize,
+    malformed: bool,
+    json: JsonScan,
+    committed: Committed,
+}
+
+impl Sse {
+    fn new() -> Sse {
+        Sse {
+            line: Line::Start,
+            field: Field::Ignore,
+            name: Word::EMPTY,
+            event: Word::EMPTY,
+            has_data: false,
+            after_cr: false,
+            bom: 0,
+            malformed: false,
+            json: JsonScan::new(Schema::Event),
+            committed: Committed {
+                model: None,
+                start: [None; 4],
+                delta: [None; 4],
+            },
+        }
+    }
+
+    fn tokens(&self) -> Tokens {
+        let c = &self.committed;
+        let pick = |i: usize| c.delta[i].or(c.start[i]);
+        let outcome = if self.malformed {
+            Outcome::Malformed
+        } else if self.has_data || self.line != Line::Start || (1..BOM.len()).contains(&self.bom) {
+            Outcome::Truncated
+        } else {
+            Outcome::Complete
+        };
+        Tokens {
+            model: c.model,
+            input: pick(INPUT),
+            output: pick(OUTPUT),
+            cache_read: pick(CACHE_READ),
+            cache_write: pick(CACHE_WRITE),
+            outcome,
+        }
+    }
+
+    fn feed(&mut self, input: &[u8]) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            if self.after_cr {
+                self.after_cr = false;
+                if b == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            if self.bom < BOM.len() {
+                if b == BOM[self.bom] {
+                    self.bom += 1;
+                    i += 1;
+                    continue;
+                }
+                if self.bom > 0 {
+                    // Not a BOM after all: those bytes began a field name no field has.
+                    self.line = Line::Name;
+                    self.name = Word::EMPTY;
+                    self.name.bad = true;
+                }
+                self.bom = BOM.len();
+            }
+            if b == b'\r' || b == b'\n' {
+                self.end_line();
+                self.after_cr = b == b'\r';
+                i += 1;
+                continue;
+            }
+            match self.line {
+                Line::Start if b == b':' => {
+                    self.field = Field::Ignore;
+                    self.line = Line::Value;
+                }
+                Line::Start => {
+                    self.name = Word::EMPTY;
+                    self.name.push(b);
+                    self.line = Line::Name;
+                }
+                Line::Name if b == b':' => {
+                    self.begin_field();
+                    self.line = Line::ValueStart;
+                }
+                Line::Name => self.name.push(b),
+                Line::ValueStart => {
+                    self.line = Line::Value;
+                    if b != b' ' {
+                        continue; // `b` is the value's first byte
+                    }
+                }
+                Line::Value => {
+                    let rest = &input[i..];
+                    let n = rest
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(rest.len());
+                    match self.field {
+                        Field::Data => self.json.feed(&rest[..n]),
+                        Field::Event => rest[..n].iter().for_each(|&c| self.event.push(c)),
+                        Field::Ignore => {}
+                    }
+                    i += n;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// A field name ended (at its colon, or at the line end for a line without one).
+    fn begin_field(&mut self) {
+        self.field = match self.name.get() {
+            Some(b"data") => {
+                // Data lines of one event are joined by LF; in JSON it is whitespace.
+                if self.has_data {
+                    self.json.feed(b"\n");
+                }
+                self.has_data = true;
+                Field::Data
+            }
+            Some(b"event") => {
+                self.event = Word::EMPTY;
+                Field::Event
+            }
+            _ => Field::Ignore,
+        };
+    }
+
+    fn end_line(&mut self) {
+        match self.line {
+            Line::Start => self.dispatch(),
+            // The whole line is the field name; its value is empty.
+            Line::Name => self.begin_field(),
+            Line::ValueStart | Line::Value => {}
+        }
+        self.line = Line::Start;
+    }
+
+    fn dispatch(&mut self) {
+        if self.has_data {
+            if self.json.complete() {
+                self.commit();
+            } else {
+                self.malformed = true;
+            }
+        }
+        self.has_data = false;
+        self.event = Word::EMPTY;
+        self.json.reset();
+    }
+
+    fn commit(&mut self) {
+        let found = &self.json.found;
+        let name = match self.event.get() {
+            Some(b"" | b"message") => EventType::Default,
+            other => EventType::of(other),
+        };
+        if name != EventType::Default && name != found.ty {
+            return;
+        }
+        let merge = |dst: &mut Counts, src: &Counts| {
+            for (d, s) in dst.iter_mut().zip(src) {
+                if s.is_some() {
+                    *d = *s;
+                }
+            }
+        };
+        let c = &mut self.committed;
+        match found.ty {
+            EventType::Start => {
+                if found.has_model {
+                    c.model = Some(found.model);
+                }
+                merge(&mut c.start, &found.counts[0]);
+            }
+            EventType::Delta => merge(&mut c.delta, &found.counts[1]),
+            EventType::Default | EventType::Other => {}
+        }
+    }
+}
+
+/// The fuzz harness (`fuzz/fuzz_targets/usage_scan.rs`; the unit tests run it too). Byte 0
+/// picks the mode (bit 0) and a piece size (the rest); the other bytes are a body. Checks: no
+/// panic; the same result fed whole, in pieces and byte by byte; a sanitised, capped model.
+/// Built only for tests and under cargo-fuzz (which sets `--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub fn fuzz_harness(data: &[u8]) {
+    let Some((&ctl, body)) = data.split_first() else {
+        return;
+    };
+    let mode = if ctl & 1 == 0 {
+        ScanMode::Sse
+    } else {
+        ScanMode::Json
+    };
+    let mut whole = UsageScanner::new(mode);
+    whole.feed(body);
+    let mut pieces = UsageScanner::new(mode);
+    body.chunks(usize::from(ctl >> 1) + 1)
+        .for_each(|p| pieces.feed(p));
+    let mut bytes = UsageScanner::new(mode);
+    body.chunks(1).for_each(|p| bytes.feed(p));
+    let usage = whole.usage();
+    assert_eq!(usage, pieces.usage(), "whole and pieces disagree");
+    assert_eq!(usage, bytes.usage(), "whole and bytes disagree");
+    let Usage::Scanned(t) = usage else {
+        panic!("a scanning mode reported {usage:?}");
+    };
+    if let Some(m) = t.model() {
+        assert!(m.len() <= MODEL_CAP, "model longer than the cap");
+        assert!(
+            m.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "model not sanitised: {m:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(mode: ScanMode, body: &[u8]) -> Tokens {
+        let mut s = UsageScanner::new(mode);
+        s.feed(body);
+        match s.usage() {
+            Usage::Scanned(t) => t,
+            other => panic!("not scanned: {other:?}"),
+        }
+    }
+
+    /// Scans `body` whole, byte by byte and split in two at every point; all must agree.
+    fn scan_all_ways(mode: ScanMode, body: &[u8]) -> Tokens {
+        let whole = scan(mode, body);
+        let mut s = UsageScanner::new(mode);
+        body.chunks(1).for_each(|b| s.feed(b));
+        assert_eq!(s.usage(), Usage::Scanned(whole), "byte by byte");
+        for cut in 0..=body.len() {
+            let mut s = UsageScanner::new(mode);
+            s.feed(&body[..cut]);
+            s.feed(&body[cut..]);
+            assert_eq!(s.usage(), Usage::Scanned(whole), "split at {cut}");
+        }
+        whole
+    }
+
+    fn figures(t: &Tokens) -> (Option<&str>, [Option<u64>; 4]) {
+        (t.model(), [t.input, t.output, t.cache_read, t.cache_write])
+    }
+
+    /// The shape of the Messages streaming docs' example.
+    const DOCS_SSE: &str = r#"event: message_start
+data: {"type": "message_start", "message": {"id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY", "type": "message", "role": "assistant", "content": [], "model": "claude-opus-4-6", "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 25, "output_tokens": 1}}}
+
+event: content_block_start
+data: {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+
+event: ping
+data: {"type": "ping"}
+
+event: content_block_delta
+data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}
+
+event: content_block_delta
+data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "!"}}
+
+event: content_block_stop
+data: {"type": "content_block_stop", "index": 0}
+
+event: message_delta
+data: {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence":null}, "usage": {"output_tokens": 15}}
+
+event: message_stop
+data: {"type": "message_stop"}
+
+"#;
+
+    /// What tests/e2e_support/mock.rs sends (serde_json's compact form, no spaces).
+    const MOCK_SSE: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_mock_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"from the mock\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    /// Newer API versions: nested `cache_creation`, `service_tier`, a tool's partial JSON with
+    /// escaped quotes, and a `message_delta` that repeats input and cache counts.
+    const NEWER_SSE: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5-20251001\",\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":849,\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":4,\"cache_creation\":{\"ephemeral_5m_input_tokens\":0,\"ephemeral_1h_input_tokens\":0},\"output_tokens\":10,\"service_tier\":\"standard\"}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_01\",\"name\":\"json\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"usage\\\": {\\\"input_tokens\\\": 999}, \\\"t\\\": \\\"a\\\\\\\\\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"input_tokens\":850,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":6,\"output_tokens\":47,\"server_tool_use\":{\"web_search_requests\":1}}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    #[test]
+    fn real_shaped_streams_give_their_numbers() {
+        let t = scan_all_ways(ScanMode::Sse, DOCS_SSE.as_bytes());
+        // The message_delta's cumulative output_tokens replaces message_start's 1.
+        assert_eq!(
+            figures(&t),
+            (Some("claude-opus-4-6"), [Some(25), Some(15), None, None])
+        );
+        assert_eq!(t.outcome, Outcome::Complete);
+
+        let t = scan_all_ways(ScanMode::Sse, MOCK_SSE.as_bytes());
+        assert_eq!(
+            figures(&t),
+            (
+                Some("claude-sonnet-4-5"),
+                [Some(12), Some(7), Some(0), Some(0)]
+            )
+        );
+        assert_eq!(t.outcome, Outcome::Complete);
+
+        // The tool input's `usage` is inside a string and not counted; the delta's repeated
+        // input and cache counts win over message_start's.
+        let t = scan_all_ways(ScanMode::Sse, NEWER_SSE.as_bytes());
+        assert_eq!(
+            figures(&t),
+            (
+                Some("claude-haiku-4-5-20251001"),
+                [Some(850), Some(47), Some(6), Some(5)]
+            )
+        );
+        assert_eq!(t.outcome, Outcome::Complete);
+    }
+
+    #[test]
+    fn line_ends_crlf_cr_and_lf_all_frame_the_same() {
+        for fixture in [DOCS_SSE, MOCK_SSE, NEWER_SSE] {
+            let lf = scan(ScanMode::Sse, fixture.as_bytes());
+            assert!(lf.input.is_some());
+            for eol in ["\r\n", "\r"] {
+                let body = fixture.replace('\n', eol);
+                assert_eq!(scan_all_ways(ScanMode::Sse, body.as_bytes()), lf, "{eol:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sse_framing_details() {
+        // No `event:` lines, no space after `data:`, comments, id/retry lines, a BOM, data
+        // split over several lines (joined by LF, whitespace in JSON), extra blank lines.
+        let body = "\u{feff}: a comment\r\nid: 7\nretry: 100\ndata:{\"type\":\"message_start\",\n\
+                    data:  \"message\":{\"model\":\"m-1\",\n: comment inside the event\n\
+                    data:\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n\n\n\
+                    data: {\"type\":\"ping\"}\n\n\
+                    event\ndata\n: the two lines above: fields with no colon (data is empty)\n\
+                    data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n\
+                    data:{\"type\":\"message_delta\",\"usage\":{\"output_tokens\":11}}\r\n\r\n";
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!(figures(&t), (Some("m-1"), [Some(3), Some(11), None, None]));
+        assert_eq!(t.outcome, Outcome::Complete);
+
+        // Field names are case-sensitive; `data` without the colon's space keeps a second one
+        // (whitespace); an event without a blank line after it is not dispatched.
+        let body = "DATA: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n\
+                    data:  {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}\n\n\
+                    data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n";
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!(t.output, Some(6));
+        assert_eq!(t.outcome, Outcome::Truncated);
+    }
+
+    #[test]
+    fn the_json_type_decides_not_the_event_name() {
+        let ev = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let delta =
+            |n: u64| format!("{{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{n}}}}}");
+        let body = [
+            ev("message_delta", &delta(1)),
+            // The name says delta, the data says ping: not a delta.
+            ev(
+                "message_delta",
+                "{\"type\":\"ping\",\"usage\":{\"output_tokens\":100}}",
+            ),
+            // They disagree the other way: ignored too.
+            ev("ping", &delta(200)),
+            ev("content_block_delta", &delta(300)),
+            // `message` is the default name, as if there were no event line.
+            ev("message", &delta(2)),
+            // A type that is not a string, or absent: not counted.
+            ev(
+                "message_delta",
+                "{\"type\":7,\"usage\":{\"output_tokens\":400}}",
+            ),
+            ev("message_delta", "{\"usage\":{\"output_tokens\":500}}"),
+        ]
+        .concat();
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!(t.output, Some(2));
+        assert_eq!(t.outcome, Outcome::Complete);
+    }
+
+    #[test]
+    fn message_delta_wins_whatever_the_order() {
+        let body = "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40,\"input_tokens\":6}}\n\n\
+                    data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1,\"cache_read_input_tokens\":2}}}\n\n";
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!(figures(&t), (Some("m"), [Some(6), Some(40), Some(2), None]));
+        // message_start alone: its own figures.
+        let start_only = body.split_once("\n\n").unwrap().1;
+        let t = scan(ScanMode::Sse, start_only.as_bytes());
+        assert_eq!(figures(&t), (Some("m"), [Some(5), Some(1), Some(2), None]));
+    }
+
+    #[test]
+    fn usage_elsewhere_is_not_counted() {
+        let body = concat!(
+            // message_start's own top-level usage, and usage inside content, are not its counts.
+            "data: {\"type\":\"message_start\",\"usage\":{\"input_tokens\":900},\"message\":{\"content\":[{\"usage\":{\"input_tokens\":901}}],",
+            "\"x\":{\"usage\":{\"input_tokens\":902},\"model\":\"not-this\"},\"model\":\"real\",\"usage\":{\"input_tokens\":1},",
+            "\"later\":[{\"usage\":{\"input_tokens\":906}}]}}\n\n",
+            // message_delta: only the top-level usage; message.usage and delta.usage are not.
+            "data: {\"type\":\"message_delta\",\"message\":{\"usage\":{\"output_tokens\":903}},\"delta\":{\"usage\":{\"output_tokens\":904}},\"usage\":{\"output_tokens\":2}}\n\n",
+            // A string that looks like usage.
+            "data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\":{\\\"output_tokens\\\":905}\"}}\n\n",
+        );
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!(figures(&t), (Some("real"), [Some(1), Some(2), None, None]));
+    }
+
+    #[test]
+    fn json_replies_in_any_key_order() {
+        let usage = "\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":4,\"output_tokens\":7}";
+        let content = "\"content\":[{\"type\":\"text\",\"text\":\"a \\\"usage\\\": {\\\"input_tokens\\\": 1} \\\\\"},\
+                       {\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"t\",\"input\":{\"usage\":{\"input_tokens\":999,\"output_tokens\":999},\"model\":\"no\",\"deep\":[[{\"usage\":{\"output_tokens\":998}}]]}}]";
+        let model = "\"model\":\"claude-sonnet-4-5\"";
+        let rest = "\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"extra\":{\"model\":\"no\",\"usage\":{\"input_tokens\":997}}";
+        let parts = [usage, content, model, rest];
+        for order in [[0, 1, 2, 3], [1, 3, 2, 0], [2, 0, 3, 1], [3, 2, 1, 0]] {
+            let body = format!("{{ {} }}\n", order.map(|i| parts[i]).join(" ,\n\t"));
+            let t = scan_all_ways(ScanMode::Json, body.as_bytes());
+            assert_eq!(
+                figures(&t),
+                (
+                    Some("claude-sonnet-4-5"),
+                    [Some(12), Some(7), Some(4), Some(3)]
+                ),
+                "{body}"
+            );
+            assert_eq!(t.outcome, Outcome::Complete);
+        }
+        // The mock's non-streaming reply.
+        let mock = r#"{"content":[{"text":"hi","type":"text"}],"id":"msg_mock_1","model":"claude-sonnet-4-5","role":"assistant","stop_reason":"end_turn","stop_sequence":null,"type":"message","usage":{"input_tokens":12,"output_tokens":7}}"#;
+        let t = scan_all_ways(ScanMode::Json, mock.as_bytes());
+        assert_eq!(
+            figures(&t),
+            (Some("claude-sonnet-4-5"), [Some(12), Some(7), None, None])
+        );
+        // count_tokens' reply has a top-level input_tokens, which is not usage.
+        let t = scan(ScanMode::Json, br#"{"input_tokens":42}"#);
+        assert_eq!(figures(&t), (None, [None; 4]));
+        assert_eq!(t.outcome, Outcome::Complete);
+    }
+
+    #[test]
+    fn escapes_in_keys_and_values_are_decoded() {
+        let body = r#"{"\u006dodel":"claude\u002dx\/y","us\u0061ge":{"input_\u0074okens":5,"output_tokens\u0000":6,"o\"utput_tokens":7},"a\\":"\\\"usage\\\""}"#;
+        let t = scan_all_ways(ScanMode::Json, body.as_bytes());
+        assert_eq!(
+            figures(&t),
+            (Some("claude-x/y"), [Some(5), None, None, None])
+        );
+        let body = r#"data: {"type":"message\u005fdelta","usage":{"output_tokens":3}}
+
+"#;
+        assert_eq!(
+            scan_all_ways(ScanMode::Sse, body.as_bytes()).output,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn counts_must_be_plain_non_negative_integers() {
+        let one = |v: &str| {
+            let body = format!("{{\"usage\":{{\"input_tokens\":{v} }}}}");
+            let t = scan(ScanMode::Json, body.as_bytes());
+            (t.input, t.outcome)
+        };
+        assert_eq!(one("0"), (Some(0), Outcome::Complete));
+        assert_eq!(
+            one("18446744073709551615"),
+            (Some(u64::MAX), Outcome::Complete)
+        );
+        for v in [
+            "-1",
+            "-0",
+            "1.5",
+            "1.0",
+            "2e3",
+            "1E+2",
+            "5e-1",
+            "18446744073709551616",
+            "99999999999999999999999",
+            "null",
+            "true",
+            "\"12\"",
+            "[12]",
+            "{\"n\":12}",
+        ] {
+            assert_eq!(one(v), (None, Outcome::Complete), "{v}");
+        }
+        // Not JSON numbers at all: the document is malformed.
+        for v in [
+            "01", "1.", ".5", "1e", "-", "+1", "0x10", "1_000", "NaN", "tru",
+        ] {
+            assert_eq!(one(v), (None, Outcome::Malformed), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_last_duplicate_wins() {
+        let body = r#"{"model":"a","usage":{"input_tokens":1,"output_tokens":2},"model":"b","usage":{"input_tokens":3}}"#;
+        let t = scan(ScanMode::Json, body.as_bytes());
+        assert_eq!(figures(&t), (Some("b"), [Some(3), None, None, None]));
+        let body = r#"{"model":"a","usage":{"input_tokens":1},"model":null,"usage":5}"#;
+        let t = scan(ScanMode::Json, body.as_bytes());
+        assert_eq!(figures(&t), (None, [None; 4]));
+        let body = r#"{"usage":{"input_tokens":1,"input_tokens":-1}}"#;
+        assert_eq!(scan(ScanMode::Json, body.as_bytes()).input, None);
+    }
+
+    #[test]
+    fn the_model_is_sanitised_and_capped() {
+        let t = scan(
+            ScanMode::Json,
+            "{\"model\":\"a b\\tc\\u00e9d\u{e9}e\u{1F600}f\\ud83d\\ude00g\\u0000h\\\"i\"}"
+                .as_bytes(),
+        );
+        assert_eq!(t.model(), Some("a?b?c?d?e?f?g?h\"i"));
+        let long = "m".repeat(MODEL_CAP + 50);
+        let t = scan(
+            ScanMode::Json,
+            format!("{{\"model\":\"{long}\"}}").as_bytes(),
+        );
+        assert_eq!(t.model(), Some(&long[..MODEL_CAP]));
+        // Equal names compare equal whatever was captured before them.
+        let a = scan(
+            ScanMode::Json,
+            br#"{"model":"a-much-longer-name","model":"m"}"#,
+        );
+        let b = scan(ScanMode::Json, br#"{"model":"m"}"#);
+        assert_eq!(a, b);
+        // A key too long to be ours is skipped, not truncated into a match.
+        let key = format!("model{}", "x".repeat(40));
+        let t = scan(ScanMode::Json, format!("{{\"{key}\":\"no\"}}").as_bytes());
+        assert_eq!(t.model(), None);
+    }
+
+    #[test]
+    fn malformed_events_are_skipped_and_later_ones_counted() {
+        let good = "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n\n";
+        for bad in [
+            "data: [DONE]\n\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}}\n\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}} x\n\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}\n\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9},}\n\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\ndata: {}\n\n",
+            "data: {\"type\":\"message_delta\",\"t\":\"a\u{1}b\",\"usage\":{\"output_tokens\":9}}\n\n",
+            "data:\n\n",
+        ] {
+            for body in [format!("{bad}{good}"), format!("{good}{bad}")] {
+                let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+                assert_eq!(
+                    (t.output, t.outcome),
+                    (Some(4), Outcome::Malformed),
+                    "{body:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_bodies_report_what_came_before() {
+        let t = scan(
+            ScanMode::Sse,
+            &MOCK_SSE.as_bytes()[..MOCK_SSE.find("event: message_delta").unwrap() + 30],
+        );
+        assert_eq!(
+            (figures(&t), t.outcome),
+            (
+                (
+                    Some("claude-sonnet-4-5"),
+                    [Some(12), Some(1), Some(0), Some(0)]
+                ),
+                Outcome::Truncated
+            )
+        );
+        let body = r#"{"model":"m","usage":{"input_tokens":12,"output_tokens":7},"content":[{"type":"text","text":"cut he"#;
+        let t = scan(ScanMode::Json, body.as_bytes());
+        assert_eq!(
+            (figures(&t), t.outcome),
+            (
+                (Some("m"), [Some(12), Some(7), None, None]),
+                Outcome::Truncated
+            )
+        );
+        // Malformed after the usage: what came before still counts (JSON mode).
+        let t = scan(ScanMode::Json, br#"{"usage":{"input_tokens":12}} junk"#);
+        assert_eq!((t.input, t.outcome), (Some(12), Outcome::Malformed));
+        // An empty body, and a fresh stream.
+        assert_eq!(scan(ScanMode::Json, b"").outcome, Outcome::Truncated);
+        assert_eq!(scan(ScanMode::Sse, b"").outcome, Outcome::Complete);
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nest = |n: usize| {
+            format!(
+                "{{\"content\":{}{},\"usage\":{{\"input_tokens\":8}}}}",
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let t = scan(ScanMode::Json, nest(MAX_DEPTH - 2).as_bytes());
+        assert_eq!((t.input, t.outcome), (Some(8), Outcome::Complete));
+        let t = scan(ScanMode::Json, nest(MAX_DEPTH).as_bytes());
+        assert_eq!((t.input, t.outcome), (None, Outcome::Malformed));
+        // Mismatched closers, after a value and right after the opener.
+        for bad in [
+            &b"{\"a\":1]"[..],
+            b"[1}",
+            b"{\"a\":[1}}",
+            b"{\"a\":[}]",
+            b"[{]}",
+        ] {
+            assert_eq!(scan(ScanMode::Json, bad).outcome, Outcome::Malformed);
+        }
+        let t = scan(
+            ScanMode::Json,
+            br#"{"c":[{"d":1]},"usage":{"input_tokens":8}}"#,
+        );
+        assert_eq!((t.input, t.outcome), (None, Outcome::Malformed));
+    }
+
+    #[test]
+    fn the_mode_comes_from_the_head() {
+        let mode =
+            |h: &[(&str, &str)]| ScanMode::from_headers(h.iter().map(|(n, v)| (*n, v.as_bytes())));
+        assert_eq!(
+            mode(&[("content-type", "text/event-stream; charset=utf-8")]),
+            ScanMode::Sse
+        );
+        assert_eq!(
+            mode(&[("Content-Type", " Text/Event-Stream ")]),
+            ScanMode::Sse
+        );
+        assert_eq!(
+            mode(&[("content-type", "application/json")]),
+            ScanMode::Json
+        );
+        assert_eq!(
+            mode(&[
+                ("Content-Type", "application/JSON;charset=UTF-8"),
+                ("content-encoding", "identity"),
+                ("transfer-encoding", "Chunked"),
+            ]),
+            ScanMode::Json
+        );
+        let ct = ScanMode::Unscanned(UnscannedReason::ContentType);
+        let enc = ScanMode::Unscanned(UnscannedReason::Encoded);
+        assert_eq!(mode(&[]), ct);
+        assert_eq!(mode(&[("content-type", "text/plain")]), ct);
+        assert_eq!(mode(&[("content-type", "application/jsonl")]), ct);
+        assert_eq!(mode(&[("content-type", "text/event-streamx")]), ct);
+        assert_eq!(
+            mode(&[
+                ("content-type", "application/json"),
+                ("content-type", "text/html")
+            ]),
+            ct
+        );
+        assert_eq!(
+            mode(&[
+                ("content-type", "application/json"),
+                ("content-type", "application/json")
+            ]),
+            ScanMode::Json
+        );
+        for (name, value) in [
+            ("content-encoding", "gzip"),
+            ("Content-Encoding", "identity, br"),
+            ("content-encoding", "zstd"),
+            ("transfer-encoding", "gzip, chunked"),
+        ] {
+            assert_eq!(
+                mode(&[("content-type", "text/event-stream"), (name, value)]),
+                enc,
+                "{value}"
+            );
+        }
+        let mut off = UsageScanner::new(enc);
+        off.feed(MOCK_SSE.as_bytes());
+        assert_eq!(
+            off.usage(),
+            Usage::Unscanned {
+                reason: UnscannedReason::Encoded
+            }
+        );
+        assert_eq!(UnscannedReason::Encoded.to_string(), "encoded");
+    }
+
+    /// Counts heap allocations made by the current thread, for the no-allocation check.
+    mod alloc_count {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static COUNT: Cell<usize> = const { Cell::new(0) };
+        }
+
+        pub fn count() -> usize {
+            COUNT.try_with(Cell::get).unwrap_or(0)
+        }
+
+        struct Counting;
+
+        // SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
+        // const-initialised thread-local Cell, which never allocates or registers a destructor.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: the caller's contract for `alloc` is passed on as is.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` above with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static GLOBAL: Counting = Counting;
+    }
+
+    #[test]
+    fn scanning_never_allocates_and_stays_small() {
+        let mut sse = MOCK_SSE.repeat(200).into_bytes();
+        sse.extend_from_slice(NEWER_SSE.as_bytes());
+        let json = format!(
+            "{{\"content\":[{}],\"model\":\"m\",\"usage\":{{\"input_tokens\":1}}}}",
+            vec!["{\"text\":\"x\\u00e9\\\"\",\"n\":[1.5e3,-2,null,true]}"; 500].join(",")
+        );
+        let before = alloc_count::count();
+        let mut s = UsageScanner::new(ScanMode::Sse);
+        for piece in sse.chunks(7) {
+            s.feed(piece);
+        }
+        let sse_usage = s.usage();
+        let mut j = UsageScanner::new(ScanMode::Json);
+        for piece in json.as_bytes().chunks(13) {
+            j.feed(piece);
+        }
+        let json_usage = j.usage();
+        assert_eq!(alloc_count::count(), before, "the scanner allocated");
+        // And the scans really ran (the count check is not vacuous).
+        let Usage::Scanned(t) = sse_usage else {
+            panic!()
+        };
+        assert_eq!(
+            (t.input, t.output, t.outcome),
+            (Some(850), Some(47), Outcome::Complete)
+        );
+        let Usage::Scanned(t) = json_usage else {
+            panic!()
+        };
+        assert_eq!((t.input, t.outcome), (Some(1), Outcome::Complete));
+        assert!(
+            std::mem::size_of::<UsageScanner>() <= 1024,
+            "{} bytes per in-flight response",
+            std::mem::size_of::<UsageScanner>()
+        );
+    }
+
+    #[test]
+    fn harness_runs_on_the_fixtures() {
+        for fixture in [DOCS_SSE, MOCK_SSE, NEWER_SSE] {
+            for ctl in [0u8, 2, 14, 254] {
+                fuzz_harness(&[&[ctl][..], fixture.as_bytes()].concat());
+            }
+        }
+        fuzz_harness(b"\x01{\"usage\":{\"input_tokens\":1}}");
+        fuzz_harness(b"");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Generated bodies against an oracle that evaluates the policy on the value tree the body
+    //! was rendered from (not on the text), plus garbage and mutations that must never panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum J {
+        Null,
+        Bool(bool),
+        Count(u64),
+        /// Valid JSON numbers that are not token counts.
+        NotCount(&'static str),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    const KEYS: [&str; 4] = [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ];
+
+    fn get<'a>(o: &'a [(String, J)], key: &str) -> Option<&'a J> {
+        o.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn counts(v: Option<&J>) -> [Option<u64>; 4] {
+        match v {
+            Some(J::Obj(o)) => KEYS.map(|k| match get(o, k) {
+                Some(J::Count(n)) => Some(*n),
+                _ => None,
+            }),
+            _ => [None; 4],
+        }
+    }
+
+    fn model(v: Option<&J>) -> Option<String> {
+        let Some(J::Str(s)) = v else { return None };
+        let mut m: String = s
+            .chars()
+            .map(|c| if ('!'..='~').contains(&c) { c } else { '?' })
+            .collect();
+        m.truncate(MODEL_CAP);
+        Some(m)
+    }
+
+    type Expect = (Option<String>, [Option<u64>; 4]);
+
+    fn expect_doc(doc: &J) -> Expect {
+        match doc {
+            J::Obj(o) => (model(get(o, "model")), counts(get(o, "usage"))),
+            _ => (None, [None; 4]),
+        }
+    }
+
+    fn expect_sse(events: &[(Option<String>, J)]) -> Expect {
+        let (mut m, mut start, mut delta) = (None, [None; 4], [None; 4]);
+        let merge = |dst: &mut [Option<u64>; 4], src: [Option<u64>; 4]| {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.or(*d);
+            }
+        };
+        for (name, data) in events {
+            let J::Obj(o) = data else { continue };
+            let Some(J::Str(ty)) = get(o, "type") else {
+                continue;
+            };
+            let name = name.as_deref().filter(|n| !n.is_empty() && *n != "message");
+            if name.is_some_and(|n| n != ty) {
+                continue;
+            }
+            match ty.as_str() {
+                "message_start" => {
+                    let msg = match get(o, "message") {
+                        Some(J::Obj(msg)) => &msg[..],
+                        _ => &[],
+                    };
+                    if let Some(x) = model(get(msg, "model")) {
+                        m = Some(x);
+                    }
+                    merge(&mut start, counts(get(msg, "usage")));
+                }
+                "message_delta" => merge(&mut delta, counts(get(o, "usage"))),
+                _ => {}
+            }
+        }
+        let mut out = [None; 4];
+        for i in 0..4 {
+            out[i] = delta[i].or(start[i]);
+        }
+        (m, out)
+    }
+
+    /// Renders JSON text; `rng` picks escapes (any character may be written as `\uXXXX`) and
+    /// `pretty` puts newlines between tokens, so SSE data can be split into several lines.
+    struct Render {
+        rng: u64,
+        pretty: bool,
+        out: String,
+    }
+
+    impl Render {
+        fn coin(&mut self, one_in: u64) -> bool {
+            self.rng = self
+                .rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.rng >> 33).is_multiple_of(one_in)
+        }
+
+        fn gap(&mut self) {
+            if self.pretty {
+                self.out.push('\n');
+                if self.coin(2) {
+                    self.out.push_str("  ");
+                }
+            } else if self.coin(4) {
+                let c = if self.coin(2) { ' ' } else { '\t' };
+                self.out.push(c);
+            }
+        }
+
+        fn string(&mut self, s: &str) {
+            self.out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => self.out.push_str("\\\""),
+                    '\\' => self.out.push_str("\\\\"),
+                    '\n' => self.out.push_str("\\n"),
+                    '/' if self.coin(3) => self.out.push_str("\\/"),
+                    c if (c as u32) < 0x20 || self.coin(6) => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            let hex = format!("\\u{:04x}", u);
+                            let hex = if self.coin(2) {
+                                hex.to_uppercase().replace("\\U", "\\u")
+                            } else {
+                                hex
+                            };
+                            self.out.push_str(&hex);
+                        }
+                    }
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+
+        fn value(&mut self, v: &J) {
+            match v {
+                J::Null => self.out.push_str("null"),
+                J::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),
+                J::Count(n) => self.out.push_str(&n.to_string()),
+                J::NotCount(t) => self.out.push_str(t),
+                J::Str(s) => self.string(s),
+                J::Arr(items) => {
+                    self.out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.gap();
+                        self.value(item);
+                    }
+                    self.gap();
+                    self.out.push(']');
+                }
+                J::Obj(entries) => {
+                    self.out.push('{');
+                    for (i, (k, item)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.gap();
+                        self.string(k);
+                        self.out.push(':');
+                        if self.coin(3) {
+                            self.out.push(' ');
+                        }
+                        self.value(item);
+                    }
+                    self.gap();
+                    self.out.push('}');
+                }
+            }
+        }
+    }
+
+    fn render(v: &J, rng: u64, pretty: bool) -> String {
+        let mut r = Render {
+            rng,
+            pretty,
+            out: String::new(),
+        };
+        r.value(v);
+        r.out
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("usage".to_string()),
+            Just("\"usage\":{\"input_tokens\":1}".to_string()),
+            Just("\\".to_string()),
+            Just("data: {\"type\":\"message_delta\"}\n\n".to_string()),
+            Just("message_start".to_string()),
+            Just("message_delta".to_string()),
+            Just("claude-sonnet-4-5".to_string()),
+            Just("a b\u{e9}\u{1F600}\u{0}\u{1f}".to_string()),
+            Just("x".repeat(MODEL_CAP + 3)),
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "usage", "model", "type", "message", "input_tokens", "output_tokens",
+                "cache_read_input_tokens", "cache_creation_input_tokens", "content", "delta",
+            ])
+            .prop_map(String::from),
+            1 => text(),
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = J> {
+        prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            prop_oneof![0u64..100, Just(u64::MAX), any::<u64>()].prop_map(J::Count),
+            prop::sample::select(vec![
+                "-1",
+                "-0",
+                "1.5",
+                "0.0",
+                "2e3",
+                "1E+2",
+                "5e-1",
+                "18446744073709551616",
+                "99999999999999999999999",
+            ])
+            .prop_map(J::NotCount),
+            text().prop_map(J::Str),
+        ]
+    }
+
+    fn tree() -> impl Strategy<Value = J> {
+        leaf().prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                prop::collection::vec((key(), inner), 0..6).prop_map(J::Obj),
+            ]
+        })
+    }
+
+    /// A usage object: mostly counts, sometimes not, with unknown and nested fields.
+    fn usage() -> impl Strategy<Value = J> {
+        let field = prop_oneof![
+            4 => (prop::sample::select(KEYS.to_vec()), prop_oneof![4 => (0u64..1_000_000).prop_map(J::Count), 1 => leaf()]),
+            1 => (prop::sample::select(vec!["server_tool_use", "cache_creation", "service_tier"]), tree()),
+        ]
+        .prop_map(|(k, v)| (k.to_string(), v));
+        prop_oneof![
+            6 => prop::collection::vec(field, 0..7).prop_map(J::Obj),
+            1 => tree(),
+        ]
+    }
+
+    fn entry(k: &'static str, v: impl Strategy<Value = J>) -> impl Strategy<Value = (String, J)> {
+        v.prop_map(move |v| (k.to_string(), v))
+    }
+
+    fn model_value() -> impl Strategy<Value = J> {
+        prop_oneof![5 => text().prop_map(J::Str), 1 => leaf()]
+    }
+
+    /// A non-streaming reply: the interesting keys (sometimes twice), a content array with
+    /// lookalikes, and noise, in any order.
+    fn document() -> impl Strategy<Value = J> {
+        prop::collection::vec(
+            prop_oneof![
+                entry("model", model_value()),
+                entry("usage", usage()),
+                entry(
+                    "content",
+                    prop::collection::vec(tree(), 0..4).prop_map(J::Arr)
+                ),
+                (key(), tree()),
+            ],
+            0..7,
+        )
+        .prop_map(J::Obj)
+    }
+
+    fn event_type() -> impl Strategy<Value = J> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "message_start", "message_delta", "ping", "content_block_delta", "message_stop",
+            ])
+            .prop_map(|t| J::Str(t.to_string())),
+            1 => leaf(),
+        ]
+    }
+
+    /// One event's data and `event:` name.
+    fn event() -> impl Strategy<Value = (Option<String>, J)> {
+        let message = prop::collection::vec(
+            prop_oneof![
+                entry("model", model_value()),
+                entry("usage", usage()),
+                entry("content", tree()),
+                (key(), tree()),
+            ],
+            0..6,
+        )
+        .prop_map(J::Obj);
+        let data = prop::collection::vec(
+            prop_oneof![
+                3 => entry("type", event_type()),
+                2 => entry("message", prop_oneof![4 => message, 1 => tree()]),
+                2 => entry("usage", usage()),
+                1 => (key(), tree()),
+            ],
+            0..6,
+        )
+        .prop_map(J::Obj);
+        let name = prop_oneof![
+            3 => Just(None),
+            1 => prop::sample::select(vec![
+                "", "message", "message_start", "message_delta", "ping", "message_start_and_more",
+            ])
+            .prop_map(|n| Some(n.to_string())),
+        ];
+        (name, prop_oneof![8 => data, 1 => tree()])
+    }
+
+    /// SSE framing choices.
+    #[derive(Clone, Debug)]
+    struct Framing {
+        /// 0 LF, 1 CRLF, 2 CR, 3 mixed.
+        eol: u8,
+        space: bool,
+        pretty: bool,
+        comments: bool,
+        bom: bool,
+        rng: u64,
+    }
+
+    fn framing() -> impl Strategy<Value = Framing> {
+        (
+            0u8..4,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(|(eol, space, pretty, comments, bom, rng)| Framing {
+                eol,
+                space,
+                pretty,
+                comments,
+                bom,
+                rng,
+            })
+    }
+
+    fn render_sse(events: &[(Option<String>, J)], f: &Framing) -> String {
+        let mut out = String::new();
+        let mut rng = f.rng;
+        let mut last_cr = false;
+        let mut roll = |n: u64| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) % n
+        };
+        // An empty line after a CR must not end in a lone LF: that would be the CR's CRLF.
+        let mut line = |out: &mut String, text: &str, roll: &mut dyn FnMut(u64) -> u64| {
+            out.push_str(text);
+            let mut e = if f.eol == 3 { roll(3) as u8 } else { f.eol };
+            if text.is_empty() && last_cr && e == 0 {
+                e = 1;
+            }
+            out.push_str(["\n", "\r\n", "\r"][e as usize]);
+            last_cr = e == 2;
+        };
+        if f.bom {
+            out.push('\u{feff}');
+        }
+        for (i, (name, data)) in events.iter().enumerate() {
+            if f.comments {
+                line(&mut out, ": keep-alive", &mut roll);
+            }
+            if let Some(n) = name {
+                line(
+                    &mut out,
+                    &format!("event:{}{n}", if f.space { " " } else { "" }),
+                    &mut roll,
+                );
+            }
+            if f.comments && i % 2 == 0 {
+                line(&mut out, "id: 1", &mut roll);
+            }
+            let json = render(data, f.rng ^ i as u64, f.pretty);
+            for l in json.split('\n') {
+                line(
+                    &mut out,
+                    &format!("data:{}{l}", if f.space { " " } else { "" }),
+                    &mut roll,
+                );
+            }
+            line(&mut out, "", &mut roll);
+        }
+        out
+    }
+
+    fn check(
+        mode: ScanMode,
+        body: &[u8],
+        cuts: &[usize],
+        want: &Expect,
+    ) -> Result<(), TestCaseError> {
+        let mut s = UsageScanner::new(mode);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut at = 0;
+        for c in cuts {
+            s.feed(&body[at..c]);
+            at = c;
+        }
+        s.feed(&body[at..]);
+        let Usage::Scanned(t) = s.usage() else {
+            return Err(TestCaseError::fail("not scanned"));
+        };
+        prop_assert_eq!(t.outcome, Outcome::Complete);
+        prop_assert_eq!(t.model().map(String::from), want.0.clone());
+        prop_assert_eq!([t.input, t.output, t.cache_read, t.cache_write], want.1);
+        let mut whole = UsageScanner::new(mode);
+        whole.feed(body);
+        prop_assert_eq!(whole.usage(), s.usage());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn documents_give_what_the_oracle_says(
+            doc in document(),
+            rng in any::<u64>(),
+            pretty in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let body = render(&doc, rng, pretty);
+            check(ScanMode::Json, body.as_bytes(), &cuts, &expect_doc(&doc))?;
+        }
+
+        #[test]
+        fn streams_give_what_the_oracle_says(
+            events in prop::collection::vec(event(), 0..8),
+            f in framing(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let body = render_sse(&events, &f);
+            check(ScanMode::Sse, body.as_bytes(), &cuts, &expect_sse(&events))?;
+        }
+
+        #[test]
+        fn garbage_never_panics_and_agrees_with_splits(
+            data in prop::collection::vec(any::<u8>(), 0..400),
+        ) {
+            fuzz_harness(&data);
+        }
+
+        #[test]
+        fn mutated_bodies_never_panic_and_agree_with_splits(
+            events in prop::collection::vec(event(), 1..4),
+            f in framing(),
+            ctl in any::<u8>(),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..6),
+        ) {
+            let mut body = render_sse(&events, &f).into_bytes();
+            if ctl & 1 == 1 {
+                body = render(&events[0].1, f.rng, f.pretty).into_bytes();
+            }
+            for (at, byte, op) in edits {
+                let at = at % (body.len() + 1);
+                match op {
+                    0 => body.insert(at, byte),
+                    1 if at < body.len() => { body.remove(at); }
+                    _ if at < body.len() => body[at] = byte,
+                    _ => body.push(byte),
+                }
+            }
+            fuzz_harness(&[&[ctl][..], &body].concat());
+        }
+    }
+}
