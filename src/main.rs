@@ -153,6 +153,19 @@ impl Failure {
             Failure::Spawn(SpawnError::Fork(e)) => {
                 format!("cannot fork: {e}; raise the container's pids limit or memory")
             }
+            Failure::Spawn(SpawnError::Child {
+                step: Step::Seccomp,
+                errno,
+                ..
+            })
+            | Failure::ChildSetup {
+                step: Step::Seccomp,
+                errno,
+            } => format!(
+                "preparing the child failed at {}: {}",
+                Step::Seccomp.describe(),
+                bottle_init::egress::seccomp::explain(nix::errno::Errno::from_raw(errno.0))
+            ),
             Failure::Spawn(SpawnError::Child { step, errno, .. })
             | Failure::ChildSetup { step, errno } => format!(
                 "preparing the child failed at {}: {errno}; keep Docker's default capabilities and seccomp profile",
@@ -578,6 +591,18 @@ mod tests {
         assert!(f.message().contains("command not found: x"));
         let f = Failure::Exec(ExecError::NotRunning { pid: 1 });
         assert_eq!(exit_code_of(&f), 69);
+    }
+
+    #[test]
+    fn a_seccomp_install_failure_names_the_real_cause() {
+        let f = Failure::ChildSetup {
+            step: Step::Seccomp,
+            errno: Errno(libc::ENOSYS),
+        };
+        let m = f.message();
+        assert!(m.contains("qemu-user") && m.contains("ENOSYS"), "{m}");
+        assert!(!m.contains("Docker's default capabilities"), "{m}");
+        assert_eq!(exit_code_of(&f), 71);
     }
 
     #[test]
