@@ -204,10 +204,8 @@ impl Ctx {
             );
             return;
         }
-        let path = head.path();
-        if !path.starts_with("/v1/") || has_dot_segment(path) {
-            let msg = "bottle-init proxy: only Anthropic API paths under /v1/ are forwarded";
-            self.refuse(c, Some(&head), Rejection::new(404, "not_found_error", msg));
+        if let Err(r) = http::target::check_api_path(head.path()) {
+            self.refuse(c, Some(&head), r);
             return;
         }
         let built = self
@@ -222,7 +220,7 @@ impl Ctx {
         };
         let ex = Exchange {
             method: head.method.clone(),
-            path: log_path(path).to_string(),
+            path: log_path(head.path()).to_string(),
             started: now,
             last_activity: now,
             bytes_in: 0,
@@ -337,16 +335,22 @@ impl Ctx {
             }
         }
         if ex.up_head.is_none() && !ex.req.is_done() && !inbuf.is_empty() {
+            // Only validated bytes leave: a chunk-size or trailer line is released once whole
+            // (the framer holds back an incomplete one until its end arrives).
             let mut probe = ex.req;
             let avail = probe.advance(inbuf.bytes()).map_err(Fault::RequestBody)?;
             if avail > 0 {
                 let n = up
                     .write_plain(&inbuf.bytes()[..avail])
                     .map_err(Fault::Upstream)?;
-                if n > 0 {
+                if n == avail {
+                    ex.req = probe;
+                } else if n > 0 {
                     ex.req
-                        .advance(&inbuf.bytes()[..n])
+                        .skip_validated(&inbuf.bytes()[..n])
                         .map_err(Fault::RequestBody)?;
+                }
+                if n > 0 {
                     inbuf.consume(n);
                     ex.bytes_in += n as u64;
                     progress = true;
@@ -562,7 +566,8 @@ fn classify(ex: &mut Exchange, outbuf: &mut super::buf::Buf) -> Result<(), Fault
                 } else {
                     Resp::Body(f)
                 };
-                if n == pending_len {
+                // Not done: the rest is an incomplete line the framer waits to see whole.
+                if n == pending_len || !f.is_done() {
                     return Ok(());
                 }
             }
@@ -643,13 +648,6 @@ fn flush_client(c: &mut Client) -> bool {
             }
         }
     }
-}
-
-/// `.` or `..` path segments (also percent-encoded): never forwarded, whatever the upstream
-/// would make of them.
-fn has_dot_segment(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase().replace("%2e", ".");
-    lower.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The path as logged: without the query (already cut by the caller), at most 200 bytes so a

@@ -10,8 +10,10 @@
 //! - `HEAD /` (claude's unauthenticated warm-up) is answered locally with 200;
 //! - every other request must carry the session secret (`Authorization: Bearer` or
 //!   `x-api-key`, compared in constant time), else 401 in the Anthropic error shape;
-//! - only origin-form targets under `/v1/` (no dot segments) are forwarded, else 404;
-//!   CONNECT/TRACE 405, absolute-form and Upgrade 400, HTTP/1.0 505;
+//! - only `GET`/`HEAD`/`POST`/`DELETE` with an RFC 3986 origin-form target and a valid Host
+//!   are parsed at all (else 405 / 400, `crate::http::target`), and only paths under `/v1/`
+//!   without empty, dot or encoded-separator segments are forwarded, else 404; absolute-form
+//!   and Upgrade 400, HTTP/1.0 505;
 //! - the destination is always the configured upstream, whatever the Host header says;
 //! - bodies are relayed byte for byte in both directions, streamed through bounded buffers;
 //! - one info log line per request: method, path (no query), status, body bytes each way,
