@@ -346,6 +346,17 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     }
     let config = Config::from_env(env).map_err(Failure::Config)?;
     let user = user::lookup(&config.user).map_err(Failure::User)?;
+    // The proxy needs two descriptors per client: raise our soft fd limit to the hard limit
+    // (the child gets the original back before its execve).
+    let nofile = match bottle_init::fdlimit::raise_soft_to_hard() {
+        Ok((original, now)) => Some((original, now)),
+        Err(e) => {
+            log::warn!(
+                "cannot raise RLIMIT_NOFILE: {e}; the proxy sizes its limits to the current one"
+            );
+            None
+        }
+    };
     let pid1 = sys::getpid() == 1;
     if !pid1 {
         // Not PID 1 (tests, `docker run --init`): orphans must still come back to us.
@@ -420,6 +431,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
     let mut prepared =
         Prepared::new(command, child_env, plan, sys::isatty(0)).map_err(Failure::Prepare)?;
     prepared.seccomp = egress.seccomp();
+    prepared.nofile = nofile.map(|(original, _)| original);
 
     // Publish for `bottle-init exec` while still root. Not fatal: only `exec` depends on it
     // (and `exec` refuses to run without the egress record, so it never runs unlocked).
@@ -461,6 +473,13 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure>
         return Err(Failure::ParentDrop(e));
     }
     let credential = proxy.credential_slot();
+    let fd_limit = nofile
+        .map(|(_, now)| now)
+        .or_else(|| bottle_init::fdlimit::current().ok().map(|l| l.soft));
+    let proxy = match fd_limit {
+        Some(soft) => proxy.fit_to_fd_limit(soft),
+        None => proxy,
+    };
     if let Err(e) = proxy.spawn() {
         let _ = sys::kill(child, libc::SIGKILL);
         let _ = sys::waitpid_blocking(child);

@@ -24,6 +24,11 @@ use crate::http::{
 /// After an error answer: how long we keep discarding the client's input so it reads our
 /// answer rather than a connection reset.
 const LINGER: Duration = Duration::from_secs(2);
+/// The same for a connection answered 503 past the cap: its descriptor is what the next
+/// connection needs. Long enough for a request already on its way to arrive and be drained
+/// (so the kernel sends no reset over our answer); a client that reads the answer and closes
+/// frees it at once.
+pub(super) const OVERFLOW_LINGER: Duration = Duration::from_millis(250);
 /// A closing connection that will not take our last bytes within this long is dropped.
 const CLOSE_FLUSH: Duration = Duration::from_secs(30);
 /// Rounds of a pump before other connections get their turn (each moves up to one buffer).
@@ -599,7 +604,7 @@ fn step_closing(c: &mut Client) -> bool {
     }
     c.sock.shutdown_write();
     *shut = true;
-    c.deadline = Instant::now() + LINGER;
+    c.deadline = Instant::now() + if c.overflow { OVERFLOW_LINGER } else { LINGER };
     true
 }
 
