@@ -631,6 +631,23 @@ fn allowlist_filter_leaves_only_tcp_udp_unix_and_netlink() {
     }
 }
 
+/// The `--network host` check (issue 10 item 16) on real namespaces: a namespace the test
+/// makes is never the initial one, whatever this machine is. (Whether the test's own namespace
+/// is the initial one depends on the machine: a VM's is, a container's is not; the positive
+/// case is covered by the unit test and by egress_e2e's simulated host namespace.)
+#[test]
+fn a_namespace_of_our_own_is_not_the_initial_one() {
+    if !root_or_fail("a_namespace_of_our_own_is_not_the_initial_one") {
+        return;
+    }
+    let lab = Lab::new();
+    assert_eq!(lab.client.run_in(nft::in_initial_netns), Some(false));
+    assert_eq!(lab.outside.run_in(nft::in_initial_netns), Some(false));
+    let here = nft::in_initial_netns();
+    assert!(here.is_some(), "/proc/sys/net/core is readable here");
+    eprintln!("this test's own network namespace is the initial one: {here:?}");
+}
+
 #[test]
 fn allowlist_rules_read_back_and_reinstall_atomically() {
     if !root_or_fail("allowlist_rules_read_back_and_reinstall_atomically") {

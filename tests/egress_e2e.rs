@@ -1231,6 +1231,85 @@ fn locked_modes_refuse_to_start_where_seccomp_is_missing() {
     r.assert_no_token(&env.token);
 }
 
+/// Issue 10 item 16: with `docker run --network host` the allowlist rules would land in the
+/// host's network namespace. bottle-init tells it from the sysctls Linux registers only for
+/// the initial namespace; here the lab namespace is made to look like the host's by mounting
+/// such a sysctl directory over /proc/sys/net/core (in `ip netns exec`'s private mount
+/// namespace), so nothing real is at risk.
+#[test]
+fn allowlist_refuses_the_hosts_network_namespace_unless_opted_in() {
+    let Some(env) = setup() else { return };
+    let fake = env.dir.path().join("init-net-core");
+    std::fs::create_dir(&fake).unwrap();
+    for name in [
+        "somaxconn",
+        "netdev_max_backlog",
+        "dev_weight",
+        "message_burst",
+    ] {
+        std::fs::write(fake.join(name), "1\n").unwrap();
+    }
+    let fake_s = fake.to_str().unwrap();
+    let prefix = [
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /proc/sys/net/core && exec \"$@\"",
+        fake_s,
+    ];
+    let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[("BOTTLE_ALLOW_HOSTS", allow.as_str())],
+        &prefix,
+        |_| {},
+    );
+    assert_refused_start(&r, 78, "host's own network namespace", &env.token);
+    assert!(r.stderr.contains("--network host"), "{}", r.describe());
+    assert!(
+        r.stderr.contains("BOTTLE_INSECURE_HOST_NETWORK=1"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
+    let tables = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &env.lab.client.name,
+            "nft",
+            "list",
+            "tables",
+        ])
+        .output()
+        .expect("nft list tables");
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("bottle_init"),
+        "rules were installed"
+    );
+    // The explicit opt-in: it starts, says what it does, and the lockdown works as usual.
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[
+            ("BOTTLE_ALLOW_HOSTS", allow.as_str()),
+            ("BOTTLE_INSECURE_HOST_NETWORK", "1"),
+        ],
+        &prefix,
+        |_| {},
+    );
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("filter the child's uid on the whole host"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
+    assert!(refused(r.get("tcp4")), "{}", r.describe());
+    r.assert_no_token(&env.token);
+}
+
 #[test]
 fn allowlist_refuses_a_non_loopback_proxy_listener() {
     let Some(env) = setup() else { return };

@@ -48,6 +48,8 @@ pub enum SetupError {
         mode: EgressMode,
         why: Unsupported,
     },
+    /// `allowlist` in the host's own network namespace without the explicit opt-in.
+    HostNetwork,
 }
 
 impl SetupError {
@@ -74,7 +76,7 @@ impl SetupError {
                 _ => EX_OSERR,
             },
             // Like a kernel without nf_tables: this system cannot run the configured mode.
-            SetupError::Seccomp { .. } => EX_CONFIG,
+            SetupError::Seccomp { .. } | SetupError::HostNetwork => EX_CONFIG,
         }
     }
 }
@@ -92,6 +94,14 @@ impl fmt::Display for SetupError {
                 f,
                 "BOTTLE_EGRESS={mode} needs a seccomp filter, but {why}; run on a Linux kernel \
                  with seccomp (not under qemu-user), or choose another BOTTLE_EGRESS mode"
+            ),
+            SetupError::HostNetwork => write!(
+                f,
+                "BOTTLE_EGRESS=allowlist runs in the host's own network namespace (docker run \
+                 --network host?): its nftables rules would filter uid 1000's traffic on the whole \
+                 host, not only in this container; give the container its own network (drop \
+                 --network host), or set {}=1 to accept that",
+                super::mode::HOST_NETWORK_ENV
             ),
         }
     }
@@ -118,6 +128,20 @@ pub fn validate(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Plan
     }
     let nft = match config.mode {
         EgressMode::Allowlist => {
+            // The rules go into the namespace we run in: the host's with --network host.
+            match nft::in_initial_netns() {
+                Some(true) if !config.host_network_ok => return Err(SetupError::HostNetwork),
+                Some(true) => log::warn!(
+                    "BOTTLE_EGRESS=allowlist in the host's network namespace \
+                     ({}=1): the rules filter the child's uid on the whole host",
+                    super::mode::HOST_NETWORK_ENV
+                ),
+                Some(false) => {}
+                None => log::warn!(
+                    "cannot tell whether this is the host's network namespace (/proc/sys/net \
+                     unreadable); with --network host the allowlist rules filter the whole host"
+                ),
+            }
             nft::require_net_admin().map_err(SetupError::Nft)?;
             Some(Nft::locate().map_err(SetupError::Nft)?)
         }
@@ -431,5 +455,8 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("Docker's seccomp profile"), "{m}");
+        assert_eq!(SetupError::HostNetwork.exit_code(), 78);
+        let m = SetupError::HostNetwork.to_string();
+        assert!(m.contains("--network host") && m.contains("BOTTLE_INSECURE_HOST_NETWORK=1"));
     }
 }
