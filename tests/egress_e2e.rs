@@ -1147,6 +1147,22 @@ fn bad_egress_settings_refuse_to_start() {
     assert_refused_start(&r, 78, "BOTTLE_ALLOW_HOSTS is set but", &env.token);
 }
 
+/// Whether bottle-init's nftables table exists in the lab's client namespace.
+fn bottle_table_installed(env: &Env) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &env.lab.client.name,
+            "nft",
+            "list",
+            "tables",
+        ])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).contains("bottle_init")
+}
+
 /// seccomp(2) answers ENOSYS, everything else runs: what qemu-user does (it cannot install
 /// guest filters), on a real kernel.
 static NO_SECCOMP: [libc::sock_filter; 4] = [
@@ -1207,21 +1223,7 @@ fn locked_modes_refuse_to_start_where_seccomp_is_missing() {
             !env.dir.path().join("bottle-init-api").exists(),
             "{mode}: socket dir created"
         );
-        let tables = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &env.lab.client.name,
-                "nft",
-                "list",
-                "tables",
-            ])
-            .output()
-            .expect("nft list tables");
-        assert!(
-            !String::from_utf8_lossy(&tables.stdout).contains("bottle_init"),
-            "{mode}: nft table installed"
-        );
+        assert!(!bottle_table_installed(&env), "{mode}: nft table installed");
     }
     // Control: the same outer filter, egress open: starts and runs (the filter only hides
     // seccomp(2)).
@@ -1272,21 +1274,7 @@ fn allowlist_refuses_the_hosts_network_namespace_unless_opted_in() {
         r.describe()
     );
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
-    let tables = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &env.lab.client.name,
-            "nft",
-            "list",
-            "tables",
-        ])
-        .output()
-        .expect("nft list tables");
-    assert!(
-        !String::from_utf8_lossy(&tables.stdout).contains("bottle_init"),
-        "rules were installed"
-    );
+    assert!(!bottle_table_installed(&env), "rules were installed");
     // The explicit opt-in: it starts, says what it does, and the lockdown works as usual.
     let r = run_init(
         &env,

@@ -532,6 +532,16 @@ mod tests {
         Ok((released, f.is_done(), marks))
     }
 
+    /// Fed a byte at a time, `input` is refused as a malformed chunked body.
+    fn assert_bad_chunk(input: &[u8]) {
+        let r = feed(BodyFramer::chunked(), input, &[1]);
+        assert!(
+            matches!(r, Err(FramingError::BadChunk(_))),
+            "{:?} -> {r:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+
     const CHUNKED: &[u8] =
         b"5\r\nhello\r\n1A;name=\"v\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
 
@@ -585,12 +595,7 @@ mod tests {
             b"5;a\nb\r\n",
         ];
         for b in bad {
-            let r = feed(BodyFramer::chunked(), b, &[1]);
-            assert!(
-                matches!(r, Err(FramingError::BadChunk(_))),
-                "{:?} -> {r:?}",
-                String::from_utf8_lossy(b)
-            );
+            assert_bad_chunk(b);
         }
     }
 
@@ -664,12 +669,7 @@ mod tests {
             b"5;a\n",
         ];
         for b in bad {
-            let r = feed(BodyFramer::chunked(), b, &[1]);
-            assert!(
-                matches!(r, Err(FramingError::BadChunk(_))),
-                "{:?} -> {r:?}",
-                String::from_utf8_lossy(b)
-            );
+            assert_bad_chunk(b);
             let r = feed(BodyFramer::chunked(), b, &[usize::MAX]);
             assert!(matches!(r, Err(FramingError::BadChunk(_))), "{b:?}");
         }

@@ -207,10 +207,8 @@ impl Server {
                 self.accept_stalled[which] = true;
                 return;
             }
-            let listener = match (unix, self.unix_listener.as_ref()) {
-                (true, Some(l)) => l,
-                (true, None) => return,
-                (false, _) => &self.listener,
+            let Some(listener) = self.listener_for(unix) else {
+                return;
             };
             match listener.accept() {
                 Ok(sock) => self.add_client(sock),
@@ -266,6 +264,14 @@ impl Server {
         }
     }
 
+    fn listener_for(&self, unix: bool) -> Option<&Listener> {
+        if unix {
+            self.unix_listener.as_ref()
+        } else {
+            Some(&self.listener)
+        }
+    }
+
     /// Room for one more connection: under the fd budget, the worst case after accepting it
     /// (two descriptors per served client, one per pooled upstream and per overflow answer)
     /// must fit; without one, the configured counts decide.
@@ -291,10 +297,8 @@ impl Server {
             return false;
         };
         drop(reserve);
-        let listener = match (unix, self.unix_listener.as_ref()) {
-            (true, Some(l)) => l,
-            (true, None) => return false,
-            (false, _) => &self.listener,
+        let Some(listener) = self.listener_for(unix) else {
+            return false;
         };
         let answered = match listener.accept() {
             Ok(mut sock) => {
