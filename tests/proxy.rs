@@ -1064,6 +1064,62 @@ fn connection_cap_answers_503() {
     );
 }
 
+/// Issue 10 item 13, in-process with small numbers: more connections than the cap plus the
+/// overflow answers in progress wait in the backlog and are answered in turn; none is closed
+/// without an answer, and the held ones stay served.
+#[test]
+fn past_the_cap_every_connection_is_answered_in_turn() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits {
+        max_connections: 2,
+        max_overflow: 2,
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
+    let held: Vec<_> = (0..2).map(|_| connect(proxy.addr)).collect();
+    wait_until("two served connections", Duration::from_secs(5), || {
+        proxy.stats.open_clients.load(Ordering::SeqCst) == 2
+    });
+    // Twelve more: two answered at a time (each lingers 250 ms unless the client closes).
+    let started = Instant::now();
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut got = Vec::new();
+                let r = s.read_to_end(&mut got);
+                (r.map_err(|e| e.kind()), got)
+            })
+        })
+        .collect();
+    for r in readers {
+        let (res, got) = r.join().unwrap();
+        assert!(res.is_ok(), "{res:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 503") && text.contains("overloaded_error"),
+            "{text:?}"
+        );
+        assert_no_leak("overflow answer", &got);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(proxy.stats.overflow_answered.load(Ordering::SeqCst), 12);
+    // The held connections are still served.
+    for mut s in held {
+        s.write_all(&post("/v1/messages", b"{}")).unwrap();
+        let resp = read_response(&mut BufReader::new(s), false).unwrap();
+        assert_eq!(resp.status, 200);
+    }
+}
+
 #[test]
 fn upstream_refusing_connections_gives_502() {
     init_logs();
