@@ -28,6 +28,8 @@ pub struct Prepared {
     pub terminal: ChildTerminal,
     /// `BOTTLE_EGRESS=api-only`: installed as the last step before execve.
     pub seccomp: Option<crate::egress::seccomp::Filter>,
+    /// RLIMIT_NOFILE as it was before PID 1 raised its soft limit: restored before execve.
+    pub nofile: Option<crate::fdlimit::NoFile>,
 }
 
 /// Where the child stands towards process groups, sessions and terminals. In every case it
@@ -157,6 +159,7 @@ impl Prepared {
             onboarding,
             terminal,
             seccomp: None,
+            nofile: None,
         })
     }
 }
@@ -200,6 +203,12 @@ pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     }
     if let Err(e) = sys::set_sigmask(sys::NO_SIGNALS) {
         return (Step::SignalMask, e);
+    }
+    // The fd limit the command would have had without bottle-init (PID 1 raised its own).
+    // Lowering a soft limit cannot fail for want of privilege; if it did anyway, a higher
+    // limit only gives the command more room, so it is not worth refusing to start.
+    if let Some(nofile) = &p.nofile {
+        let _ = crate::fdlimit::restore_in_child(nofile);
     }
     // Last: from here on the process cannot create IP sockets (api-only egress).
     if let Some(filter) = &p.seccomp

@@ -73,6 +73,8 @@ Environment (set exactly one credential):
                            or allowlist (needs --cap-add NET_ADMIN; see BOTTLE_ALLOW_HOSTS)
   BOTTLE_ALLOW_HOSTS       allowlist mode: hosts the child may reach through the proxy's
                            CONNECT: name, *.suffix or IP, optional :port (443), optional /private
+  BOTTLE_INSECURE_HOST_NETWORK  1: allow allowlist in the host's network namespace (--network
+                           host), where its rules filter the child's uid on the whole host
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
 126 not executable; 64 usage, or a bottle-init already runs here (use `bottle-init exec`);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod egress;
 pub mod envclean;
 pub mod exec;
+pub mod fdlimit;
 pub mod home;
 pub mod http;
 pub mod init;

@@ -180,6 +180,19 @@ impl Failure {
             Failure::Spawn(SpawnError::Fork(e)) => {
                 format!("cannot fork: {e}; raise the container's pids limit or memory")
             }
+            Failure::Spawn(SpawnError::Child {
+                step: Step::Seccomp,
+                errno,
+                ..
+            })
+            | Failure::ChildSetup {
+                step: Step::Seccomp,
+                errno,
+            } => format!(
+                "preparing the child failed at {}: {}",
+                Step::Seccomp.describe(),
+                bottle_init::egress::seccomp::explain(nix::errno::Errno::from_raw(errno.0))
+            ),
             Failure::Spawn(SpawnError::Child { step, errno, .. })
             | Failure::ChildSetup { step, errno } => format!(
                 "preparing the child failed at {}: {errno}; keep Docker's default capabilities and seccomp profile",
@@ -391,6 +404,17 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
             config::ENV_INSECURE_LISTEN
         );
     }
+    // The proxy needs two descriptors per client: raise our soft fd limit to the hard limit
+    // (the child gets the original back before its execve).
+    let nofile = match bottle_init::fdlimit::raise_soft_to_hard() {
+        Ok((original, now)) => Some((original, now)),
+        Err(e) => {
+            log::warn!(
+                "cannot raise RLIMIT_NOFILE: {e}; the proxy sizes its limits to the current one"
+            );
+            None
+        }
+    };
     let pid1 = sys::getpid() == 1;
     if !pid1 {
         // Not PID 1 (tests, `docker run --init`): orphans must still come back to us.
@@ -469,6 +493,7 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
     let mut prepared =
         Prepared::new(command, child_env, plan, terminal).map_err(Failure::Prepare)?;
     prepared.seccomp = egress.seccomp();
+    prepared.nofile = nofile.map(|(original, _)| original);
 
     // Publish for `bottle-init exec` while still root. Not fatal: only `exec` depends on it
     // (and `exec` refuses to run without the egress record, so it never runs unlocked).
@@ -520,6 +545,13 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
     privilege::drop_parent().map_err(|e| abort(Failure::ParentDrop(e)))?;
     logging::start_writer().map_err(|e| abort(Failure::LogThread(e)))?;
     let credential = proxy.credential_slot();
+    let fd_limit = nofile
+        .map(|(_, now)| now)
+        .or_else(|| bottle_init::fdlimit::current().ok().map(|l| l.soft));
+    let proxy = match fd_limit {
+        Some(soft) => proxy.fit_to_fd_limit(soft),
+        None => proxy,
+    };
     let proxy_thread = proxy.spawn().map_err(|e| abort(Failure::ProxyThread(e)))?;
 
     // Creating a thread may have changed our mask: musl unblocks its internal signals
@@ -671,6 +703,18 @@ mod tests {
         };
         assert_eq!(exit_code_of(&f), 64);
         assert!(f.message().contains("`bottle-init exec"), "{}", f.message());
+    }
+
+    #[test]
+    fn a_seccomp_install_failure_names_the_real_cause() {
+        let f = Failure::ChildSetup {
+            step: Step::Seccomp,
+            errno: Errno(libc::ENOSYS),
+        };
+        let m = f.message();
+        assert!(m.contains("qemu-user") && m.contains("ENOSYS"), "{m}");
+        assert!(!m.contains("Docker's default capabilities"), "{m}");
+        assert_eq!(exit_code_of(&f), 71);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub enum Step {
     CloseFds = 12,
     SignalMask = 13,
     Exec = 14,
-    /// Installing the `api-only` seccomp filter (the last step before execve).
+    /// Installing the locked egress mode's seccomp filter (the last step before execve).
     Seccomp = 15,
     /// `setsid` (the child's own session, `exec`).
     Session = 16,
@@ -91,7 +91,7 @@ impl Step {
             Step::VerifyNoNewPrivs => "verifying no_new_privs",
             Step::CloseFds => "closing inherited file descriptors",
             Step::SignalMask => "resetting the signal mask",
-            Step::Seccomp => "installing the BOTTLE_EGRESS=api-only seccomp filter",
+            Step::Seccomp => "installing the BOTTLE_EGRESS seccomp filter",
             Step::Exec => "execve",
             Step::Session => "setsid (the command's own session)",
             Step::Terminal => "attaching the command's new terminal",

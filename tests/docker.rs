@@ -677,6 +677,22 @@ fn egress_modes_in_the_container() {
             !o.status.success() && !all.contains("DIRECT-OK"),
             "{mode}: {all}"
         );
+        // Both locked modes put the child under a seccomp filter (allowlist: the socket-family
+        // one), under Docker's own default profile.
+        let o = c.exec(&[
+            "/bottle-init",
+            "exec",
+            "--",
+            "grep",
+            "^Seccomp:",
+            "/proc/self/status",
+        ]);
+        assert_eq!(
+            stdout(&o).split_whitespace().last(),
+            Some("2"),
+            "{mode}: {}",
+            text(&o)
+        );
         let logs = c.logs();
         assert_absent(&logs, &token, "container logs");
         let want = match mode {

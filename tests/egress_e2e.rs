@@ -404,6 +404,13 @@ fn probes(which: &str) {
         socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
     );
     say("sock_unix", socket(libc::AF_UNIX, libc::SOCK_STREAM, 0));
+    // Families nftables never sees (allowlist refuses them at socket() too).
+    say("sock_vsock", socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0));
+    say("sock_alg", socket(libc::AF_ALG, libc::SOCK_SEQPACKET, 0));
+    say(
+        "sock_inet6_raw",
+        socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW),
+    );
     // The known bypasses of a socket() filter: io_uring (IORING_OP_SOCKET) and the i386 ABI.
     say(
         "io_uring",
@@ -580,6 +587,19 @@ fn run_init(
     prefix: &[&str],
     while_running: impl FnOnce(u32),
 ) -> InitRun {
+    run_init_with(env, mode, extra, prefix, None, while_running)
+}
+
+/// [`run_init`] with a seccomp filter installed on the whole command (`ip`, `unshare`,
+/// bottle-init) before it starts: how the tests take seccomp away, as qemu-user does.
+fn run_init_with(
+    env: &Env,
+    mode: &str,
+    extra: &[(&str, &str)],
+    prefix: &[&str],
+    outer_filter: Option<&'static [libc::sock_filter]>,
+    while_running: impl FnOnce(u32),
+) -> InitRun {
     let probe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &env.lab.client.name])
@@ -611,6 +631,31 @@ fn run_init(
         .stderr(Stdio::piped());
     for (k, v) in extra {
         cmd.env(k, v);
+    }
+    if let Some(prog) = outer_filter {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the forked child before exec and makes one system call on a static
+        // program (async-signal-safe). As root (CAP_SYS_ADMIN) no no_new_privs is needed, so
+        // the set-uid steps of what follows are unaffected.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as u16,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                let rc = libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                );
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
     }
     let mut child = cmd.spawn().expect("spawn bottle-init");
     let stdin = child.stdin.take();
@@ -745,6 +790,17 @@ fn bottle_init_exec_joins_the_locked_mode() {
             assert_eq!(e.get("api_unix"), "200", "{}", e.describe());
             assert_eq!(e.get("env_ANTHROPIC_BASE_URL"), "http://localhost");
         } else {
+            // The allowlist filter too: no socket family nftables cannot see.
+            assert_eq!(e.get("seccomp"), "2", "{}", e.describe());
+            for k in ["sock_vsock", "sock_alg", "sock_packet", "sock_raw"] {
+                assert_eq!(
+                    e.get(k),
+                    format!("errno{}", libc::EACCES),
+                    "{k}\n{}",
+                    e.describe()
+                );
+            }
+            assert_eq!(e.get("sock_inet_stream"), "ok", "{}", e.describe());
             assert_eq!(e.get("api_tcp"), "200", "{}", e.describe());
             assert_eq!(e.get("connect_allowed"), "200", "{}", e.describe());
             assert_eq!(e.get("echo_allowed"), "same", "{}", e.describe());
@@ -808,6 +864,9 @@ fn open_mode_control_run_reaches_everything() {
     assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
     assert_eq!(r.get("seccomp"), "0", "{}", r.describe());
     assert_eq!(r.get("io_uring"), "ok", "{}", r.describe());
+    // Control for the filters: this kernel has AF_VSOCK; AF_ALG fails with its own errno.
+    assert_eq!(r.get("sock_vsock"), "ok", "{}", r.describe());
+    assert_ne!(r.get("sock_alg"), format!("errno{}", libc::EACCES));
     #[cfg(target_arch = "x86_64")]
     assert_eq!(r.get("i386_socket"), "exit0", "{}", r.describe());
     assert!(
@@ -847,6 +906,9 @@ fn api_only_child_has_no_ip_network_but_reaches_the_api_over_the_socket() {
         "sock_inet6_dgram",
         "sock_packet",
         "sock_raw",
+        "sock_vsock",
+        "sock_alg",
+        "sock_inet6_raw",
     ] {
         assert_eq!(
             r.get(k),
@@ -922,6 +984,28 @@ fn allowlist_child_reaches_only_the_proxy_and_the_listed_host() {
             r.describe()
         );
     }
+    // The socket-family filter (issue 10 item 14): only TCP/UDP of IP, Unix and netlink.
+    assert_eq!(r.get("seccomp"), "2", "{}", r.describe());
+    for k in [
+        "sock_vsock",
+        "sock_alg",
+        "sock_packet",
+        "sock_raw",
+        "sock_inet6_raw",
+    ] {
+        assert_eq!(
+            r.get(k),
+            format!("errno{}", libc::EACCES),
+            "{k}\n{}",
+            r.describe()
+        );
+    }
+    for k in ["sock_inet_stream", "sock_inet6_dgram", "sock_unix"] {
+        assert_eq!(r.get(k), "ok", "{k}\n{}", r.describe());
+    }
+    assert_eq!(r.get("io_uring"), format!("errno{}", libc::ENOSYS));
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(r.get("i386_socket"), format!("signal{}", libc::SIGSYS));
     // The API through the proxy, with the real credential injected.
     assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
     assert_eq!(
@@ -1064,6 +1148,157 @@ fn bad_egress_settings_refuse_to_start() {
     assert_refused_start(&r, 78, "BOTTLE_ALLOW_HOSTS is set but", &env.token);
 }
 
+/// Whether bottle-init's nftables table exists in the lab's client namespace.
+fn bottle_table_installed(env: &Env) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &env.lab.client.name,
+            "nft",
+            "list",
+            "tables",
+        ])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).contains("bottle_init")
+}
+
+/// seccomp(2) answers ENOSYS, everything else runs: what qemu-user does (it cannot install
+/// guest filters), on a real kernel.
+static NO_SECCOMP: [libc::sock_filter; 4] = [
+    libc::sock_filter {
+        code: 0x20, // ld [nr]
+        jt: 0,
+        jf: 0,
+        k: 0,
+    },
+    libc::sock_filter {
+        code: 0x15, // jeq SYS_seccomp
+        jt: 0,
+        jf: 1,
+        k: libc::SYS_seccomp as u32,
+    },
+    libc::sock_filter {
+        code: 0x06, // ret ERRNO(ENOSYS)
+        jt: 0,
+        jf: 0,
+        k: 0x0005_0000 | libc::ENOSYS as u32,
+    },
+    libc::sock_filter {
+        code: 0x06, // ret ALLOW
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000,
+    },
+];
+
+/// Issue 9 item 4: where filters cannot be installed (qemu-user, a kernel without them), a
+/// locked mode refuses up front with that reason, before binding or writing anything, and
+/// `open` still starts.
+#[test]
+fn locked_modes_refuse_to_start_where_seccomp_is_missing() {
+    let Some(env) = setup() else { return };
+    let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+    for (mode, extra) in [
+        ("api-only", vec![]),
+        ("allowlist", vec![("BOTTLE_ALLOW_HOSTS", allow.as_str())]),
+    ] {
+        let r = run_init_with(&env, mode, &extra, &[], Some(&NO_SECCOMP), |_| {});
+        assert_refused_start(&r, 78, "seccomp is not available here", &env.token);
+        let line = format!("bottle-init: error: BOTTLE_EGRESS={mode} needs a seccomp filter");
+        assert!(r.stderr.starts_with(&line), "{}", r.describe());
+        assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.describe());
+        for needle in ["ENOSYS", "qemu-user"] {
+            assert!(r.stderr.contains(needle), "{needle}: {}", r.describe());
+        }
+        assert!(
+            !r.stderr
+                .contains("Docker's default capabilities and seccomp profile"),
+            "{}",
+            r.describe()
+        );
+        // Before any side effect: no run dir, no API socket directory, no nftables table.
+        assert!(!run_dir(&env).exists(), "{mode}: run dir created");
+        assert!(
+            !env.dir.path().join("bottle-init-api").exists(),
+            "{mode}: socket dir created"
+        );
+        assert!(!bottle_table_installed(&env), "{mode}: nft table installed");
+    }
+    // Control: the same outer filter, egress open: starts and runs (the filter only hides
+    // seccomp(2)).
+    let r = run_init_with(&env, "open", &[], &[], Some(&NO_SECCOMP), |_| {});
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
+    r.assert_no_token(&env.token);
+}
+
+/// Issue 10 item 16: with `docker run --network host` the allowlist rules would land in the
+/// host's network namespace. bottle-init tells it from the sysctls Linux registers only for
+/// the initial namespace; here the lab namespace is made to look like the host's by mounting
+/// such a sysctl directory over /proc/sys/net/core (in `ip netns exec`'s private mount
+/// namespace), so nothing real is at risk.
+#[test]
+fn allowlist_refuses_the_hosts_network_namespace_unless_opted_in() {
+    let Some(env) = setup() else { return };
+    let fake = env.dir.path().join("init-net-core");
+    std::fs::create_dir(&fake).unwrap();
+    for name in [
+        "somaxconn",
+        "netdev_max_backlog",
+        "dev_weight",
+        "message_burst",
+    ] {
+        std::fs::write(fake.join(name), "1\n").unwrap();
+    }
+    let fake_s = fake.to_str().unwrap();
+    let prefix = [
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /proc/sys/net/core && exec \"$@\"",
+        fake_s,
+    ];
+    let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[("BOTTLE_ALLOW_HOSTS", allow.as_str())],
+        &prefix,
+        |_| {},
+    );
+    assert_refused_start(&r, 78, "host's own network namespace", &env.token);
+    assert!(r.stderr.contains("--network host"), "{}", r.describe());
+    assert!(
+        r.stderr.contains("BOTTLE_INSECURE_HOST_NETWORK=1"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
+    assert!(!bottle_table_installed(&env), "rules were installed");
+    // The explicit opt-in: it starts, says what it does, and the lockdown works as usual.
+    let r = run_init(
+        &env,
+        "allowlist",
+        &[
+            ("BOTTLE_ALLOW_HOSTS", allow.as_str()),
+            ("BOTTLE_INSECURE_HOST_NETWORK", "1"),
+        ],
+        &prefix,
+        |_| {},
+    );
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("filter the child's uid on the whole host"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.get("api_tcp"), "200", "{}", r.describe());
+    assert!(refused(r.get("tcp4")), "{}", r.describe());
+    r.assert_no_token(&env.token);
+}
+
 #[test]
 fn allowlist_refuses_a_non_loopback_proxy_listener() {
     let Some(env) = setup() else { return };
@@ -1192,9 +1427,9 @@ fn real_claude_works_in_both_locked_modes() {
     }
 }
 
-/// The child's order under `strace -f`: setresuid to the user, no_new_privs, then the seccomp
-/// filter, then execve of the command, with nothing traced in between; bottle-init itself
-/// (the proxy's process) never installs a filter.
+/// The child's order under `strace -f`, in both locked modes: setresuid to the user,
+/// no_new_privs, then the seccomp filter, then execve of the command, with nothing traced in
+/// between; bottle-init itself (the proxy's process) never installs a filter.
 #[test]
 fn api_only_filter_is_the_last_step_before_execve() {
     let Some(env) = setup() else { return };
@@ -1204,60 +1439,64 @@ fn api_only_filter_is_the_last_step_before_execve() {
     ) {
         return;
     }
-    let trace = env.dir.path().join("strace.out");
-    let trace_s = trace.to_str().unwrap().to_string();
-    let prefix = [
-        "strace",
-        "-f",
-        "-qq",
-        "-e",
-        "trace=setresuid,prctl,seccomp,execve",
-        "-o",
-        trace_s.as_str(),
-    ];
-    let r = run_init(&env, "api-only", &[], &prefix, |_| {});
-    assert_eq!(r.code, Some(0), "{}", r.describe());
-    assert_eq!(r.get("seccomp"), "2", "{}", r.describe());
-    let text = std::fs::read_to_string(&trace).expect("strace output");
-    let lines: Vec<(&str, &str)> = text
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(pid, rest)| (pid, rest.trim_start()))
-        .collect();
-    let filters: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, c))| {
-            c.starts_with("seccomp(SECCOMP_SET_MODE_FILTER") && c.ends_with("= 0")
-        })
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(filters.len(), 1, "one filter install expected:\n{text}");
-    let at = filters[0];
-    let child = lines[at].0;
-    let mine: Vec<&str> = lines
-        .iter()
-        .filter(|(p, _)| *p == child)
-        .map(|(_, c)| *c)
-        .collect();
-    let pos = |pred: &dyn Fn(&str) -> bool| mine.iter().position(|c| pred(c));
-    let setuid = pos(&|c| c.starts_with("setresuid(1000, 1000, 1000)") && c.ends_with("= 0"))
-        .unwrap_or_else(|| panic!("no setresuid in the child:\n{text}"));
-    let nnp = pos(&|c| c.starts_with("prctl(PR_SET_NO_NEW_PRIVS, 1") && c.ends_with("= 0"))
-        .unwrap_or_else(|| panic!("no no_new_privs in the child:\n{text}"));
-    let filter =
-        pos(&|c| c.starts_with("seccomp(SECCOMP_SET_MODE_FILTER")).expect("the filter line");
-    assert!(setuid < nnp && nnp < filter, "order:\n{}", mine.join("\n"));
-    let next = mine.get(filter + 1).copied().unwrap_or("");
-    assert!(
-        next.starts_with("execve(") && next.contains("egress_e2e"),
-        "the syscall after the filter must be the command's execve, got {next:?}:\n{}",
-        mine.join("\n")
-    );
-    r.assert_no_token(&env.token);
-    // strace abbreviates environments, so the token must not show anywhere in the trace.
-    assert!(
-        !text.contains(&env.token),
-        "the token appears in a traced syscall"
-    );
+    let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+    let allow_env = [("BOTTLE_ALLOW_HOSTS", allow.as_str())];
+    for (mode, extra) in [("api-only", &[][..]), ("allowlist", &allow_env[..])] {
+        let trace = env.dir.path().join(format!("strace-{mode}.out"));
+        let trace_s = trace.to_str().unwrap().to_string();
+        let prefix = [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=setresuid,prctl,seccomp,execve",
+            "-o",
+            trace_s.as_str(),
+        ];
+        let r = run_init(&env, mode, extra, &prefix, |_| {});
+        assert_eq!(r.code, Some(0), "{}", r.describe());
+        assert_eq!(r.get("seccomp"), "2", "{}", r.describe());
+        let text = std::fs::read_to_string(&trace).expect("strace output");
+        let lines: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(pid, rest)| (pid, rest.trim_start()))
+            .collect();
+        let filters: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, c))| {
+                c.starts_with("seccomp(SECCOMP_SET_MODE_FILTER") && c.ends_with("= 0")
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(filters.len(), 1, "one filter install expected:\n{text}");
+        let at = filters[0];
+        let child = lines[at].0;
+        let mine: Vec<&str> = lines
+            .iter()
+            .filter(|(p, _)| *p == child)
+            .map(|(_, c)| *c)
+            .collect();
+        let pos = |pred: &dyn Fn(&str) -> bool| mine.iter().position(|c| pred(c));
+        let setuid = pos(&|c| c.starts_with("setresuid(1000, 1000, 1000)") && c.ends_with("= 0"))
+            .unwrap_or_else(|| panic!("{mode}: no setresuid in the child:\n{text}"));
+        let nnp = pos(&|c| c.starts_with("prctl(PR_SET_NO_NEW_PRIVS, 1") && c.ends_with("= 0"))
+            .unwrap_or_else(|| panic!("no no_new_privs in the child:\n{text}"));
+        let filter =
+            pos(&|c| c.starts_with("seccomp(SECCOMP_SET_MODE_FILTER")).expect("the filter line");
+        assert!(setuid < nnp && nnp < filter, "order:\n{}", mine.join("\n"));
+        let next = mine.get(filter + 1).copied().unwrap_or("");
+        assert!(
+            next.starts_with("execve(") && next.contains("egress_e2e"),
+            "the syscall after the filter must be the command's execve, got {next:?}:\n{}",
+            mine.join("\n")
+        );
+        r.assert_no_token(&env.token);
+        // strace abbreviates environments, so the token must not show anywhere in the trace.
+        assert!(
+            !text.contains(&env.token),
+            "the token appears in a traced syscall"
+        );
+    }
 }

@@ -187,7 +187,7 @@ fn large_json_and_chunked_uploads_arrive_byte_exact() {
     }
     chunked.extend_from_slice(b"0\r\nX-Trailer: yes\r\n\r\n");
     let head = format!(
-        "POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer {SESSION}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {SESSION}\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
     let mut s = connect(proxy.addr);
     s.write_all(head.as_bytes()).unwrap();
@@ -346,7 +346,8 @@ fn bad_requests_get_their_4xx_and_nothing_is_forwarded() {
         CredentialKind::OAuth,
         limits,
     );
-    let auth = format!("Authorization: Bearer {SESSION}\r\n");
+    // Every case carries a valid Host, so each is refused for its own reason.
+    let auth = format!("Host: 127.0.0.1\r\nAuthorization: Bearer {SESSION}\r\n");
     let many_headers: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
     let cases: Vec<(String, u16)> = vec![
         (
@@ -438,6 +439,80 @@ fn bad_requests_get_their_4xx_and_nothing_is_forwarded() {
         (format!("GET /admin HTTP/1.1\r\n{auth}\r\n"), 404),
         (format!("GET /v1/../admin HTTP/1.1\r\n{auth}\r\n"), 404),
         (format!("GET /v1/%2e%2e/admin HTTP/1.1\r\n{auth}\r\n"), 404),
+        // Issue 10 item 10: methods and targets are an allowlist; every shape it lists.
+        (format!("trace /v1/models HTTP/1.1\r\n{auth}\r\n"), 405),
+        (format!("TRACK /v1/models HTTP/1.1\r\n{auth}\r\n"), 405),
+        (format!("PROPFIND /v1/models HTTP/1.1\r\n{auth}\r\n"), 405),
+        (format!("PUT /v1/models HTTP/1.1\r\n{auth}\r\n"), 405),
+        (format!("get /v1/models HTTP/1.1\r\n{auth}\r\n"), 405),
+        (
+            format!("GET /v1/x#/../../api/oauth HTTP/1.1\r\n{auth}\r\n"),
+            400,
+        ),
+        (format!("GET /v1/..%2fapi HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/%2e%2e%2fapi HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/..%5capi HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/..%5Capi HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/..\\api HTTP/1.1\r\n{auth}\r\n"), 400),
+        (format!("GET /v1/..;/api HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1//models HTTP/1.1\r\n{auth}\r\n"), 404),
+        (format!("GET /v1/models/ HTTP/1.1\r\n{auth}\r\n"), 404),
+        // Item 12: target bytes outside RFC 3986, and bad Hosts.
+        (format!("GET /v1/\"x\" HTTP/1.1\r\n{auth}\r\n"), 400),
+        (format!("GET /v1/a|b HTTP/1.1\r\n{auth}\r\n"), 400),
+        (format!("GET /v1/{{x}} HTTP/1.1\r\n{auth}\r\n"), 400),
+        (format!("GET /v1/caf\u{e9} HTTP/1.1\r\n{auth}\r\n"), 400),
+        (format!("GET /v1/%zz HTTP/1.1\r\n{auth}\r\n"), 400),
+        (format!("GET /v1/models?a=%g1 HTTP/1.1\r\n{auth}\r\n"), 400),
+        (
+            format!("GET /v1/models HTTP/1.1\r\nAuthorization: Bearer {SESSION}\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\nHost:\r\nAuthorization: Bearer {SESSION}\r\n\r\n"),
+            400,
+        ),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: user@evil\r\nAuthorization: Bearer {SESSION}\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x/path\r\nAuthorization: Bearer {SESSION}\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: a b\r\nAuthorization: Bearer {SESSION}\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {SESSION}\r\n\r\n"
+            ),
+            400,
+        ),
+        // Item 11: underscore look-alikes of framing and hop-by-hop names.
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Transfer_Encoding: chunked\r\nContent-Length: 0\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/messages HTTP/1.1\r\n{auth}Content_Length: 5\r\nContent-Length: 0\r\n\r\n"
+            ),
+            400,
+        ),
+        (
+            format!("GET /v1/models HTTP/1.1\r\n{auth}X_Api_Key: {SESSION}\r\n\r\n"),
+            400,
+        ),
         (format!("GET /v1/models HTTP/1.0\r\n{auth}\r\n"), 505),
     ];
     for (req, want) in &cases {
@@ -456,16 +531,185 @@ fn bad_requests_get_their_4xx_and_nothing_is_forwarded() {
     );
 }
 
+/// Issue 10 items 11 and 12: chunk extensions to the RFC 9112 grammar, trailers to the
+/// header field rules (credential, framing and hop-by-hop fields refused); a refused line
+/// never reaches the upstream, not even in part, and that upstream connection is not reused.
+#[test]
+fn bad_chunk_lines_and_trailers_never_reach_the_upstream() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let proxy = proxy_for(&mock, &ca);
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {SESSION}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    // (the body after the head, a marker that must never reach the upstream)
+    let smuggled =
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SESSION}\r\n");
+    let bad: Vec<(String, String)> = vec![
+        (
+            "2\r\n{}\r\n5;a=\"unbalanced\r\nhello\r\n0\r\n\r\n".into(),
+            "unbalanced".into(),
+        ),
+        ("2;ext=\"x\"junk\r\n{}\r\n0\r\n\r\n".into(), "junk".into()),
+        ("2;a b\r\n{}\r\n0\r\n\r\n".into(), "2;a b".into()),
+        (
+            format!("2\r\n{{}}\r\n0\r\n{smuggled}\r\n"),
+            "/v1/models".into(),
+        ),
+        (
+            format!("2\r\n{{}}\r\n0\r\nAuthorization: Bearer {SESSION}\r\n\r\n"),
+            SESSION.into(),
+        ),
+        (
+            format!("2\r\n{{}}\r\n0\r\nx-api-key: {SESSION}\r\n\r\n"),
+            SESSION.into(),
+        ),
+        (
+            format!("2\r\n{{}}\r\n0\r\nX_Api_Key: {SESSION}\r\n\r\n"),
+            SESSION.into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nProxy-Authorization: Basic eA==\r\n\r\n".into(),
+            "eA==".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nCookie: sid=MARK\r\n\r\n".into(),
+            "MARK".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            "Transfer-Encoding: chunked\r\n\r\n".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nTransfer_Encoding: chunked\r\n\r\n".into(),
+            "Transfer_Encoding".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nContent-Length: 5\r\n\r\n".into(),
+            "Content-Length: 5".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nConnection: MARK\r\n\r\n".into(),
+            "MARK".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nX-T: a\x00MARK\r\n\r\n".into(),
+            "MARK".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nX-T: a\x01MARK\r\n\r\n".into(),
+            "MARK".into(),
+        ),
+        (
+            "2\r\n{}\r\n0\r\nno colon MARK\r\n\r\n".into(),
+            "MARK".into(),
+        ),
+        ("2\r\n{}\r\n0\r\nX-MARK : 1\r\n\r\n".into(), "MARK".into()),
+        (
+            "2\r\n{}\r\n0\r\n X-MARK: folded\r\n\r\n".into(),
+            "MARK".into(),
+        ),
+    ];
+    for (body, marker) in &bad {
+        let before = mock.raw_in().len();
+        let mut s = connect(proxy.addr);
+        s.write_all(head.as_bytes()).unwrap();
+        // In small pieces, so a line is never complete in one read.
+        for piece in body.as_bytes().chunks(3) {
+            if s.write_all(piece).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let resp = read_response(&mut BufReader::new(s), false).unwrap();
+        assert_eq!(resp.status, 400, "{body:?}: {}", resp.body_text());
+        assert_clean(&resp);
+        // The upstream connection is closed, never pooled: give the mock a moment to see it.
+        wait_until(
+            "the upstream connection to close",
+            Duration::from_secs(5),
+            || {
+                mock.state.closed.load(Ordering::SeqCst)
+                    == mock.state.accepts.load(Ordering::SeqCst)
+            },
+        );
+        let got = mock.raw_in()[before..].to_vec();
+        assert!(
+            !contains(&got, marker.as_bytes()),
+            "{body:?}: the refused line reached the upstream: {}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            !contains(&got, SESSION.as_bytes()),
+            "session secret forwarded"
+        );
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+    let refused_accepts = mock.state.accepts.load(Ordering::SeqCst);
+    // Allowed shapes still pass byte for byte, on a fresh connection (none was pooled).
+    let good = "2;name=token;q=\"quoted \\\" ;x\" ; bws = v\r\n{}\r\n0\r\nX-Checksum: abc\r\nX-T:1\r\n\r\n";
+    let mut s = connect(proxy.addr);
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(good.as_bytes()).unwrap();
+    let resp = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    assert_eq!(mock.requests()[0].body_raw, good.as_bytes());
+    assert_eq!(
+        mock.state.accepts.load(Ordering::SeqCst),
+        refused_accepts + 1,
+        "a connection that carried a refused body was reused"
+    );
+    for line in logs() {
+        assert_no_leak("log line", line.as_bytes());
+    }
+}
+
+/// Issue 10 item 11: an upstream connection is pooled only after a response whose framing was
+/// complete and unambiguous.
+#[test]
+fn ambiguous_responses_are_relayed_but_their_connection_is_never_reused() {
+    let ca = TestCa::new("test CA");
+    let heads: Arc<Mutex<Vec<&'static str>>> = Arc::new(Mutex::new(vec![
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+        "HTTP/1.1 200 OK\r\nTransfer_Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        // Control: clean framing, pooled.
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    ]));
+    let h = heads.clone();
+    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+        let next = h.lock().unwrap().remove(0);
+        w.write_all(next.as_bytes())?;
+        Ok(true)
+    });
+    let mock = Mock::start(&ca, handler);
+    let proxy = proxy_for(&mock, &ca);
+    let mut accepts = Vec::new();
+    for _ in 0..5 {
+        let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"{}");
+        // The proxy has logged the exchange; pooling happens before the next request.
+        std::thread::sleep(Duration::from_millis(50));
+        accepts.push(mock.state.accepts.load(Ordering::SeqCst));
+    }
+    // Each ambiguous response forces a new connection for the request after it; the clean
+    // one before the last is reused by the last.
+    assert_eq!(accepts, [1, 2, 3, 4, 4], "upstream connections per request");
+}
+
 #[test]
 fn missing_or_wrong_session_secret_gets_401_in_the_anthropic_shape() {
     let ca = TestCa::new("test CA");
     let mock = Mock::start(&ca, ok_handler());
     let proxy = proxy_for(&mock, &ca);
     let cases = [
-        "POST /v1/messages HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
-        "POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer bottle-wrong\r\nContent-Length: 2\r\n\r\n{}".to_string(),
-        format!("POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer {REAL_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"),
-        format!("POST /v1/messages HTTP/1.1\r\nx-api-key: {}\r\nContent-Length: 2\r\n\r\n{{}}", &SESSION[..SESSION.len() - 1]),
+        "POST /v1/messages HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+        "POST /v1/messages HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer bottle-wrong\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+        format!("POST /v1/messages HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {REAL_TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"),
+        format!("POST /v1/messages HTTP/1.1\r\nHost: h\r\nx-api-key: {}\r\nContent-Length: 2\r\n\r\n{{}}", &SESSION[..SESSION.len() - 1]),
     ];
     for req in &cases {
         let resp = roundtrip(proxy.addr, req.as_bytes()).unwrap();
@@ -820,6 +1064,62 @@ fn connection_cap_answers_503() {
             .status,
         200
     );
+}
+
+/// Issue 10 item 13, in-process with small numbers: more connections than the cap plus the
+/// overflow answers in progress wait in the backlog and are answered in turn; none is closed
+/// without an answer, and the held ones stay served.
+#[test]
+fn past_the_cap_every_connection_is_answered_in_turn() {
+    let ca = TestCa::new("test CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let limits = Limits {
+        max_connections: 2,
+        max_overflow: 2,
+        ..Limits::default()
+    };
+    let proxy = start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        limits,
+    );
+    let held: Vec<_> = (0..2).map(|_| connect(proxy.addr)).collect();
+    wait_until("two served connections", Duration::from_secs(5), || {
+        proxy.stats.open_clients.load(Ordering::SeqCst) == 2
+    });
+    // Twelve more: two answered at a time (each lingers 250 ms unless the client closes).
+    let started = Instant::now();
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut got = Vec::new();
+                let r = s.read_to_end(&mut got);
+                (r.map_err(|e| e.kind()), got)
+            })
+        })
+        .collect();
+    for r in readers {
+        let (res, got) = r.join().unwrap();
+        assert!(res.is_ok(), "{res:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 503") && text.contains("overloaded_error"),
+            "{text:?}"
+        );
+        assert_no_leak("overflow answer", &got);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(proxy.stats.overflow_answered.load(Ordering::SeqCst), 12);
+    // The held connections are still served.
+    for mut s in held {
+        s.write_all(&post("/v1/messages", b"{}")).unwrap();
+        let resp = read_response(&mut BufReader::new(s), false).unwrap();
+        assert_eq!(resp.status, 200);
+    }
 }
 
 #[test]
@@ -1394,7 +1694,7 @@ fn after_the_credential_is_wiped_requests_get_503_and_nothing_is_forwarded() {
     let addr = proxy.local_addr();
     proxy.spawn().unwrap();
     let req = format!(
-        "POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer {SESSION}\r\nContent-Length: 2\r\n\r\n{{}}"
+        "POST /v1/messages HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {SESSION}\r\nContent-Length: 2\r\n\r\n{{}}"
     );
     assert_eq!(
         slot.with(|c| c.secret.expose() == REAL_TOKEN.as_bytes()),

@@ -35,6 +35,8 @@ pub const ALLOW_HOSTS_ENV: &str = "BOTTLE_ALLOW_HOSTS";
 pub const DEFAULT_PORT: u16 = 443;
 /// The per-entry marker allowing non-public destinations.
 pub const PRIVATE_MARKER: &str = "/private";
+/// Explicit opt-in to `allowlist` in the host's own network namespace (`--network host`).
+pub const HOST_NETWORK_ENV: &str = "BOTTLE_INSECURE_HOST_NETWORK";
 
 /// What the child may reach on the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,9 @@ pub struct EgressConfig {
     pub mode: EgressMode,
     /// Empty unless the mode is `allowlist`.
     pub allow: AllowList,
+    /// `BOTTLE_INSECURE_HOST_NETWORK=1`: install the `allowlist` rules even in the host's
+    /// network namespace, where they filter the child's uid on the whole host.
+    pub host_network_ok: bool,
 }
 
 /// A bad egress configuration.
@@ -137,6 +142,14 @@ pub enum ConfigError {
     /// `BOTTLE_ALLOW_HOSTS` set while the mode ignores it: refusing beats running open
     /// while the user believes the list is enforced.
     AllowHostsIgnored {
+        mode: EgressMode,
+    },
+    /// `BOTTLE_INSECURE_HOST_NETWORK` is not `1` (or empty/`0`).
+    BadHostNetworkFlag {
+        value: String,
+    },
+    /// `BOTTLE_INSECURE_HOST_NETWORK=1` while the mode installs no rules.
+    HostNetworkIgnored {
         mode: EgressMode,
     },
 }
@@ -150,6 +163,16 @@ impl fmt::Display for ConfigError {
                 f,
                 "{ALLOW_HOSTS_ENV} is set but {EGRESS_ENV} is {mode}, which ignores it: \
                  set {EGRESS_ENV}=allowlist to enforce the list, or unset {ALLOW_HOSTS_ENV}"
+            ),
+            ConfigError::BadHostNetworkFlag { value } => write!(
+                f,
+                "{HOST_NETWORK_ENV}={value} is not 1 or 0: set it to 1 to accept allowlist rules \
+                 in the host's network namespace, or unset it"
+            ),
+            ConfigError::HostNetworkIgnored { mode } => write!(
+                f,
+                "{HOST_NETWORK_ENV} is set but {EGRESS_ENV} is {mode}, which installs no \
+                 nftables rules: unset {HOST_NETWORK_ENV}"
             ),
         }
     }
@@ -186,7 +209,24 @@ impl EgressConfig {
             }
             (_, _) => AllowList::default(),
         };
-        Ok(EgressConfig { mode, allow })
+        let flag = get(HOST_NETWORK_ENV).map(|v| v.to_string_lossy().trim().to_string());
+        let host_network_ok = match flag.as_deref() {
+            None | Some("") | Some("0") => false,
+            Some("1") => true,
+            Some(other) => {
+                return Err(ConfigError::BadHostNetworkFlag {
+                    value: printable(other, 32),
+                });
+            }
+        };
+        if host_network_ok && mode != EgressMode::Allowlist {
+            return Err(ConfigError::HostNetworkIgnored { mode });
+        }
+        Ok(EgressConfig {
+            mode,
+            allow,
+            host_network_ok,
+        })
     }
 }
 
@@ -744,5 +784,50 @@ mod tests {
             cfg(Some("allowlist"), Some("10.0.0.1")),
             Err(ConfigError::AllowList(_))
         ));
+    }
+
+    #[test]
+    fn host_network_opt_in() {
+        let cfg = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            EgressConfig::from_lookup(move |k| {
+                vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.into())
+            })
+        };
+        let allow = (EGRESS_ENV, "allowlist");
+        assert!(!cfg(&[allow]).unwrap().host_network_ok);
+        assert!(
+            cfg(&[allow, (HOST_NETWORK_ENV, "1")])
+                .unwrap()
+                .host_network_ok
+        );
+        assert!(
+            !cfg(&[allow, (HOST_NETWORK_ENV, "0")])
+                .unwrap()
+                .host_network_ok
+        );
+        assert!(
+            !cfg(&[allow, (HOST_NETWORK_ENV, "")])
+                .unwrap()
+                .host_network_ok
+        );
+        let e = cfg(&[allow, (HOST_NETWORK_ENV, "yes")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("BOTTLE_INSECURE_HOST_NETWORK=\"yes\""),
+            "{e}"
+        );
+        for mode in ["open", "api-only"] {
+            let e = cfg(&[(EGRESS_ENV, mode), (HOST_NETWORK_ENV, "1")]).unwrap_err();
+            assert_eq!(
+                e,
+                ConfigError::HostNetworkIgnored {
+                    mode: EgressMode::parse(Some(mode)).unwrap()
+                }
+            );
+        }
     }
 }

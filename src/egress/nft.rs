@@ -306,6 +306,26 @@ impl std::error::Error for NftError {
     }
 }
 
+/// Whether this process runs in the host's initial network namespace, as a container started
+/// with `docker run --network host` does (or bottle-init run outside any container): the
+/// `allowlist` rules would then filter the child's uid on the whole host. Linux registers
+/// some `net.core` sysctls for the initial namespace only (net/core/sysctl_net_core.c:
+/// `netdev_max_backlog`, `dev_weight`, `message_burst`, ...), and /proc/sys/net shows the
+/// namespace of the process reading it, so that file exists exactly there. `None`: /proc/sys
+/// is not readable, no answer.
+pub fn in_initial_netns() -> Option<bool> {
+    in_initial_netns_at(Path::new("/proc/sys/net/core"))
+}
+
+/// [`in_initial_netns`] over a given `net/core` sysctl directory (for tests).
+pub fn in_initial_netns_at(net_core: &Path) -> Option<bool> {
+    if !net_core.join("somaxconn").exists() {
+        // somaxconn exists in every namespace: without it, this is not a readable /proc/sys.
+        return None;
+    }
+    Some(net_core.join("netdev_max_backlog").exists())
+}
+
 /// Fail early, with the clearest message, when the calling thread cannot configure netfilter.
 pub fn require_net_admin() -> Result<(), NftError> {
     match caps::has_cap(
@@ -567,5 +587,15 @@ table inet bottle_init {
     fn one_line_bounds() {
         assert_eq!(one_line("a\n  b\tc\n"), "a b c");
         assert_eq!(one_line(&"x".repeat(1000)).len(), 403);
+    }
+
+    #[test]
+    fn initial_netns_detection_reads_the_init_only_sysctl() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(in_initial_netns_at(d.path()), None, "no /proc/sys");
+        std::fs::write(d.path().join("somaxconn"), "4096\n").unwrap();
+        assert_eq!(in_initial_netns_at(d.path()), Some(false));
+        std::fs::write(d.path().join("netdev_max_backlog"), "1000\n").unwrap();
+        assert_eq!(in_initial_netns_at(d.path()), Some(true));
     }
 }

@@ -2,13 +2,15 @@
 //! in the order of the start-up sequence.
 //!
 //! 1. [`validate`] (before any side effect): parse `BOTTLE_EGRESS`/`BOTTLE_ALLOW_HOSTS`; for
-//!    `allowlist` also check CAP_NET_ADMIN and find `nft`, so a container that cannot lock
-//!    refuses before it binds, forks or writes anything.
+//!    both locked modes probe that seccomp filters can be installed ([`seccomp::probe`]: not
+//!    under qemu-user, not on a kernel without them); for `allowlist` also check CAP_NET_ADMIN
+//!    and find `nft`, so a container that cannot lock refuses before it binds, forks or writes
+//!    anything.
 //! 2. [`lock`] (step 3, as root, after the proxy listener is bound, before fork):
 //!    `api-only` binds the API Unix socket and hands it to the proxy; `allowlist` installs and
 //!    verifies the nftables rules for the child's uid and enables CONNECT in the proxy.
 //! 3. [`Locked::apply_env`] edits the child's environment; [`Locked::seccomp`] is the filter
-//!    the forked child installs as its last step before `execve` (`api-only`).
+//!    the forked child installs as its last step before `execve` (both locked modes).
 //! 4. [`Locked::publish`] records the mode for `bottle-init exec`, which calls [`joined`] and
 //!    applies the same environment and filter (the nftables rules already cover its uid).
 //!    `exec` refuses to run when that record is missing or belongs to another process, so it
@@ -24,7 +26,7 @@ use super::apisock::{self, SockError};
 use super::env::{ApiEndpoint, EnvChange, child_env};
 use super::mode::{ConfigError, EgressConfig, EgressMode};
 use super::nft::{self, Nft, NftError, Ruleset};
-use super::seccomp::{self, Filter};
+use super::seccomp::{self, Filter, Policy, Unsupported};
 use crate::proxy::Proxy;
 
 /// sysexits(3): the exit codes a refused egress start uses.
@@ -41,6 +43,13 @@ pub enum SetupError {
     Config(ConfigError),
     Nft(NftError),
     Socket(SockError),
+    /// A locked mode needs a seccomp filter and this system cannot install one.
+    Seccomp {
+        mode: EgressMode,
+        why: Unsupported,
+    },
+    /// `allowlist` in the host's own network namespace without the explicit opt-in.
+    HostNetwork,
 }
 
 impl SetupError {
@@ -66,6 +75,8 @@ impl SetupError {
                 SockError::Unsafe { .. } => EX_CONFIG,
                 _ => EX_OSERR,
             },
+            // Like a kernel without nf_tables: this system cannot run the configured mode.
+            SetupError::Seccomp { .. } | SetupError::HostNetwork => EX_CONFIG,
         }
     }
 }
@@ -78,6 +89,19 @@ impl fmt::Display for SetupError {
             SetupError::Socket(e) => write!(
                 f,
                 "{e}; bottle-init refuses to start without the API socket"
+            ),
+            SetupError::Seccomp { mode, why } => write!(
+                f,
+                "BOTTLE_EGRESS={mode} needs a seccomp filter, but {why}; run on a Linux kernel \
+                 with seccomp (not under qemu-user), or choose another BOTTLE_EGRESS mode"
+            ),
+            SetupError::HostNetwork => write!(
+                f,
+                "BOTTLE_EGRESS=allowlist runs in the host's own network namespace (docker run \
+                 --network host?): its nftables rules would filter uid 1000's traffic on the whole \
+                 host, not only in this container; give the container its own network (drop \
+                 --network host), or set {}=1 to accept that",
+                super::mode::HOST_NETWORK_ENV
             ),
         }
     }
@@ -96,8 +120,28 @@ pub struct Plan {
 /// can be installed. No side effect.
 pub fn validate(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Plan, SetupError> {
     let config = EgressConfig::from_lookup(get).map_err(SetupError::Config)?;
+    if config.mode.is_locked() {
+        seccomp::probe().map_err(|why| SetupError::Seccomp {
+            mode: config.mode,
+            why,
+        })?;
+    }
     let nft = match config.mode {
         EgressMode::Allowlist => {
+            // The rules go into the namespace we run in: the host's with --network host.
+            match nft::in_initial_netns() {
+                Some(true) if !config.host_network_ok => return Err(SetupError::HostNetwork),
+                Some(true) => log::warn!(
+                    "BOTTLE_EGRESS=allowlist in the host's network namespace \
+                     ({}=1): the rules filter the child's uid on the whole host",
+                    super::mode::HOST_NETWORK_ENV
+                ),
+                Some(false) => {}
+                None => log::warn!(
+                    "cannot tell whether this is the host's network namespace (/proc/sys/net \
+                     unreadable); with --network host the allowlist rules filter the whole host"
+                ),
+            }
             nft::require_net_admin().map_err(SetupError::Nft)?;
             Some(Nft::locate().map_err(SetupError::Nft)?)
         }
@@ -209,9 +253,14 @@ impl Locked {
         apply(env, &self.env_changes());
     }
 
-    /// The filter the child installs last before `execve` (`api-only` only).
+    /// The filter the child installs last before `execve`: none in `open`. (`validate` has
+    /// refused a locked mode where no filter exists, and `exec` refuses a missing one.)
     pub fn seccomp(&self) -> Option<Filter> {
-        (self.mode == EgressMode::ApiOnly).then(seccomp::prepare)
+        match self.mode {
+            EgressMode::Open => None,
+            EgressMode::ApiOnly => seccomp::for_policy(Policy::ApiOnly),
+            EgressMode::Allowlist => seccomp::for_policy(Policy::Allowlist),
+        }
     }
 
     fn to_text(&self, pid: i32, starttime: u64) -> String {
@@ -327,7 +376,12 @@ mod tests {
             get("CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"),
             ["1"]
         );
-        assert!(l.seccomp().is_some());
+        assert_eq!(l.seccomp().map(|f| f.policy), Some(Policy::ApiOnly));
+        let l = Locked {
+            mode: EgressMode::Allowlist,
+            ..l
+        };
+        assert_eq!(l.seccomp().map(|f| f.policy), Some(Policy::Allowlist));
     }
 
     #[test]
@@ -390,5 +444,19 @@ mod tests {
             .exit_code(),
             71
         );
+        let e = SetupError::Seccomp {
+            mode: EgressMode::ApiOnly,
+            why: Unsupported::Kernel(nix::errno::Errno::ENOSYS),
+        };
+        assert_eq!(e.exit_code(), 78);
+        let m = e.to_string();
+        assert!(
+            m.contains("BOTTLE_EGRESS=api-only") && m.contains("qemu-user"),
+            "{m}"
+        );
+        assert!(!m.contains("Docker's seccomp profile"), "{m}");
+        assert_eq!(SetupError::HostNetwork.exit_code(), 78);
+        let m = SetupError::HostNetwork.to_string();
+        assert!(m.contains("--network host") && m.contains("BOTTLE_INSECURE_HOST_NETWORK=1"));
     }
 }

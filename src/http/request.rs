@@ -4,7 +4,7 @@
 //! httparse, which is lenient about line endings, sees it), then parsed by httparse, then
 //! checked for the shapes that let two HTTP parsers disagree about where a request ends.
 
-use super::Rejection;
+use super::{Rejection, target};
 
 /// Size limits for a request. Defaults suit Claude Code (heads of a few KiB, bodies of a few
 /// MiB with images).
@@ -138,13 +138,12 @@ pub fn parse_request_head(
         });
     }
 
-    check_method_and_target(&method, &target)?;
-    let body = body_length(&headers, limits)?;
-    if headers.iter().filter(|h| h.is("host")).count() > 1 {
-        return Err(Rejection::bad_request(
-            "the request has more than one Host header",
-        ));
+    target::check_method(&method)?;
+    target::check_target(&target)?;
+    for h in &headers {
+        reject_look_alike(&h.name)?;
     }
+    let body = body_length(&headers, limits)?;
     if headers.iter().any(|h| h.is("upgrade")) {
         return Err(Rejection::bad_request(
             "protocol upgrades (Upgrade header, e.g. WebSocket or h2c) are not supported",
@@ -161,6 +160,20 @@ pub fn parse_request_head(
                 ));
             }
         }
+    }
+    let mut hosts = headers.iter().filter(|h| h.is("host"));
+    match (hosts.next(), hosts.next()) {
+        (None, _) => {
+            return Err(Rejection::bad_request(
+                "the request has no Host header (RFC 9112 section 3.2)",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Rejection::bad_request(
+                "the request has more than one Host header",
+            ));
+        }
+        (Some(h), None) => target::check_host(&h.value)?,
     }
     Ok(Some(RequestHead {
         method,
@@ -229,19 +242,37 @@ fn reject_obs_fold(head: &[u8]) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_method_and_target(method: &str, target: &str) -> Result<(), Rejection> {
-    if method == "CONNECT" || method == "TRACE" {
-        return Err(Rejection::new(
-            405,
-            "invalid_request_error",
-            format!("method {method} is not allowed by this proxy"),
-        ));
+/// Header names the proxy treats specially (framing, routing, hop-by-hop, credentials): a
+/// name that is not one of them but becomes one with `_` read as `-` (`Transfer_Encoding`,
+/// `X_Api_Key`) is refused, because servers that fold underscores (nginx with
+/// `underscores_in_headers`, CGI-style frameworks) would read it as that header.
+pub(crate) fn is_special_name(normalized: &str) -> bool {
+    matches!(
+        normalized,
+        "content-length"
+            | "transfer-encoding"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "authorization"
+            | "x-api-key"
+            | "cookie"
+    ) || normalized.starts_with("proxy-")
+}
+
+fn reject_look_alike(name: &str) -> Result<(), Rejection> {
+    if !name.contains('_') {
+        return Ok(());
     }
-    if !target.starts_with('/') {
-        return Err(Rejection::bad_request(
-            "only origin-form request targets (a path starting with /) are accepted; \
-             this is a reverse proxy for the Anthropic API, not a forward proxy",
-        ));
+    let normalized = name.to_ascii_lowercase().replace('_', "-");
+    if is_special_name(&normalized) {
+        return Err(Rejection::bad_request(format!(
+            "header {name:?} looks like {normalized:?} with underscores; send the real header \
+             name (or none)"
+        )));
     }
     Ok(())
 }
@@ -414,26 +445,29 @@ mod tests {
         let mut big = b"GET /v1/x HTTP/1.1\r\nX-A: ".to_vec();
         big.resize(1025, b'a');
         assert_eq!(status(&big), 431);
-        let mut exact = b"GET /v1/x HTTP/1.1\r\nX-A: ".to_vec();
+        let mut exact = b"GET /v1/x HTTP/1.1\r\nHost: x\r\nX-A: ".to_vec();
         exact.resize(1020, b'a');
         exact.extend_from_slice(b"\r\n\r\n");
         assert_eq!(exact.len(), 1024);
         assert!(parse(&exact).unwrap().is_some());
-        exact.insert(30, b'a');
+        exact.insert(40, b'a');
         assert_eq!(status(&exact), 431);
     }
 
     #[test]
     fn chunked_and_no_body() {
-        let h = parse(b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n")
+        let h = parse(b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(h.body, BodyLength::Chunked);
-        let h = parse(b"GET /v1/x HTTP/1.1\r\n\r\n").unwrap().unwrap();
-        assert_eq!(h.body, BodyLength::None);
-        let h = parse(b"\r\nGET /v1/x HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+        let h = parse(b"GET /v1/x HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap()
             .unwrap();
+        assert_eq!(h.body, BodyLength::None);
+        let h =
+            parse(b"\r\nGET /v1/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(h.wants_close());
     }
 
@@ -449,6 +483,69 @@ mod tests {
         for r in reqs {
             let e = parse(r.as_bytes()).unwrap_err();
             assert!(!e.message.contains("SECRETVALUE"), "{}", e.message);
+        }
+    }
+
+    /// Issue 10 item 11: underscore look-alikes of framing, hop-by-hop and credential names.
+    #[test]
+    fn look_alike_names_are_refused() {
+        for name in [
+            "Transfer_Encoding",
+            "transfer_encoding",
+            "Content_Length",
+            "CONTENT_LENGTH",
+            "Connection_",
+            "Keep_Alive",
+            "Proxy_Authorization",
+            "Proxy_Connection",
+            "X_Api_Key",
+            "Trailer_",
+            "Upgrade_",
+        ] {
+            let req =
+                format!("POST /v1/x HTTP/1.1\r\nHost: x\r\n{name}: 0\r\nContent-Length: 0\r\n\r\n");
+            // Names that only end in `_` do not fold onto a special name: they pass.
+            let want_refused = !name.ends_with('_');
+            assert_eq!(parse(req.as_bytes()).is_err(), want_refused, "{name}");
+        }
+        let req = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nContent-Length: 0\r\n\r\n";
+        let e = parse(req).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("Transfer_Encoding"), "{}", e.message);
+        // Ordinary underscores are fine.
+        let ok = b"GET /v1/x HTTP/1.1\r\nHost: x\r\nX_Custom_Thing: 1\r\n\r\n";
+        assert!(parse(ok).unwrap().is_some());
+    }
+
+    /// Issue 10 items 10 and 12 at the parser: methods, target bytes and Host.
+    #[test]
+    fn methods_targets_and_hosts() {
+        for m in ["trace", "TRACK", "PROPFIND", "PUT", "OPTIONS", "get"] {
+            let req = format!("{m} /v1/x HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(status(req.as_bytes()), 405, "{m}");
+        }
+        for t in [
+            "/v1/x#/../../a",
+            "/v1/..\\api",
+            "/v1/\"",
+            "/v1/|",
+            "/v1/{",
+            "/v1/}",
+            "/v1/%zz",
+        ] {
+            let req = format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(status(req.as_bytes()), 400, "{t}");
+        }
+        let raw = b"GET /v1/\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(parse(raw).is_err());
+        for host in ["", "user@x", "x/path", "x y"] {
+            let req = format!("GET /v1/x HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(status(req.as_bytes()), 400, "{host:?}");
+        }
+        assert_eq!(status(b"GET /v1/x HTTP/1.1\r\n\r\n"), 400);
+        for m in ["GET", "HEAD", "POST", "DELETE"] {
+            let req = format!("{m} /v1/x?y=1 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n");
+            assert!(parse(req.as_bytes()).unwrap().is_some(), "{m}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! themselves are relayed to the client unchanged.
 
 use super::body::BodyFramer;
-use super::request::{list_contains, parse_content_length, trim_ows};
+use super::request::{is_special_name, list_contains, list_items, parse_content_length, trim_ows};
 
 /// Most response header fields we accept from the upstream.
 const MAX_RESPONSE_HEADERS: usize = 256;
@@ -52,9 +52,12 @@ pub fn parse_response_head(
         return Err("unexpected 101 Switching Protocols (no upgrade was requested)".into());
     }
     let http10 = resp.version == Some(0);
-    let mut close = http10;
+    // The connection is reused only after a response whose framing is complete and
+    // unambiguous: anything another parser could read differently closes it afterwards
+    // (the response itself is still relayed, framed the way RFC 9112 section 6.3 says).
+    let mut close = http10 || has_bare_lf(&buf[..head_len]);
     let mut chunked = false;
-    let mut te_present = false;
+    let mut te_headers = 0;
     let mut lengths = Vec::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
@@ -62,7 +65,7 @@ pub fn parse_response_head(
                 close = true;
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te_present = true;
+            te_headers += 1;
             // RFC 9112 6.3: the final coding decides; chunked must be last.
             let last = h
                 .value
@@ -71,10 +74,24 @@ pub fn parse_response_head(
                 .map(trim_ows)
                 .unwrap_or(b"");
             chunked = last.eq_ignore_ascii_case(b"chunked");
+            // A list of codings (`gzip, chunked`) is legal but more than we want to reason
+            // about on a connection that carries credentials next.
+            if list_items(h.value).count() != 1 {
+                close = true;
+            }
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value).ok_or("invalid Content-Length in response")?;
             lengths.push(n);
+        } else if h.name.contains('_')
+            && is_special_name(&h.name.to_ascii_lowercase().replace('_', "-"))
+        {
+            // `Transfer_Encoding` and friends: a server that folds `_` frames it differently.
+            close = true;
         }
+    }
+    let te_present = te_headers > 0;
+    if te_headers > 1 || lengths.len() > 1 {
+        close = true;
     }
     let no_body =
         request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
@@ -107,6 +124,13 @@ pub fn parse_response_head(
         framing,
         close,
     }))
+}
+
+/// A line ended by LF alone (httparse accepts it in responses; other parsers may not).
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 #[cfg(test)]
@@ -172,5 +196,36 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         big.resize(MAX_RESPONSE_HEAD + 1, b'a');
         assert!(parse_response_head(&big, false).is_err());
+    }
+
+    /// Issue 10 item 11: only complete, unambiguous framing leaves the connection reusable.
+    #[test]
+    fn ambiguous_framing_closes_the_connection_afterwards() {
+        let reusable = [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX_Custom: 1\r\nContent-Length: 3\r\n\r\n",
+        ];
+        for h in reusable {
+            let r = parse_response_head(h.as_bytes(), false).unwrap().unwrap();
+            assert!(!r.close, "{h:?}");
+        }
+        let ambiguous = [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer_Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent_Length: 5\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+            "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+        ];
+        for h in ambiguous {
+            let r = parse_response_head(h.as_bytes(), false).unwrap().unwrap();
+            assert!(r.close, "{h:?} would be pooled");
+        }
     }
 }

@@ -227,14 +227,17 @@ mod tests {
     #[test]
     fn beta_present_is_untouched_and_missing_is_added() {
         let got = rewrite(
-            "GET /v1/x HTTP/1.1\r\nanthropic-beta: x, oauth-2025-04-20 ,y\r\n\r\n",
+            "GET /v1/x HTTP/1.1\r\nHost: h\r\nanthropic-beta: x, oauth-2025-04-20 ,y\r\n\r\n",
             CredentialKind::OAuth,
         );
         assert!(
             got.contains("anthropic-beta: x, oauth-2025-04-20 ,y\r\n"),
             "{got}"
         );
-        let got = rewrite("GET /v1/x HTTP/1.1\r\n\r\n", CredentialKind::OAuth);
+        let got = rewrite(
+            "GET /v1/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            CredentialKind::OAuth,
+        );
         assert_eq!(
             got,
             "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer REAL-TOKEN\r\nanthropic-beta: oauth-2025-04-20\r\n\r\n"
@@ -265,32 +268,35 @@ mod tests {
         let s = Secret::new(b"sess".to_vec());
         let check = |req: &str| check_session_secret(&head(req), &s);
         assert_eq!(
-            check("GET / HTTP/1.1\r\nAuthorization: Bearer sess\r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer sess\r\n\r\n"),
             AuthCheck::Ok
         );
         assert_eq!(
-            check("GET / HTTP/1.1\r\nauthorization: bearer  sess \r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\nauthorization: bearer  sess \r\n\r\n"),
             AuthCheck::Ok
         );
         assert_eq!(
-            check("GET / HTTP/1.1\r\nX-Api-Key: sess\r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\nX-Api-Key: sess\r\n\r\n"),
             AuthCheck::Ok
         );
-        assert_eq!(check("GET / HTTP/1.1\r\n\r\n"), AuthCheck::Missing);
         assert_eq!(
-            check("GET / HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            AuthCheck::Missing
+        );
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer nope\r\n\r\n"),
             AuthCheck::Wrong
         );
         assert_eq!(
-            check("GET / HTTP/1.1\r\nAuthorization: Basic sess\r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Basic sess\r\n\r\n"),
             AuthCheck::Wrong
         );
         assert_eq!(
-            check("GET / HTTP/1.1\r\nAuthorization: sess\r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: sess\r\n\r\n"),
             AuthCheck::Ok
         );
         assert_eq!(
-            check("GET / HTTP/1.1\r\nx-api-key: Bearer sess\r\n\r\n"),
+            check("GET / HTTP/1.1\r\nHost: h\r\nx-api-key: Bearer sess\r\n\r\n"),
             AuthCheck::Wrong
         );
     }

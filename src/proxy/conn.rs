@@ -101,6 +101,8 @@ pub(crate) struct Client {
     registered: Option<Interest>,
     /// The exchange that was running when the client went away, kept for its log line.
     pub(crate) ended_exchange: Option<Box<Exchange>>,
+    /// Accepted past the connection cap: only answered 503, with a short linger.
+    pub(crate) overflow: bool,
 }
 
 impl Client {
@@ -126,6 +128,7 @@ impl Client {
             idle_since: None,
             registered: None,
             ended_exchange: None,
+            overflow: false,
         }
     }
 

@@ -32,10 +32,8 @@ use crate::http::{self, Rejection};
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const UNIX_LISTENER: Token = Token(usize::MAX - 2);
-/// How often timeouts are checked.
+/// How often timeouts are checked (and a stalled accept retried).
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
-/// Connections beyond `max_connections` that still get a 503 (beyond this: dropped).
-const OVERFLOW_ANSWERED: usize = 64;
 
 pub(super) fn client_token(id: u64) -> Token {
     Token((id as usize) << 1)
@@ -51,9 +49,20 @@ pub(crate) struct Server {
     /// The `api-only` Unix socket, served exactly like the TCP listener.
     unix_listener: Option<Listener>,
     clients: HashMap<u64, Client>,
+    /// Of `clients`, those accepted past the cap (only answered 503).
+    overflow_open: usize,
     /// Clients whose pump stopped at its budget; pumped again after the next poll. Needed
     /// because edge-triggered readiness will not be reported again for bytes already there.
     again: Vec<u64>,
+    /// A listener (TCP, Unix) left connections in its backlog: accept stopped at the limit or
+    /// failed. Edge-triggered readiness does not report them again, so accept is retried
+    /// when a connection closes and at every sweep.
+    accept_stalled: [bool; 2],
+    /// Held open to answer one connection with a 503 when accept fails with EMFILE: close it,
+    /// accept, answer, reopen (the connection then is not left in the backlog to time out).
+    reserve: Option<std::fs::File>,
+    /// Connections answered through the reserve since the last log line about it.
+    reserve_unlogged: u64,
     ctx: Ctx,
 }
 
@@ -99,7 +108,11 @@ impl Server {
             listener,
             unix_listener,
             clients: HashMap::new(),
+            overflow_open: 0,
             again: Vec::new(),
+            accept_stalled: [false; 2],
+            reserve: open_reserve(),
+            reserve_unlogged: 0,
             ctx: Ctx {
                 registry,
                 config,
@@ -124,6 +137,16 @@ impl Server {
             "proxy: forwarding to https://{} (session secret required)",
             self.ctx.host_header
         );
+        let l = &self.ctx.limits;
+        if let Some(fds) = l.fd_limit {
+            log::info!(
+                "proxy: RLIMIT_NOFILE {fds}: up to {} connections served at once, {} more \
+                 answered 503 at a time, {} idle upstream connections kept",
+                l.max_connections,
+                l.max_overflow,
+                l.pool_max_idle
+            );
+        }
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         loop {
@@ -157,38 +180,151 @@ impl Server {
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep();
                 last_sweep = Instant::now();
+                if self.reserve_unlogged > 0 {
+                    log::warn!(
+                        "proxy: {} connections answered 503 through the reserve descriptor \
+                         (out of file descriptors)",
+                        self.reserve_unlogged
+                    );
+                    self.reserve_unlogged = 0;
+                }
+                // Also after a transient accept error (ENOBUFS, ...), not only at a close.
+                self.retry_accept(true);
+            } else {
+                self.retry_accept(false);
             }
         }
     }
 
+    /// Accepts while there is room for one more connection (served or answered 503). At the
+    /// limit, pending connections stay in the kernel's backlog (they wait; none is reset) and
+    /// accept resumes when a connection closes.
     fn accept(&mut self, unix: bool) {
+        let which = usize::from(unix);
+        self.accept_stalled[which] = false;
         loop {
-            let listener = match (unix, self.unix_listener.as_ref()) {
-                (true, Some(l)) => l,
-                (true, None) => return,
-                (false, _) => &self.listener,
+            if !self.has_room() {
+                self.accept_stalled[which] = true;
+                return;
+            }
+            let Some(listener) = self.listener_for(unix) else {
+                return;
             };
             match listener.accept() {
                 Ok(sock) => self.add_client(sock),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A client that reset before we accepted it: on to the next one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors (something else in the process holds them): answer
+                    // one connection through the reserve so it is not left waiting, then try
+                    // again later.
+                    let answered = self.answer_with_reserve(unix);
+                    if !answered || self.reserve_unlogged == 0 {
+                        log::warn!(
+                            "proxy: accept failed ({e}); {}",
+                            if answered {
+                                "answering connections 503 through the reserve descriptor"
+                            } else {
+                                "will retry"
+                            }
+                        );
+                    }
+                    if answered {
+                        self.reserve_unlogged += 1;
+                    }
+                    if !answered {
+                        self.accept_stalled[which] = true;
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and friends: the backlog keeps the connection; try again on the
-                    // next event.
-                    log::warn!("proxy: accept failed: {e}");
+                    log::warn!("proxy: accept failed: {e}; will retry");
+                    self.accept_stalled[which] = true;
                     return;
                 }
             }
         }
     }
 
-    fn add_client(&mut self, sock: ClientStream) {
-        let limits = self.ctx.limits.clone();
-        let open = self.clients.len();
-        if open >= limits.max_connections + OVERFLOW_ANSWERED {
-            log::warn!("proxy: connection dropped: {open} connections open");
+    /// Accepts again on listeners that stalled, if there is room now (`always`: also after
+    /// a failure, at the sweep).
+    fn retry_accept(&mut self, always: bool) {
+        if !self.has_room() {
             return;
         }
+        for unix in [false, true] {
+            if self.accept_stalled[usize::from(unix)] || always {
+                self.accept(unix);
+            }
+        }
+    }
+
+    fn listener_for(&self, unix: bool) -> Option<&Listener> {
+        if unix {
+            self.unix_listener.as_ref()
+        } else {
+            Some(&self.listener)
+        }
+    }
+
+    /// Room for one more connection: under the fd budget, the worst case after accepting it
+    /// (two descriptors per served client, one per pooled upstream and per overflow answer)
+    /// must fit; without one, the configured counts decide.
+    fn has_room(&self) -> bool {
+        let l = &self.ctx.limits;
+        let served = self.clients.len() - self.overflow_open;
+        let next_is_served = served < l.max_connections;
+        match l.fd_budget {
+            Some(budget) => {
+                let next = if next_is_served { 2 } else { 1 };
+                2 * served + self.ctx.pool.len() + self.overflow_open + next <= budget
+            }
+            None => self.clients.len() < l.max_connections + l.max_overflow,
+        }
+    }
+
+    /// EMFILE: frees the reserve descriptor, accepts one connection, answers it 503 at once
+    /// (its request, if already sent, is drained first so the kernel does not reset over the
+    /// answer) and closes it, then takes the reserve again.
+    fn answer_with_reserve(&mut self, unix: bool) -> bool {
+        let Some(reserve) = self.reserve.take() else {
+            self.reserve = open_reserve();
+            return false;
+        };
+        drop(reserve);
+        let Some(listener) = self.listener_for(unix) else {
+            return false;
+        };
+        let answered = match listener.accept() {
+            Ok(mut sock) => {
+                let r = overload_rejection(self.ctx.limits.max_connections);
+                let bytes = http::error_response(r.status, r.error_type, &r.message);
+                sock.answer_and_close(&bytes);
+                self.ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+                self.ctx
+                    .stats
+                    .overflow_answered
+                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx
+                    .stats
+                    .reserve_answered
+                    .fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve = open_reserve();
+        answered
+    }
+
+    fn add_client(&mut self, sock: ClientStream) {
+        let limits = self.ctx.limits.clone();
+        let served = self.clients.len() - self.overflow_open;
         let id = self.ctx.next_id();
         let in_cap = limits.buffer_size.max(limits.request.max_head + 1);
         let out_cap = limits
@@ -202,13 +338,16 @@ impl Server {
             self.ctx.stats.clone(),
         );
         self.ctx.stats.open_clients.fetch_add(1, Ordering::Relaxed);
-        if open >= limits.max_connections {
-            let msg = format!(
-                "bottle-init proxy: too many open connections (limit {}); retry shortly",
-                limits.max_connections
-            );
+        if served >= limits.max_connections {
+            // Past the cap: a 503 claude retries, then a short linger (see OVERFLOW_LINGER).
+            c.overflow = true;
+            self.overflow_open += 1;
             self.ctx
-                .refuse(&mut c, None, Rejection::new(503, "overloaded_error", msg));
+                .stats
+                .overflow_answered
+                .fetch_add(1, Ordering::Relaxed);
+            self.ctx
+                .refuse(&mut c, None, overload_rejection(limits.max_connections));
         }
         self.clients.insert(id, c);
         self.pump(id);
@@ -294,6 +433,9 @@ impl Server {
             .peak_connection_buffered
             .fetch_max(c.buffered(), Ordering::Relaxed);
         c.deregister(&self.ctx.registry);
+        if c.overflow {
+            self.overflow_open -= 1;
+        }
         // Log first: once the upstream is dropped, observers may already see its effects.
         if let Some(ex) = c.ended_exchange.take() {
             self.ctx
@@ -433,6 +575,25 @@ impl Server {
         self.ctx.pool = fresh;
         for (_, up) in stale {
             self.ctx.drop_upstream(up);
+        }
+    }
+}
+
+/// The answer past the connection cap: claude retries a 503 `overloaded_error`.
+fn overload_rejection(cap: usize) -> Rejection {
+    Rejection::new(
+        503,
+        "overloaded_error",
+        format!("bottle-init proxy: too many open connections (limit {cap}); retry shortly"),
+    )
+}
+
+fn open_reserve() -> Option<std::fs::File> {
+    match std::fs::File::open("/dev/null") {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!("proxy: cannot open the reserve descriptor: {e}");
+            None
         }
     }
 }

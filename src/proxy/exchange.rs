@@ -24,6 +24,11 @@ use crate::http::{
 /// After an error answer: how long we keep discarding the client's input so it reads our
 /// answer rather than a connection reset.
 const LINGER: Duration = Duration::from_secs(2);
+/// The same for a connection answered 503 past the cap: its descriptor is what the next
+/// connection needs. Long enough for a request already on its way to arrive and be drained
+/// (so the kernel sends no reset over our answer); a client that reads the answer and closes
+/// frees it at once.
+pub(super) const OVERFLOW_LINGER: Duration = Duration::from_millis(250);
 /// A closing connection that will not take our last bytes within this long is dropped.
 const CLOSE_FLUSH: Duration = Duration::from_secs(30);
 /// Rounds of a pump before other connections get their turn (each moves up to one buffer).
@@ -211,10 +216,8 @@ impl Ctx {
                 crate::proxy::TEST_PANIC_PATH
             );
         }
-        let path = head.path();
-        if !path.starts_with("/v1/") || has_dot_segment(path) {
-            let msg = "bottle-init proxy: only Anthropic API paths under /v1/ are forwarded";
-            self.refuse(c, Some(&head), Rejection::new(404, "not_found_error", msg));
+        if let Err(r) = http::target::check_api_path(head.path()) {
+            self.refuse(c, Some(&head), r);
             return;
         }
         let built = self
@@ -229,7 +232,7 @@ impl Ctx {
         };
         let ex = Exchange {
             method: head.method.clone(),
-            path: log_path(path).to_string(),
+            path: log_path(head.path()).to_string(),
             started: now,
             last_activity: now,
             bytes_in: 0,
@@ -344,16 +347,22 @@ impl Ctx {
             }
         }
         if ex.up_head.is_none() && !ex.req.is_done() && !inbuf.is_empty() {
+            // Only validated bytes leave: a chunk-size or trailer line is released once whole
+            // (the framer holds back an incomplete one until its end arrives).
             let mut probe = ex.req;
             let avail = probe.advance(inbuf.bytes()).map_err(Fault::RequestBody)?;
             if avail > 0 {
                 let n = up
                     .write_plain(&inbuf.bytes()[..avail])
                     .map_err(Fault::Upstream)?;
-                if n > 0 {
+                if n == avail {
+                    ex.req = probe;
+                } else if n > 0 {
                     ex.req
-                        .advance(&inbuf.bytes()[..n])
+                        .skip_validated(&inbuf.bytes()[..n])
                         .map_err(Fault::RequestBody)?;
+                }
+                if n > 0 {
                     inbuf.consume(n);
                     ex.bytes_in += n as u64;
                     progress = true;
@@ -579,7 +588,8 @@ fn classify(ex: &mut Exchange, outbuf: &mut super::buf::Buf) -> Result<(), Fault
                 } else {
                     Resp::Body(f)
                 };
-                if n == pending_len {
+                // Not done: the rest is an incomplete line the framer waits to see whole.
+                if n == pending_len || !f.is_done() {
                     return Ok(());
                 }
             }
@@ -611,7 +621,7 @@ fn step_closing(c: &mut Client) -> bool {
     }
     c.sock.shutdown_write();
     *shut = true;
-    c.deadline = Instant::now() + LINGER;
+    c.deadline = Instant::now() + if c.overflow { OVERFLOW_LINGER } else { LINGER };
     true
 }
 
@@ -660,13 +670,6 @@ fn flush_client(c: &mut Client) -> bool {
             }
         }
     }
-}
-
-/// `.` or `..` path segments (also percent-encoded): never forwarded, whatever the upstream
-/// would make of them.
-fn has_dot_segment(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase().replace("%2e", ".");
-    lower.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The path as logged: without the query (already cut by the caller), at most 200 bytes so a

@@ -10,8 +10,10 @@
 //! - `HEAD /` (claude's unauthenticated warm-up) is answered locally with 200;
 //! - every other request must carry the session secret (`Authorization: Bearer` or
 //!   `x-api-key`, compared in constant time), else 401 in the Anthropic error shape;
-//! - only origin-form targets under `/v1/` (no dot segments) are forwarded, else 404;
-//!   CONNECT/TRACE 405, absolute-form and Upgrade 400, HTTP/1.0 505;
+//! - only `GET`/`HEAD`/`POST`/`DELETE` with an RFC 3986 origin-form target and a valid Host
+//!   are parsed at all (else 405 / 400, `crate::http::target`), and only paths under `/v1/`
+//!   without empty, dot or encoded-separator segments are forwarded, else 404; absolute-form
+//!   and Upgrade 400, HTTP/1.0 505;
 //! - the destination is always the configured upstream, whatever the Host header says;
 //! - bodies are relayed byte for byte in both directions, streamed through bounded buffers;
 //! - one info log line per request: method, path (no query), status, body bytes each way,
@@ -130,8 +132,19 @@ impl std::error::Error for ProxyError {}
 /// the timeouts.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Open client connections; one more is answered 503 and closed.
+    /// Client connections served at once; beyond it a connection is answered 503.
     pub max_connections: usize,
+    /// Connections past `max_connections` being answered 503 at once (each holds its
+    /// descriptor until the client has read the answer, or briefly). Beyond this the proxy
+    /// stops accepting: new connections wait in the kernel's backlog, never reset.
+    pub max_overflow: usize,
+    /// The RLIMIT_NOFILE soft limit these limits were fitted to ([`Limits::fit_to_fds`]).
+    pub fd_limit: Option<u64>,
+    /// Descriptors left for connections under that limit: the proxy accepts only while the
+    /// worst case (two per served client, one per pooled upstream and per overflow answer)
+    /// stays within it, so accept never meets EMFILE. Overflow answers may then use what the
+    /// pool does not (more than `max_overflow` at a time).
+    pub fd_budget: Option<usize>,
     /// Request head size, header count and body size (431 / 431 / 413).
     pub request: crate::http::RequestLimits,
     /// Bytes buffered per direction per connection (backpressure beyond it).
@@ -158,6 +171,9 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 1024,
+            max_overflow: 256,
+            fd_limit: None,
+            fd_budget: None,
             request: crate::http::RequestLimits::default(),
             buffer_size: 64 * 1024,
             head_timeout: Duration::from_secs(10),
@@ -168,6 +184,34 @@ impl Default for Limits {
             pool_idle_timeout: Duration::from_secs(30),
             buffer_release_after: Duration::from_secs(3),
         }
+    }
+}
+
+/// Descriptors the proxy keeps free for everything that is not a connection: the DNS
+/// helper's lookups, files rustls or the resolver open, a second socket while a connect moves
+/// on to the next address.
+const FD_MARGIN: usize = 16;
+/// Descriptors of the proxy itself beyond those open when it is fitted: the poller, its
+/// waker and the reserve descriptor (kept to answer one connection when accept hits EMFILE).
+const FD_OWN: usize = 3;
+
+impl Limits {
+    /// Sizes the connection cap, the overflow answers and the upstream pool so that they fit
+    /// in `soft` descriptors with `in_use` already open: each served client can hold its socket
+    /// and an upstream connection (or a tunnel's), each overflow connection its socket, each
+    /// pooled upstream one; `tunnels` reserves two per concurrent CONNECT lookup. Never raises
+    /// a configured limit.
+    pub fn fit_to_fds(mut self, soft: u64, in_use: usize, tunnels: bool) -> Limits {
+        let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+        let lookups = if tunnels { 2 * tunnel::MAX_LOOKUPS } else { 0 };
+        let avail = soft.saturating_sub(in_use + FD_OWN + FD_MARGIN + lookups);
+        self.max_overflow = (avail / 8).clamp(1, self.max_overflow.max(1));
+        self.pool_max_idle = (avail / 4).min(self.pool_max_idle);
+        let for_clients = avail.saturating_sub(self.max_overflow + self.pool_max_idle);
+        self.max_connections = (for_clients / 2).clamp(1, self.max_connections.max(1));
+        self.fd_limit = Some(soft as u64);
+        self.fd_budget = Some(avail);
+        self
     }
 }
 
@@ -193,6 +237,10 @@ pub struct Stats {
     pub buffer_capacity: AtomicUsize,
     /// Idle client connections whose buffers were released.
     pub buffers_released: AtomicU64,
+    /// Connections answered 503 because the cap was reached.
+    pub overflow_answered: AtomicU64,
+    /// Of those, answered through the reserve descriptor after accept failed with EMFILE.
+    pub reserve_answered: AtomicU64,
 }
 
 /// What the event loop keeps of a [`ProxyConfig`] once it is validated.
@@ -256,6 +304,12 @@ impl Proxy {
             addr: listen,
             source,
         })?;
+        // The largest backlog the kernel allows (somaxconn): when the proxy is at its limit it
+        // stops accepting, and connections wait there rather than retrying their SYN.
+        if let Err(e) = nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
+        {
+            log::debug!("proxy: cannot enlarge the listen backlog: {e}");
+        }
         let ProxyConfig {
             upstream,
             extra_roots_pem: _,
@@ -286,6 +340,21 @@ impl Proxy {
     pub fn with_limits(mut self, limits: Limits) -> Proxy {
         self.limits = limits;
         self
+    }
+
+    /// Fits the limits to an RLIMIT_NOFILE soft limit (see [`Limits::fit_to_fds`]), counting
+    /// the descriptors open now. Call it last before [`Proxy::spawn`].
+    pub fn fit_to_fd_limit(mut self, soft: u64) -> Proxy {
+        // Unknown (no /proc): assume a few dozen.
+        let in_use = crate::fdlimit::open_fds().unwrap_or(64);
+        let tunnels = self.egress.connect_allow.is_some();
+        self.limits = self.limits.clone().fit_to_fds(soft, in_use, tunnels);
+        self
+    }
+
+    /// The limits the proxy will run with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// `BOTTLE_EGRESS=api-only`: also serve the API on this Unix socket (from
@@ -342,7 +411,43 @@ impl Proxy {
 
 #[cfg(test)]
 mod tests {
-    use super::Upstream;
+    use super::{Limits, Upstream};
+
+    #[test]
+    fn limits_fit_the_descriptors() {
+        let d = Limits::default();
+        // Docker's default soft limit with no higher hard limit: 10 fds already open.
+        let l = d.clone().fit_to_fds(1024, 10, false);
+        let avail = 1024 - 10 - 3 - 16;
+        assert_eq!(l.max_overflow, avail / 8);
+        assert_eq!(l.pool_max_idle, avail / 4);
+        assert_eq!(l.max_connections, (avail - avail / 8 - avail / 4) / 2);
+        assert_eq!(
+            (l.max_connections, l.max_overflow, l.pool_max_idle),
+            (311, 124, 248)
+        );
+        // Everything fits, counting two fds per served client.
+        let worst = 10 + 3 + 16 + 2 * l.max_connections + l.max_overflow + l.pool_max_idle;
+        assert!(worst <= 1024, "{worst}");
+        assert_eq!((l.fd_limit, l.fd_budget), (Some(1024), Some(avail)));
+        // CONNECT lookups take their share.
+        let t = d.clone().fit_to_fds(1024, 10, true);
+        assert!(t.max_connections < l.max_connections);
+        let worst = 10 + 3 + 16 + 128 + 2 * t.max_connections + t.max_overflow + t.pool_max_idle;
+        assert!(worst <= 1024, "{worst}");
+        // A large limit keeps the configured values.
+        let big = d.clone().fit_to_fds(1 << 20, 10, true);
+        assert_eq!(
+            (big.max_connections, big.max_overflow, big.pool_max_idle),
+            (d.max_connections, d.max_overflow, d.pool_max_idle)
+        );
+        // Tiny or exhausted: still at least one connection and one overflow answer.
+        let tiny = d.clone().fit_to_fds(20, 30, false);
+        assert_eq!(
+            (tiny.max_connections, tiny.max_overflow, tiny.pool_max_idle),
+            (1, 1, 0)
+        );
+    }
 
     #[test]
     fn upstream_parse() {

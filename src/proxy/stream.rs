@@ -49,6 +49,22 @@ pub(crate) enum ClientStream {
 }
 
 impl ClientStream {
+    /// Writes a short answer, ends our side and drains what the client already sent, then
+    /// the socket is dropped: with nothing unread, closing sends a FIN, not a reset that could
+    /// destroy the answer in the client's buffers. For a fresh socket the answer fits its send
+    /// buffer, so one non-blocking write suffices.
+    pub(crate) fn answer_and_close(&mut self, answer: &[u8]) {
+        let _ = self.write(answer);
+        self.shutdown_write();
+        let mut scratch = [0u8; 4096];
+        for _ in 0..16 {
+            match self.read(&mut scratch) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+
     pub(crate) fn shutdown_write(&self) {
         // The peer may already be gone; nothing to do about it then.
         let _ = match self {

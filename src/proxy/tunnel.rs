@@ -39,7 +39,7 @@ use crate::egress::resolve::{ResolveError, Resolved, resolve_grant};
 use crate::http::Rejection;
 
 /// Lookups running at once; one more CONNECT is answered 503.
-const MAX_LOOKUPS: usize = 64;
+pub(crate) const MAX_LOOKUPS: usize = 64;
 /// An open tunnel with no byte either way for this long is closed (>= 300 s, the issue's
 /// floor; long-lived git/npm transfers stay well within it while bytes move).
 pub(crate) const TUNNEL_IDLE: Duration = Duration::from_secs(600);

@@ -107,6 +107,11 @@ impl NetNs {
         .map_err(|_| io::Error::other("netns thread panicked"))?
     }
 
+    /// A namespace from an open `/proc/PID/ns/net` file.
+    pub fn from_file(file: File) -> NetNs {
+        NetNs { file }
+    }
+
     /// The network namespace of a running process (e.g. a container's PID 1).
     pub fn of_pid(pid: u32) -> io::Result<NetNs> {
         Ok(NetNs {

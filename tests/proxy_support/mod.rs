@@ -159,6 +159,8 @@ pub struct MockState {
     pub resumed: AtomicUsize,
     /// Decrypted bytes received, over all connections.
     pub plain_bytes_in: AtomicU64,
+    /// The decrypted bytes themselves, in arrival order (all connections).
+    pub raw_in: Mutex<Vec<u8>>,
     /// Connections that ended (the proxy closed them or the handler did).
     pub closed: AtomicUsize,
     pub requests: Mutex<Vec<MockRequest>>,
@@ -191,6 +193,11 @@ impl Mock {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// Everything the upstream received so far, decrypted.
+    pub fn raw_in(&self) -> Vec<u8> {
+        self.state.raw_in.lock().unwrap().clone()
+    }
+
     pub fn upstream_url(&self) -> String {
         format!("https://localhost:{}", self.port)
     }
@@ -199,12 +206,14 @@ impl Mock {
 struct Counting<'a, R> {
     inner: R,
     count: &'a AtomicU64,
+    raw: &'a Mutex<Vec<u8>>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.fetch_add(n as u64, Ordering::SeqCst);
+        self.raw.lock().unwrap().extend_from_slice(&buf[..n]);
         Ok(n)
     }
 }
@@ -237,6 +246,7 @@ fn serve(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>, st: &MockState, ha
     let mut reader = BufReader::new(Counting {
         inner: stream,
         count: &st.plain_bytes_in,
+        raw: &st.raw_in,
     });
     while let Ok(Some(req)) = read_request(&mut reader) {
         st.requests.lock().unwrap().push(req.clone());
