@@ -1,162 +1,31 @@
-//! Real container tests: the top-level Dockerfile, built with local base images, run by a real
-//! Docker engine with its default capabilities and seccomp profile and `--network none`.
+//! Real container tests: the top-level Dockerfile built the way the README says
+//! (`docker build -t claude-bottle .`, cargo inside the Rust stage, Claude Code fetched by the
+//! Dockerfile's own download step), run by a real Docker engine with its default capabilities
+//! and seccomp profile and `--network none`.
 //!
-//! Inputs (set by scripts/test): DOCKER_HOST (a private dockerd), BOTTLE_TEST_BASE_IMAGE (a
-//! debootstrapped bookworm, used for both the Rust and the runtime stage), BOTTLE_TEST_MUSL_BIN
-//! (the static bottle-init just built; the Dockerfile's BOTTLE_INIT_BIN takes it instead of
-//! running cargo, since the base image has no Rust), BOTTLE_TEST_CLAUDE_TARBALL (the npm
-//! tarball of the native Claude Code package; its integrity is checked by the Dockerfile
-//! against the pinned value). The build uses the legacy builder (dockerd 20.10, no buildx) and
-//! `--network host` only for the Debian mirror.
+//! Inputs (set by scripts/test): DOCKER_HOST (a private dockerd whose Docker Hub mirror is a
+//! local registry, BOTTLE_TEST_REGISTRY, serving stand-ins of `rust:1-bookworm` and
+//! `debian:bookworm-slim`, so the Dockerfile's default FROM lines resolve to them), DOCKER_CLI
+//! (Debian's 20.10 client, for BuildKit). The one difference from the README's command is
+//! `--network host` (the private dockerd has no bridge for RUN steps).
 
 mod e2e_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use e2e_support::docker::*;
 use e2e_support::mock::{Expect, Mock, MockConfig, MockIdentity};
 use e2e_support::*;
 
-const IMAGE: &str = "bottle-init:test";
+/// The tag the README's Quick start builds.
+const IMAGE: &str = "claude-bottle";
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the docker CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn env_path(var: &str, hint: &str) -> Result<PathBuf, String> {
-    let p = std::env::var_os(var)
-        .map(PathBuf::from)
-        .ok_or(format!("{var} is unset ({hint})"))?;
-    if !p.exists() {
-        return Err(format!("{var}={} does not exist ({hint})", p.display()));
-    }
-    Ok(p)
-}
-
-/// Builds the image once per test binary; every test gets the same result.
-fn build_image() -> Result<String, String> {
-    if !is_root() {
-        return Err("root is needed to talk to the private dockerd".into());
-    }
-    if std::env::var_os("DOCKER_HOST").is_none() {
-        return Err(
-            "DOCKER_HOST is unset: scripts/test starts a private dockerd and sets it".into(),
-        );
-    }
-    let info = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output();
-    match info {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return Err(format!(
-                "no Docker engine answers on DOCKER_HOST: {}",
-                text(&o)
-            ));
-        }
-        Err(e) => {
-            return Err(format!(
-                "the docker CLI cannot run ({e}): apt-get install docker.io"
-            ));
-        }
-    }
-    let base = std::env::var("BOTTLE_TEST_BASE_IMAGE").map_err(|_| {
-        "BOTTLE_TEST_BASE_IMAGE is unset (scripts/test imports a debootstrapped bookworm)"
-            .to_string()
-    })?;
-    let o = docker(&["image", "inspect", &base]);
-    if !o.status.success() {
-        return Err(format!("base image {base} is missing: {}", text(&o)));
-    }
-    let bin = env_path(
-        "BOTTLE_TEST_MUSL_BIN",
-        "cargo build --release --target x86_64-unknown-linux-musl",
-    )?;
-    let tgz = env_path(
-        "BOTTLE_TEST_CLAUDE_TARBALL",
-        ".ci/run packs it into .cache/claude-pack",
-    )?;
-
-    // The build context a user would send (sources), plus the two prebuilt inputs.
-    let ctx = tempfile::Builder::new()
-        .prefix("bottle-docker-ctx-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["Dockerfile", ".dockerignore", "Cargo.toml", "Cargo.lock"] {
-        std::fs::copy(root.join(f), ctx.path().join(f)).map_err(|e| format!("copy {f}: {e}"))?;
-    }
-    copy_dir(&root.join("src"), &ctx.path().join("src")).map_err(|e| format!("copy src: {e}"))?;
-    let pre = ctx.path().join("prebuilt");
-    std::fs::create_dir(&pre).map_err(|e| e.to_string())?;
-    std::fs::copy(&bin, pre.join("bottle-init")).map_err(|e| format!("copy bottle-init: {e}"))?;
-    if std::fs::hard_link(&tgz, pre.join("claude-code.tgz")).is_err() {
-        std::fs::copy(&tgz, pre.join("claude-code.tgz"))
-            .map_err(|e| format!("copy tarball: {e}"))?;
-    }
-    let t0 = Instant::now();
-    let ctx_str = ctx.path().to_str().unwrap();
-    let o = docker(&[
-        "build",
-        "--network",
-        "host",
-        "-t",
-        IMAGE,
-        "--build-arg",
-        &format!("RUST_IMAGE={base}"),
-        "--build-arg",
-        &format!("BASE_IMAGE={base}"),
-        "--build-arg",
-        "BOTTLE_INIT_BIN=prebuilt/bottle-init",
-        "--build-arg",
-        "CLAUDE_CODE_TARBALL=prebuilt/claude-code.tgz",
-        ctx_str,
-    ]);
-    if !o.status.success() {
-        return Err(format!("docker build failed: {}", text(&o)));
-    }
-    eprintln!("docker build of {IMAGE} took {:?}", t0.elapsed());
-    Ok(IMAGE.to_string())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let dst = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &dst)?;
-        } else {
-            std::fs::copy(e.path(), dst)?;
-        }
-    }
-    Ok(())
-}
-
-/// The image, or None when a prerequisite is missing and CI is unset (CI=true panics).
+/// The image, or None when a prerequisite is missing and CI is unset (CI=true panics). Built
+/// once per test binary.
 fn image() -> Option<&'static str> {
     static IMG: OnceLock<Result<String, String>> = OnceLock::new();
-    match IMG.get_or_init(build_image) {
+    match IMG.get_or_init(|| build_readme(None, IMAGE, &[])) {
         Ok(s) => Some(s.as_str()),
         Err(e) => {
             require(false, e);
@@ -165,80 +34,21 @@ fn image() -> Option<&'static str> {
     }
 }
 
-/// A detached container removed (`docker rm -f`) when dropped.
-struct Container(String);
-
-impl Container {
-    fn run(args: &[&str]) -> Container {
-        let name = format!("bottle-test-{}", &fake_secret("")[..12]);
-        let mut all = vec!["run", "-d", "--name", &name];
-        all.extend_from_slice(args);
-        let o = docker(&all);
-        assert!(o.status.success(), "docker run failed: {}", text(&o));
-        Container(name)
-    }
-    fn exec(&self, cmd: &[&str]) -> Output {
-        let mut all = vec!["exec", self.0.as_str()];
-        all.extend_from_slice(cmd);
-        docker(&all)
-    }
-    fn inspect(&self, fmt: &str) -> String {
-        stdout(&docker(&["inspect", "-f", fmt, &self.0]))
-    }
-    fn logs(&self) -> String {
-        text(&docker(&["logs", &self.0]))
-    }
-    /// Waits until a process named `name` runs in the container.
-    fn wait_for_process(&self, name: &str) {
-        let t0 = Instant::now();
-        loop {
-            let o = self.exec(&["ps", "-eo", "comm="]);
-            if o.status.success() && stdout(&o).lines().any(|l| l.trim() == name) {
-                return;
-            }
-            if self.inspect("{{.State.Running}}") == "false" {
-                panic!(
-                    "container {} exited ({}) before {name} ran; logs: {}",
-                    self.0,
-                    self.inspect("{{.State.ExitCode}}"),
-                    self.logs()
-                );
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "{name} never ran in {}: {}\nlogs: {}",
-                self.0,
-                text(&o),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+trait WaitShort {
+    fn wait_for(&self, name: &str);
 }
 
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
-}
-
-fn caps_zero(status: &str) {
-    for key in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(&format!("{key}:")))
-            .unwrap_or_else(|| panic!("no {key} in:\n{status}"));
-        assert!(
-            line.ends_with("0000000000000000"),
-            "{line} (want all capabilities gone)"
-        );
+impl WaitShort for Container {
+    fn wait_for(&self, name: &str) {
+        self.wait_for_process(name, Duration::from_secs(20));
     }
 }
 
 /// The image: bottle-init as entrypoint, claude as command, root as user, no tini, the pinned
-/// claude, a uid-1000 user with a home, and none of this machine's intercepting CAs inside.
+/// claude, a uid-1000 user with a home, linux/amd64, and `--version` naming the commit the
+/// build context holds.
 #[test]
-fn image_layout_and_no_build_time_ca() {
+fn image_layout_version_and_platform() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let cfg = stdout(&docker(&[
@@ -256,19 +66,10 @@ fn image_layout_and_no_build_time_ca() {
         matches!(cfg.rsplit(' ').next(), Some("root") | Some("")),
         "user: {cfg}"
     );
+    assert_eq!(platform_of(img), "linux/amd64");
     let script = "claude --version; getent passwd claude; ls -ld /home/claude /workspace; \
-                  command -v tini docker-init || echo no-tini; ls -A /usr/local/share/ca-certificates";
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        img,
-        "-c",
-        script,
-    ]);
+                  command -v tini docker-init || echo no-tini; /bottle-init --version";
+    let o = sh(img, script);
     let out = stdout(&o);
     assert!(o.status.success(), "{}", text(&o));
     let want = std::env::var("BOTTLE_TEST_CLAUDE_VERSION")
@@ -279,6 +80,49 @@ fn image_layout_and_no_build_time_ca() {
         "{out}"
     );
     assert!(out.contains("no-tini"), "{out}");
+    let head = git_head().expect("the build context is a git clone");
+    assert!(
+        out.contains(&format!(
+            "bottle-init {} ({head})",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "--version in the image should name {head}: {out}"
+    );
+}
+
+/// `git log -1 --format='%h %cs'` of the repository (the build context).
+fn git_head() -> Option<String> {
+    let o = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "log",
+            "-1",
+            "--format=%h %cs",
+        ])
+        .output()
+        .ok()?;
+    o.status.success().then(|| stdout(&o))
+}
+
+/// The machine's intercepting CA reaches the build only through the rust stand-in's trust
+/// store (as on a user's machine); the final image's trust store is exactly Debian's. The
+/// positive control runs the same search on the rust stand-in and must find the CA there.
+#[test]
+fn final_image_trust_store_is_debians_and_the_control_finds_the_ca() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    assert_debian_trust_store(img);
+    let cas = machine_ca_lines();
+    if !require(
+        !cas.is_empty(),
+        "no CA under /usr/local/share/ca-certificates: the positive control needs one",
+    ) {
+        return;
+    }
+    let rust = "rust:1-bookworm";
+    let o = docker(&["pull", "-q", rust]);
+    assert!(o.status.success(), "{}", text(&o));
     let bundle = stdout(&docker(&[
         "run",
         "--rm",
@@ -286,32 +130,68 @@ fn image_layout_and_no_build_time_ca() {
         "none",
         "--entrypoint",
         "cat",
-        img,
+        rust,
         "/etc/ssl/certs/ca-certificates.crt",
     ]));
-    assert!(
-        bundle.contains("BEGIN CERTIFICATE"),
-        "the image trusts the public roots"
-    );
-    let mut checked = 0;
-    for e in std::fs::read_dir("/usr/local/share/ca-certificates")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let pem = std::fs::read_to_string(e.path()).unwrap_or_default();
-        // A line from the middle of the certificate body identifies it.
-        let lines: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        if let Some(line) = lines.get(lines.len() / 2) {
-            assert!(
-                !bundle.contains(line),
-                "the build machine's CA {} is inside the image",
-                e.path().display()
-            );
-            checked += 1;
+    for (path, line) in &cas {
+        assert!(
+            bundle.contains(line.as_str()),
+            "control: the rust stand-in should trust {} (else the search proves nothing)",
+            path.display()
+        );
+    }
+}
+
+/// A README edit reruns no step: the second build of the same context with only README.md
+/// changed takes every layer from the cache (no cargo build, no Claude Code download).
+#[test]
+fn readme_edit_rebuilds_nothing() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    let readme = repo().join("README.md");
+    let original = std::fs::read(&readme).unwrap();
+    struct Restore(std::path::PathBuf, Vec<u8>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            std::fs::write(&self.0, &self.1).expect("restore README.md");
         }
     }
-    eprintln!("checked {checked} local CA(s) are absent from the image");
+    let _restore = Restore(readme.clone(), original.clone());
+    let mut edited = original.clone();
+    edited.extend_from_slice(b"\n<!-- an edit by tests/docker.rs -->\n");
+    std::fs::write(&readme, edited).unwrap();
+    let before = stdout(&docker(&["image", "inspect", "-f", "{{.Id}}", img]));
+    let t0 = Instant::now();
+    let o = command()
+        .args([
+            "build",
+            "--network",
+            "host",
+            "--progress",
+            "plain",
+            "-t",
+            img,
+            ".",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    let log = String::from_utf8_lossy(&o.stderr);
+    for step in ["cargo build", "curl -fsSL", "apt-get install"] {
+        let ran = log
+            .lines()
+            .filter(|l| l.contains(step) && l.starts_with('#') && !l.contains("CACHED"))
+            .any(|l| {
+                let id = l.split_whitespace().next().unwrap_or("");
+                !log.lines().any(|m| m.starts_with(&format!("{id} CACHED")))
+            });
+        assert!(!ran, "a README edit reran a `{step}` step:\n{log}");
+    }
+    let after = stdout(&docker(&["image", "inspect", "-f", "{{.Id}}", img]));
+    assert_eq!(before, after, "a README edit changed the image");
+    eprintln!("rebuild after a README edit took {took:?}");
 }
 
 /// `docker run` with default caps and seccomp: bottle-init is PID 1; the command runs as uid
@@ -368,7 +248,7 @@ fn docker_exec_sees_the_token_but_bottle_init_exec_does_not() {
     let token = fake_secret("sk-ant-oat01-exec-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
-    c.wait_for_process("sleep");
+    c.wait_for("sleep");
     let plain = c.exec(&["printenv", "CLAUDE_CODE_OAUTH_TOKEN"]);
     assert_eq!(
         stdout(&plain),
@@ -418,7 +298,7 @@ fn docker_stop_delivers_sigterm_and_exits_with_the_childs_status() {
         let mut args = vec!["--network", "none", "-e", &env, img];
         args.extend_from_slice(&cmd);
         let c = Container::run(&args);
-        c.wait_for_process(cmd[0]);
+        c.wait_for(cmd[0]);
         let t0 = Instant::now();
         let o = docker(&["stop", "-t", "10", &c.0]);
         let took = t0.elapsed();
@@ -484,7 +364,7 @@ fn docker_run_init_stacking_still_works() {
         "sleep",
         "300",
     ]);
-    c.wait_for_process("sleep");
+    c.wait_for("sleep");
     let t0 = Instant::now();
     assert!(docker(&["stop", "-t", "10", &c.0]).status.success());
     let took = t0.elapsed();
@@ -511,38 +391,8 @@ fn real_claude_in_the_container_against_the_mock() {
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-incontainer-");
     let reply = "container reply from the mock";
-    const PORT: u16 = 8443;
-    let identity = MockIdentity::generate().expect("mock certificate");
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("mock-ca.pem");
-    std::fs::write(&ca, &identity.ca_pem).unwrap();
-    let mount = format!("{}:/etc/bottle-test/mock-ca.pem:ro", ca.display());
-    let envs = [
-        format!("CLAUDE_CODE_OAUTH_TOKEN={token}"),
-        format!("BOTTLE_UPSTREAM=https://localhost:{PORT}"),
-        "BOTTLE_UPSTREAM_CA=/etc/bottle-test/mock-ca.pem".to_string(),
-    ];
-    let mut args: Vec<&str> = vec!["--network", "none", "-v", &mount];
-    for e in &envs {
-        args.extend_from_slice(&["-e", e]);
-    }
-    let mut first = args.clone();
-    first.extend_from_slice(&[img, "sleep", "300"]);
-    let c = Container::run(&first);
-    c.wait_for_process("sleep");
-    let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
-    let ns = NetNs::of_pid(pid).expect("the container's network namespace");
-    let listeners = ns
-        .listen_localhost(PORT)
-        .expect("listen inside the container's namespace");
-    let mock = Mock::start_with(
-        listeners,
-        MockConfig::new(Expect::Bearer(token.clone()), reply),
-        Some(identity),
-    )
-    .expect("start the mock");
-
-    let o = c.exec(&[
+    let m = Mocked::start(img, &token, reply, &[]);
+    let o = m.c.exec(&[
         "/bottle-init",
         "exec",
         "--",
@@ -551,35 +401,19 @@ fn real_claude_in_the_container_against_the_mock() {
         "exec prompt in container",
     ]);
     let all = text(&o);
-    assert!(o.status.success(), "{all}\nlogs: {}", c.logs());
+    assert!(o.status.success(), "{all}\nlogs: {}", m.c.logs());
     assert!(stdout(&o).contains(reply), "{all}");
     assert_absent(&all, &token, "exec'd claude's output");
 
-    // claude as the main command of a container that shares the namespace the mock is in.
-    let net = format!("container:{}", c.0);
-    let mut second: Vec<&str> = vec!["--rm", "--network", &net, "-v", &mount];
-    for e in &envs {
-        second.extend_from_slice(&["-e", e]);
-    }
-    second.extend_from_slice(&[img, "claude", "-p", "main prompt in container"]);
-    let mut run = vec!["run"];
-    run.extend_from_slice(&second);
-    let o = docker(&run);
+    let o = m.run_sharing(img, &[], &["claude", "-p", "main prompt in container"]);
     let all = text(&o);
     assert!(o.status.success(), "{all}");
     assert!(stdout(&o).contains(reply), "{all}");
     assert_absent(&all, &token, "claude's output as the container command");
-
     for prompt in ["exec prompt in container", "main prompt in container"] {
-        let req = mock
-            .messages()
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains(prompt))
-            .unwrap_or_else(|| panic!("{prompt:?} never reached the mock: {:?}", mock.requests()));
-        assert_eq!(req.header_all("authorization"), [format!("Bearer {token}")]);
-        let beta = req.header_all("anthropic-beta").join(",");
-        assert!(beta.contains("oauth-2025-04-20"), "{beta}");
+        m.assert_prompt_arrived(prompt, &token);
     }
+    assert_absent(&m.c.logs(), &token, "docker logs");
 }
 
 /// BOTTLE_EGRESS in a real container (issue 5): `api-only` under Docker's default capabilities
@@ -636,7 +470,7 @@ fn egress_modes_in_the_container() {
         }
         args.extend_from_slice(&[img, "sleep", "300"]);
         let c = Container::run(&args);
-        c.wait_for_process("sleep");
+        c.wait_for("sleep");
         let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
         let ns = NetNs::of_pid(pid).expect("the container's network namespace");
         let listeners = ns.listen_localhost(PORT).expect("listen in the container");

@@ -68,39 +68,4 @@ docker_stop() {
     log "dockerd $DOCKERD_PID ignored SIGTERM for 15 s; sending SIGKILL"
     kill -KILL "$DOCKERD_PID" 2>/dev/null || true
     DOCKERD_PID=""
-# Debian's 20.10 client: it drives the daemon's built-in BuildKit (DOCKER_BUILDKIT=1). A newer
-# client elsewhere on PATH (e.g. /usr/local/bin) may lack the buildx plugin it then needs.
-DOCKER_CLI="$(command -v /usr/bin/docker || command -v docker || echo docker)"
-export DOCKER_CLI DOCKER_BUILDKIT=1
-docker() { "$DOCKER_CLI" "$@"; }
-# shellcheck source=standins.sh
-. "$(dirname "${BASH_SOURCE[0]}")/standins.sh"
-}
-
-# local/bookworm: debootstrap minbase, cached as $CACHE/bookworm-rootfs.tar.zst.
-BASE_IMAGE_TAG="${BOTTLE_TEST_BASE_IMAGE:-local/bookworm}"
-base_image() {
-    if docker image inspect "$BASE_IMAGE_TAG" >/dev/null 2>&1; then
-        log "base image $BASE_IMAGE_TAG present"
-        return 0
-    fi
-    local tarball="$CACHE/bookworm-rootfs.tar.zst"
-    if [ ! -s "$tarball" ]; then
-        command -v debootstrap >/dev/null || { log "debootstrap is missing (apt-get install debootstrap)"; return 1; }
-        local rootfs; rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
-        log "debootstrap --variant=minbase bookworm into $rootfs"
-        debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 \
-            || { tail -n 30 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; return 1; }
-        cat >"$rootfs/etc/apt/sources.list" <<'SOURCES'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-SOURCES
-        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
-        tar --numeric-owner -C "$rootfs" -c . | zstd -q -T0 -o "$tarball.tmp"
-        mv "$tarball.tmp" "$tarball"
-        rm -rf "$rootfs"
-    fi
-    log "importing $tarball as $BASE_IMAGE_TAG"
-    zstd -dc "$tarball" | docker import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE_TAG" >/dev/null
 }

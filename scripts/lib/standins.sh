@@ -105,11 +105,6 @@ standin_debian_rootfs() {
     local arch="$1"
     local out="$CACHE/standin-debian-$arch.tar.zst"
     [ -s "$out" ] && return 0
-    # The amd64 one is the base image scripts/test already made.
-    if [ "$arch" = amd64 ] && [ -s "$CACHE/bookworm-rootfs.tar.zst" ]; then
-        ln -f "$CACHE/bookworm-rootfs.tar.zst" "$out" 2>/dev/null || cp "$CACHE/bookworm-rootfs.tar.zst" "$out"
-        return
-    fi
     local dir; dir="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
     standin_debootstrap "$arch" "$dir" && standin_pack "$dir" "$out"
     local rc=$?
