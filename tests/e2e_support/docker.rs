@@ -358,3 +358,103 @@ pub fn assert_debian_trust_store(image: &str) {
         cas.len()
     );
 }
+
+/// What an ELF file is: its machine (62 x86-64, 183 AArch64) and whether it is static (no
+/// PT_INTERP program header, i.e. no dynamic loader).
+pub fn elf_info(bytes: &[u8]) -> Result<(u16, bool), String> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    let machine = u16_at(18);
+    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56));
+    let mut interp = false;
+    for i in 0..phnum as usize {
+        let o = phoff + i * phentsize;
+        if o + 4 > bytes.len() {
+            return Err("truncated program headers".into());
+        }
+        interp |= u32_at(o) == 3; // PT_INTERP
+    }
+    Ok((machine, !interp))
+}
+
+pub const EM_X86_64: u16 = 62;
+pub const EM_AARCH64: u16 = 183;
+
+/// A file's bytes out of an image (`docker create` + `docker cp`).
+pub fn file_from_image(image: &str, path: &str) -> Vec<u8> {
+    let o = docker(&["create", image, "/none"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let id = stdout(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("out");
+    let o = docker(&["cp", &format!("{id}:{path}"), dst.to_str().unwrap()]);
+    let _ = docker(&["rm", "-f", &id]);
+    assert!(o.status.success(), "docker cp {path}: {}", text(&o));
+    std::fs::read(&dst).unwrap()
+}
+
+/// The aarch64 binfmt_misc handler (qemu-user-static with flag F) is on, so arm64 images run.
+pub fn arm64_emulation() -> Result<(), String> {
+    let s = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").map_err(|e| {
+        format!(
+            "no binfmt_misc handler for aarch64 ({e}): apt-get install qemu-user-static \
+             binfmt-support (scripts/test-aarch64 mounts binfmt_misc)"
+        )
+    })?;
+    if !s.starts_with("enabled")
+        || !s
+            .lines()
+            .any(|l| l.starts_with("flags:") && l.contains('F'))
+    {
+        return Err(format!(
+            "the qemu-aarch64 handler is not enabled with flag F: {s}"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with a new pseudo-terminal as its stdin, stdout and stderr (so `docker exec -it`
+/// gets the terminal it insists on) and returns its exit code and everything it wrote.
+pub fn run_on_pty(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    let mut child = cmd.spawn().expect("spawn on the pty");
+    // The parent's copies of the slave are gone (moved into Command, dropped with it below),
+    // so the master reads EIO once the child's side closes.
+    drop(std::mem::replace(cmd, Command::new("true")));
+    let mut master = std::fs::File::from(pty.master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.send(all);
+    });
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
