@@ -119,6 +119,16 @@ ENTRYPOINT ["/bottle-init"]
 CMD ["claude"]
 "#;
 
+/// The README shows the same migration lines the test builds.
+#[test]
+fn readme_shows_the_tested_migration() {
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(&format!("```dockerfile\n{MIGRATION}```")),
+        "README.md's migration example differs from the one tests/docker_dropin.rs builds"
+    );
+}
+
 fn devcontainer() -> Result<String, String> {
     engine()?;
     let version = std::env::var("BOTTLE_TEST_CLAUDE_VERSION")

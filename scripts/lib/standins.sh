@@ -18,7 +18,12 @@ REGISTRY_PIDFILE="$DOCKER_RUN/registry.pid"
 REGISTRY_PORT="${BOTTLE_REGISTRY_PORT:-$((41000 + 0x${DOCKER_ID:0:4} % 1000))}"
 REGISTRY="127.0.0.1:$REGISTRY_PORT"
 REGISTRY_PID=""
-STANDIN_ARCHS="${BOTTLE_STANDIN_ARCHS:-amd64 arm64}"
+# debian:bookworm-slim for both (the final stage runs on the target platform); rust:1-bookworm
+# only for amd64 by default, since the Rust stage runs on the build platform. An arm64 rust
+# stand-in (about 20 min under qemu here) is only needed to try a native arm64 build
+# (--build-arg RUST_PLATFORM=linux/arm64): BOTTLE_STANDIN_RUST_ARCHS="amd64 arm64".
+STANDIN_DEBIAN_ARCHS="${BOTTLE_STANDIN_DEBIAN_ARCHS:-amd64 arm64}"
+STANDIN_RUST_ARCHS="${BOTTLE_STANDIN_RUST_ARCHS:-amd64}"
 # The public tags the stand-ins answer for (Docker Hub's library/ namespace).
 STANDIN_RUST=library/rust:1-bookworm
 STANDIN_DEBIAN=library/debian:bookworm-slim
@@ -68,12 +73,12 @@ registry_stop() {
     REGISTRY_PID=""
 }
 
-# True when the registry already holds NAME:TAG as a manifest list with every stand-in arch.
+# manifest_complete NAME:TAG ARCHS: the registry holds NAME:TAG as a manifest list with each.
 manifest_complete() {
-    local name="${1%%:*}" tag="${1#*:}" list a
+    local name="${1%%:*}" tag="${1#*:}" archs="$2" list a
     list="$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.list.v2+json' \
         "http://$REGISTRY/v2/$name/manifests/$tag" 2>/dev/null)" || return 1
-    for a in $STANDIN_ARCHS; do
+    for a in $archs; do
         printf '%s' "$list" | grep -q "\"architecture\": *\"$a\"" || return 1
     done
 }
@@ -150,14 +155,14 @@ standin_rust_rootfs() {
     return $rc
 }
 
-# push_standin NAME:TAG KIND CHANGES...: imports each arch's root file system, pushes it as
-# NAME:TAG-ARCH and publishes NAME:TAG as a manifest list of them.
+# push_standin NAME:TAG KIND ARCHS CHANGES...: imports each arch's root file system, pushes
+# it as NAME:TAG-ARCH and publishes NAME:TAG as a manifest list of them.
 push_standin() {
-    local ref="$1" kind="$2"; shift 2
-    if manifest_complete "$ref"; then log "registry has $ref ($STANDIN_ARCHS)"; return 0; fi
+    local ref="$1" kind="$2" archs="$3"; shift 3
+    if manifest_complete "$ref" "$archs"; then log "registry has $ref ($archs)"; return 0; fi
     local a changes=() amends=()
     for c in "$@"; do changes+=(--change "$c"); done
-    for a in $STANDIN_ARCHS; do
+    for a in $archs; do
         "standin_${kind}_rootfs" "$a" || return 1
         local img="$REGISTRY/$ref-$a" tarball="$CACHE/standin-$kind-$a.tar.zst"
         [ -s "$tarball" ] || { log "$tarball is missing"; return 1; }
@@ -168,19 +173,19 @@ push_standin() {
     done
     docker manifest rm "$REGISTRY/$ref" >/dev/null 2>&1 || true
     docker manifest create --insecure "$REGISTRY/$ref" "${amends[@]}" >/dev/null || return 1
-    for a in $STANDIN_ARCHS; do
+    for a in $archs; do
         docker manifest annotate --os linux --arch "$a" "$REGISTRY/$ref" "$REGISTRY/$ref-$a" || return 1
     done
     docker manifest push --insecure --purge "$REGISTRY/$ref" >/dev/null || return 1
-    manifest_complete "$ref" || { log "$ref: the pushed manifest list lacks an arch"; return 1; }
-    log "registry serves $ref for $STANDIN_ARCHS"
+    manifest_complete "$ref" "$archs" || { log "$ref: the pushed manifest list lacks an arch"; return 1; }
+    log "registry serves $ref for $archs"
 }
 
-# Both stand-ins, each for every arch in STANDIN_ARCHS.
+# Both stand-ins.
 standin_images() {
     registry_up || { log "the registry is not running"; return 1; }
-    push_standin "$STANDIN_DEBIAN" debian 'CMD ["bash"]' || return 1
-    push_standin "$STANDIN_RUST" rust \
+    push_standin "$STANDIN_DEBIAN" debian "$STANDIN_DEBIAN_ARCHS" 'CMD ["bash"]' || return 1
+    push_standin "$STANDIN_RUST" rust "$STANDIN_RUST_ARCHS" \
         'ENV RUSTUP_HOME=/usr/local/rustup' 'ENV CARGO_HOME=/usr/local/cargo' \
         'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         'CMD ["bash"]' || return 1
