@@ -142,56 +142,75 @@ fn final_image_trust_store_is_debians_and_the_control_finds_the_ca() {
     }
 }
 
-/// A README edit reruns no step: the second build of the same context with only README.md
-/// changed takes every layer from the cache (no cargo build, no Claude Code download).
+/// Steps of a `--progress plain` BuildKit log that ran (not taken from the cache) and whose
+/// command contains `needle`.
+fn ran_steps(log: &str, needle: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.starts_with('#') && l.contains(" [") && l.contains(needle))
+        .filter(|l| {
+            let id = l.split_whitespace().next().unwrap_or("");
+            !log.lines().any(|m| m == format!("{id} CACHED"))
+        })
+        .map(|l| l.chars().take(100).collect())
+        .collect()
+}
+
+/// Builds the image again from the repository with `file` temporarily changed by `edit`, and
+/// returns the plain progress log.
+fn rebuild_with_edit(img: &str, file: &str, edit: impl Fn(&mut Vec<u8>)) -> String {
+    let path = repo().join(file);
+    let original = std::fs::read(&path).unwrap();
+    struct Restore(std::path::PathBuf, Vec<u8>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            std::fs::write(&self.0, &self.1).expect("restore the edited file");
+        }
+    }
+    let _restore = Restore(path.clone(), original.clone());
+    let mut edited = original;
+    edit(&mut edited);
+    std::fs::write(&path, edited).unwrap();
+    let t0 = Instant::now();
+    let o = command()
+        .args(["build", "--network", "host", "--progress", "plain", "-t", img, "."])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    eprintln!("rebuild after editing {file} took {:?}", t0.elapsed());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A README edit reruns no step: every layer comes from the cache (no cargo build, no Claude
+/// Code download, no apt) and the image is the same. Control: a comment added to
+/// scripts/claude-code.env must rerun the download step (and still not the cargo build), so
+/// the log check sees a step that runs.
 #[test]
 fn readme_edit_rebuilds_nothing() {
     let _g = heavy();
     let Some(img) = image() else { return };
-    let readme = repo().join("README.md");
-    let original = std::fs::read(&readme).unwrap();
-    struct Restore(std::path::PathBuf, Vec<u8>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            std::fs::write(&self.0, &self.1).expect("restore README.md");
-        }
+    let id = || stdout(&docker(&["image", "inspect", "-f", "{{.Id}}", img]));
+    let before = id();
+    let log = rebuild_with_edit(img, "README.md", |b| {
+        b.extend_from_slice(b"\n<!-- an edit by tests/docker.rs -->\n")
+    });
+    for step in ["cargo build", "curl -fsSL", "apt-get install", "claude --version"] {
+        let ran = ran_steps(&log, step);
+        assert!(ran.is_empty(), "a README edit reran {ran:?}:\n{log}");
     }
-    let _restore = Restore(readme.clone(), original.clone());
-    let mut edited = original.clone();
-    edited.extend_from_slice(b"\n<!-- an edit by tests/docker.rs -->\n");
-    std::fs::write(&readme, edited).unwrap();
-    let before = stdout(&docker(&["image", "inspect", "-f", "{{.Id}}", img]));
-    let t0 = Instant::now();
-    let o = command()
-        .args([
-            "build",
-            "--network",
-            "host",
-            "--progress",
-            "plain",
-            "-t",
-            img,
-            ".",
-        ])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    let took = t0.elapsed();
-    assert!(o.status.success(), "{}", text(&o));
-    let log = String::from_utf8_lossy(&o.stderr);
-    for step in ["cargo build", "curl -fsSL", "apt-get install"] {
-        let ran = log
-            .lines()
-            .filter(|l| l.contains(step) && l.starts_with('#') && !l.contains("CACHED"))
-            .any(|l| {
-                let id = l.split_whitespace().next().unwrap_or("");
-                !log.lines().any(|m| m.starts_with(&format!("{id} CACHED")))
-            });
-        assert!(!ran, "a README edit reran a `{step}` step:\n{log}");
-    }
-    let after = stdout(&docker(&["image", "inspect", "-f", "{{.Id}}", img]));
-    assert_eq!(before, after, "a README edit changed the image");
-    eprintln!("rebuild after a README edit took {took:?}");
+    assert_eq!(before, id(), "a README edit changed the image");
+
+    let log = rebuild_with_edit(img, "scripts/claude-code.env", |b| {
+        b.extend_from_slice(b"# an edit by tests/docker.rs\n")
+    });
+    assert!(
+        !ran_steps(&log, "curl -fsSL").is_empty(),
+        "control: editing the pin file should rerun the download:\n{log}"
+    );
+    assert!(ran_steps(&log, "cargo build").is_empty(), "{log}");
+    // Back to the committed files: the cache gives the first image again.
+    let _ = rebuild_with_edit(img, "README.md", |_| {});
+    assert_eq!(before, id(), "the rebuild from the unchanged context differs");
 }
 
 /// `docker run` with default caps and seccomp: bottle-init is PID 1; the command runs as uid
