@@ -172,7 +172,16 @@ fn rebuild_with_edit(img: &str, file: &str, edit: impl Fn(&mut Vec<u8>)) -> Stri
     std::fs::write(&path, edited).unwrap();
     let t0 = Instant::now();
     let o = command()
-        .args(["build", "--network", "host", "--progress", "plain", "-t", img, "."])
+        .args([
+            "build",
+            "--network",
+            "host",
+            "--progress",
+            "plain",
+            "-t",
+            img,
+            ".",
+        ])
         .current_dir(repo())
         .output()
         .unwrap();
@@ -194,7 +203,12 @@ fn readme_edit_rebuilds_nothing() {
     let log = rebuild_with_edit(img, "README.md", |b| {
         b.extend_from_slice(b"\n<!-- an edit by tests/docker.rs -->\n")
     });
-    for step in ["cargo build", "curl -fsSL", "apt-get install", "claude --version"] {
+    for step in [
+        "cargo build",
+        "curl -fsSL",
+        "apt-get install",
+        "claude --version",
+    ] {
         let ran = ran_steps(&log, step);
         assert!(ran.is_empty(), "a README edit reran {ran:?}:\n{log}");
     }
@@ -210,7 +224,11 @@ fn readme_edit_rebuilds_nothing() {
     assert!(ran_steps(&log, "cargo build").is_empty(), "{log}");
     // Back to the committed files: the cache gives the first image again.
     let _ = rebuild_with_edit(img, "README.md", |_| {});
-    assert_eq!(before, id(), "the rebuild from the unchanged context differs");
+    assert_eq!(
+        before,
+        id(),
+        "the rebuild from the unchanged context differs"
+    );
 }
 
 /// `docker run` with default caps and seccomp: bottle-init is PID 1; the command runs as uid
