@@ -52,7 +52,7 @@ fn release_script_builds_both_static_binaries_with_checksums() {
     names.sort();
     let x86 = format!("bottle-init-{v}-x86_64-linux-musl");
     let arm = format!("bottle-init-{v}-aarch64-linux-musl");
-    assert_eq!(names, [arm.clone(), "SHA256SUMS".into(), x86.clone()]);
+    assert_eq!(names, ["SHA256SUMS".to_string(), arm.clone(), x86.clone()]);
     let o = Command::new("sha256sum")
         .args(["-c", "SHA256SUMS"])
         .current_dir(dist.path())
