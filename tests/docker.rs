@@ -555,3 +555,168 @@ fn egress_modes_in_the_container() {
         assert!(logs.contains(want), "{mode}: {logs}");
     }
 }
+
+/// The Quick start's run command, as a user types it on a terminal:
+/// `docker run -it --rm -e CLAUDE_CODE_OAUTH_TOKEN -v "$PWD:/workspace" claude-bottle`, the
+/// token taken from the shell's environment (never on the command line). Interactive claude
+/// starts in /workspace without login or onboarding screens, asks once whether to trust the
+/// folder, and answers a typed prompt through the proxy. Added for the test only: `--name`
+/// (to remove it), the mock's network namespace and upstream (`--network container:...`,
+/// BOTTLE_UPSTREAM, BOTTLE_UPSTREAM_CA), and tmux as the terminal.
+#[test]
+fn quick_start_run_command_interactive_claude_on_a_terminal() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-quickstart-");
+    let reply = "quick start reply from the mock";
+    let m = Mocked::start(img, &token, reply, &[]);
+    let work = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(work.path(), Some(1000), Some(1000)).unwrap();
+    std::fs::write(work.path().join("hello.txt"), "hi\n").unwrap();
+    let name = format!("bottle-quickstart-{}", &fake_secret("")[..8]);
+    let upstream = &m.args[4..]; // -e BOTTLE_UPSTREAM=... -e BOTTLE_UPSTREAM_CA=... (not the token)
+    let script = format!(
+        "{cli} run -it --rm -e CLAUDE_CODE_OAUTH_TOKEN -v \"$PWD:/workspace\" claude-bottle",
+        cli = cli()
+    )
+    .replace(
+        " claude-bottle",
+        &format!(
+            " --name {name} --network container:{c} -v {ca} {up} {img}",
+            c = m.c.0,
+            ca = m.args[1],
+            up = upstream.join(" "),
+        ),
+    );
+    // tmux's socket and config in a root-owned directory (the workspace belongs to uid 1000).
+    let tmuxdir = tempfile::tempdir().unwrap();
+    let sock = tmuxdir.path().join("tmux.sock");
+    // Keep a dead pane on screen, so a failure shows docker's or claude's last words.
+    let conf = tmuxdir.path().join("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("tmux")
+    };
+    struct Cleanup(std::path::PathBuf, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "-f", &self.1]);
+            let _ = std::process::Command::new("tmux")
+                .arg("-S")
+                .arg(&self.0)
+                .arg("kill-server")
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(sock.clone(), name.clone());
+    let st = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(&sock)
+        .arg("-f")
+        .arg(&conf)
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            "qs",
+            "-x",
+            "160",
+            "-y",
+            "45",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token)
+        .env("TERM", "xterm-256color")
+        .current_dir(work.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "tmux new-session");
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "qs"]).stdout).into_owned();
+    let wait = |what: &str, ok: &dyn Fn(&str) -> bool| -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = screen();
+            for f in [
+                "Select login method",
+                "Choose the text style",
+                "Unable to connect",
+            ] {
+                assert!(!s.contains(f), "the Quick start showed {f:?}:\n{s}");
+            }
+            assert_absent(&s, &token, "the terminal");
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "waiting for {what}; screen:\n{s}\nmock saw: {:?}",
+                m.mock
+                    .requests()
+                    .iter()
+                    .map(|r| r.path().to_string())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // The per-folder trust dialog (asked once per folder, by design), then the input box.
+    let dialog = |s: &str| s.contains("Accessing workspace") || s.contains("trust this folder");
+    let s = wait("the trust dialog", &|s| {
+        dialog(s) || s.lines().any(|l| l.starts_with('❯'))
+    });
+    if dialog(&s) {
+        assert!(
+            s.contains("/workspace"),
+            "the trust dialog names /workspace:\n{s}"
+        );
+        // Answer like a user once its key handler is up; repeat if the first key came early.
+        let t0 = Instant::now();
+        // 2.1.332 preselects "No, exit": move to "Yes, I trust this folder" first.
+        while dialog(&screen()) {
+            let now = screen();
+            assert!(
+                !now.contains("didn't start"),
+                "claude exited at the dialog:\n{now}"
+            );
+            if now.lines().any(|l| l.contains('❯') && l.contains("No")) {
+                tmux(&["send-keys", "-t", "qs", "Down"]);
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the trust dialog stays:\n{}",
+                screen()
+            );
+            std::thread::sleep(Duration::from_millis(1500));
+            tmux(&["send-keys", "-t", "qs", "Enter"]);
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+    wait("the input box", &|s| {
+        !dialog(s) && s.lines().any(|l| l.starts_with('❯')) // 2.1.332: no "? for shortcuts" hint
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "-t", "qs", "-l", "quick start prompt"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&["send-keys", "-t", "qs", "Enter"]);
+    wait("the reply", &|s| s.contains(reply));
+    m.assert_prompt_arrived("quick start prompt", &token);
+    let o = docker(&["logs", &name]);
+    assert_absent(
+        &text(&o),
+        &token,
+        "docker logs of the Quick start container",
+    );
+}
