@@ -159,15 +159,19 @@ fn ran_steps(log: &str, needle: &str) -> Vec<String> {
 /// returns the plain progress log.
 fn rebuild_with_edit(img: &str, file: &str, edit: impl Fn(&mut Vec<u8>)) -> String {
     let path = repo().join(file);
-    let original = std::fs::read(&path).unwrap();
-    struct Restore(std::path::PathBuf, Vec<u8>);
+    // A file that did not exist is removed again afterwards.
+    let original = std::fs::read(&path).ok();
+    struct Restore(std::path::PathBuf, Option<Vec<u8>>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            std::fs::write(&self.0, &self.1).expect("restore the edited file");
+            match &self.1 {
+                Some(b) => std::fs::write(&self.0, b).expect("restore the edited file"),
+                None => std::fs::remove_file(&self.0).expect("remove the added file"),
+            }
         }
     }
     let _restore = Restore(path.clone(), original.clone());
-    let mut edited = original;
+    let mut edited = original.unwrap_or_default();
     edit(&mut edited);
     std::fs::write(&path, edited).unwrap();
     let t0 = Instant::now();
@@ -191,9 +195,9 @@ fn rebuild_with_edit(img: &str, file: &str, edit: impl Fn(&mut Vec<u8>)) -> Stri
 }
 
 /// A README edit reruns no step: every layer comes from the cache (no cargo build, no Claude
-/// Code download, no apt) and the image is the same. Control: a comment added to
-/// scripts/claude-code.env must rerun the download step (and still not the cargo build), so
-/// the log check sees a step that runs.
+/// Code download, no apt) and the image is the same. Control: a new file under .git (as a
+/// fetch or commit makes) must rerun the commit stage's `git log` (so the log check sees a
+/// step that runs), and, its one-line result unchanged, still not the cargo build.
 #[test]
 fn readme_edit_rebuilds_nothing() {
     let _g = heavy();
@@ -214,14 +218,14 @@ fn readme_edit_rebuilds_nothing() {
     }
     assert_eq!(before, id(), "a README edit changed the image");
 
-    let log = rebuild_with_edit(img, "scripts/claude-code.env", |b| {
-        b.extend_from_slice(b"# an edit by tests/docker.rs\n")
-    });
+    let marker = format!(".git/bottle-test-{}", &fake_secret("")[..12]);
+    let log = rebuild_with_edit(img, &marker, |b| b.extend_from_slice(b"x\n"));
     assert!(
-        !ran_steps(&log, "curl -fsSL").is_empty(),
-        "control: editing the pin file should rerun the download:\n{log}"
+        !ran_steps(&log, "git -C /src log").is_empty(),
+        "control: a change under .git should rerun the commit stage:\n{log}"
     );
-    assert!(ran_steps(&log, "cargo build").is_empty(), "{log}");
+    let ran = ran_steps(&log, "cargo build");
+    assert!(ran.is_empty(), "the same commit reran {ran:?}:\n{log}");
     // Back to the committed files: the cache gives the first image again.
     let _ = rebuild_with_edit(img, "README.md", |_| {});
     assert_eq!(
