@@ -90,21 +90,6 @@ fn image_layout_version_and_platform() {
     );
 }
 
-/// `git log -1 --format='%h %cs'` of the repository (the build context).
-fn git_head() -> Option<String> {
-    let o = std::process::Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "log",
-            "-1",
-            "--format=%h %cs",
-        ])
-        .output()
-        .ok()?;
-    o.status.success().then(|| stdout(&o))
-}
-
 /// The machine's intercepting CA reaches the build only through the rust stand-in's trust
 /// store (as on a user's machine); the final image's trust store is exactly Debian's. The
 /// positive control runs the same search on the rust stand-in and must find the CA there.
@@ -123,16 +108,7 @@ fn final_image_trust_store_is_debians_and_the_control_finds_the_ca() {
     let rust = "rust:1-bookworm";
     let o = docker(&["pull", "-q", rust]);
     assert!(o.status.success(), "{}", text(&o));
-    let bundle = stdout(&docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "cat",
-        rust,
-        "/etc/ssl/certs/ca-certificates.crt",
-    ]));
+    let bundle = trust_bundle(rust);
     for (path, line) in &cas {
         assert!(
             bundle.contains(line.as_str()),

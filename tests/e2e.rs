@@ -1061,6 +1061,11 @@ fn interactive_session(
                 // Let the dialog finish mounting its key handler before answering it.
                 std::thread::sleep(Duration::from_millis(1000));
                 seen.push(format!("[trust dialog, answered with Enter]\n{s}"));
+                // Claude Code 2.1.332 preselects "No, exit": move to "Yes" first.
+                if s.lines().any(|l| l.contains('❯') && l.contains("No, exit")) {
+                    tmux(&["send-keys", "-t", "e2e", "Down"]);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
                 tmux(&["send-keys", "-t", "e2e", "Enter"]);
                 let t1 = Instant::now();
                 while screen().contains("Yes, I trust this folder")

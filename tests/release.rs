@@ -14,21 +14,6 @@ use std::process::Command;
 use e2e_support::docker::*;
 use e2e_support::*;
 
-fn git_head() -> String {
-    let o = Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "log",
-            "-1",
-            "--format=%h %cs",
-        ])
-        .output()
-        .expect("git");
-    assert!(o.status.success(), "{}", text(&o));
-    stdout(&o)
-}
-
 #[test]
 fn release_script_builds_both_static_binaries_with_checksums() {
     let _g = heavy();
@@ -61,7 +46,7 @@ fn release_script_builds_both_static_binaries_with_checksums() {
     assert!(o.status.success(), "sha256sum -c: {}", text(&o));
     let sums = std::fs::read_to_string(dist.path().join("SHA256SUMS")).unwrap();
     assert_eq!(sums.lines().count(), 2, "{sums}");
-    let want = format!("bottle-init {v} ({})", git_head());
+    let want = format!("bottle-init {v} ({})", git_head().expect("a git clone"));
     for (name, machine, runner) in [
         (&x86, EM_X86_64, None),
         (&arm, EM_AARCH64, Some("qemu-aarch64-static")),

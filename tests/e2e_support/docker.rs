@@ -309,6 +309,36 @@ pub fn sh(image: &str, script: &str) -> Output {
     ])
 }
 
+/// `image`'s CA bundle, /etc/ssl/certs/ca-certificates.crt.
+pub fn trust_bundle(image: &str) -> String {
+    stdout(&docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "cat",
+        image,
+        "/etc/ssl/certs/ca-certificates.crt",
+    ]))
+}
+
+/// `git log -1 --format='%h %cs'` of the repository (the build context): what
+/// `bottle-init --version` names.
+pub fn git_head() -> Option<String> {
+    let o = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "log",
+            "-1",
+            "--format=%h %cs",
+        ])
+        .output()
+        .ok()?;
+    o.status.success().then(|| stdout(&o))
+}
+
 /// Asserts that `image`'s trust store is exactly Debian's: nothing under
 /// /usr/local/share/ca-certificates, a bundle that `update-ca-certificates --fresh` rebuilds
 /// byte for byte from Debian's own certificates, and none of the machine's CAs in it.
@@ -335,16 +365,7 @@ pub fn assert_debian_trust_store(image: &str) {
     );
     let n: usize = lines.last().and_then(|l| l.parse().ok()).unwrap_or(0);
     assert!(n > 100, "{image}: only {n} roots in the bundle");
-    let bundle = stdout(&docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "cat",
-        image,
-        "/etc/ssl/certs/ca-certificates.crt",
-    ]));
+    let bundle = trust_bundle(image);
     let cas = machine_ca_lines();
     for (path, line) in &cas {
         assert!(
