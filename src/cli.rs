@@ -83,6 +83,19 @@ stopped: SIGTERM, SIGKILL after BOTTLE_GRACE); 71 system error; 77 not root / mi
 capability; 78 configuration error.
 ";
 
+/// The `--version` line: the package version and, when the build knew it (build.rs), the
+/// commit it was built from, e.g. `bottle-init 0.1.0 (abc1234 2026-12-01)`.
+pub fn version() -> String {
+    version_line(env!("CARGO_PKG_VERSION"), option_env!("BOTTLE_INIT_COMMIT"))
+}
+
+fn version_line(pkg: &str, commit: Option<&str>) -> String {
+    match commit {
+        Some(c) if !c.is_empty() => format!("bottle-init {pkg} ({c})"),
+        _ => format!("bottle-init {pkg}"),
+    }
+}
+
 /// Parses the arguments after argv[0].
 pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
     let (mode, rest) = match args.first() {
@@ -147,6 +160,16 @@ mod tests {
             start(Mode::Exec, &["claude", "-p"])
         );
         assert_eq!(p(&["--", "exec"]).unwrap(), start(Mode::Run, &["exec"]));
+    }
+
+    #[test]
+    fn version_line_names_the_commit_when_known() {
+        assert_eq!(
+            version_line("0.1.0", Some("abc1234 2026-12-01")),
+            "bottle-init 0.1.0 (abc1234 2026-12-01)"
+        );
+        assert_eq!(version_line("0.1.0", None), "bottle-init 0.1.0");
+        assert_eq!(version_line("0.1.0", Some("")), "bottle-init 0.1.0");
     }
 
     #[test]

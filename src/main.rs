@@ -298,7 +298,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Cli::Version) => {
-            println!("bottle-init {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", cli::version());
             return ExitCode::SUCCESS;
         }
         Ok(Cli::Start {

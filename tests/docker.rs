@@ -1,164 +1,35 @@
-//! Real container tests: the top-level Dockerfile, built with local base images, run by a real
-//! Docker engine with its default capabilities and seccomp profile and `--network none`.
+//! Real container tests: the top-level Dockerfile built the way the README says
+//! (`docker build -t claude-bottle .`, cargo inside the Rust stage, Claude Code fetched by the
+//! Dockerfile's own download step), run by a real Docker engine with its default capabilities
+//! and seccomp profile and `--network none`.
 //!
-//! Inputs (set by scripts/test): DOCKER_HOST (a private dockerd), BOTTLE_TEST_BASE_IMAGE (a
-//! debootstrapped bookworm, used for both the Rust and the runtime stage), BOTTLE_TEST_MUSL_BIN
-//! (the static bottle-init just built; the Dockerfile's BOTTLE_INIT_BIN takes it instead of
-//! running cargo, since the base image has no Rust), BOTTLE_TEST_CLAUDE_TARBALL (the npm
-//! tarball of the native Claude Code package; its integrity is checked by the Dockerfile
-//! against the pinned value). The build uses the legacy builder (dockerd 20.10, no buildx) and
-//! `--network host` only for the Debian mirror.
+//! Inputs (set by scripts/test): DOCKER_HOST (a private dockerd whose Docker Hub mirror is a
+//! local registry, BOTTLE_TEST_REGISTRY, serving stand-ins of `rust:1-bookworm` and
+//! `debian:bookworm-slim`, so the Dockerfile's default FROM lines resolve to them), DOCKER_CLI
+//! (Debian's 20.10 client, for BuildKit). The one difference from the README's command is
+//! `--network host` (the private dockerd has no bridge for RUN steps).
 
 mod e2e_support;
 mod skip_support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use e2e_support::docker::*;
 use e2e_support::mock::{Expect, Mock, MockConfig, MockIdentity};
 use e2e_support::*;
 
-const IMAGE: &str = "bottle-init:test";
+/// The tag the README's Quick start builds.
+const IMAGE: &str = "claude-bottle";
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the docker CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn env_path(var: &str, hint: &str) -> Result<PathBuf, String> {
-    let p = std::env::var_os(var)
-        .map(PathBuf::from)
-        .ok_or(format!("{var} is unset ({hint})"))?;
-    if !p.exists() {
-        return Err(format!("{var}={} does not exist ({hint})", p.display()));
-    }
-    Ok(p)
-}
-
-/// Builds the image once per test binary; every test gets the same result.
-fn build_image() -> Result<String, String> {
-    if !is_root() {
-        return Err("root is needed to talk to the private dockerd".into());
-    }
-    if std::env::var_os("DOCKER_HOST").is_none() {
-        return Err(
-            "DOCKER_HOST is unset: scripts/test starts a private dockerd and sets it".into(),
-        );
-    }
-    let info = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output();
-    match info {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return Err(format!(
-                "no Docker engine answers on DOCKER_HOST: {}",
-                text(&o)
-            ));
-        }
-        Err(e) => {
-            return Err(format!(
-                "the docker CLI cannot run ({e}): apt-get install docker.io"
-            ));
-        }
-    }
-    let base = std::env::var("BOTTLE_TEST_BASE_IMAGE").map_err(|_| {
-        "BOTTLE_TEST_BASE_IMAGE is unset (scripts/test imports a debootstrapped bookworm)"
-            .to_string()
-    })?;
-    let o = docker(&["image", "inspect", &base]);
-    if !o.status.success() {
-        return Err(format!("base image {base} is missing: {}", text(&o)));
-    }
-    let bin = env_path(
-        "BOTTLE_TEST_MUSL_BIN",
-        "cargo build --release --target x86_64-unknown-linux-musl",
-    )?;
-    let tgz = env_path(
-        "BOTTLE_TEST_CLAUDE_TARBALL",
-        ".ci/run packs it into .cache/claude-pack",
-    )?;
-
-    // The build context a user would send (sources), plus the two prebuilt inputs.
-    let ctx = tempfile::Builder::new()
-        .prefix("bottle-docker-ctx-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["Dockerfile", ".dockerignore", "Cargo.toml", "Cargo.lock"] {
-        std::fs::copy(root.join(f), ctx.path().join(f)).map_err(|e| format!("copy {f}: {e}"))?;
-    }
-    copy_dir(&root.join("src"), &ctx.path().join("src")).map_err(|e| format!("copy src: {e}"))?;
-    let pre = ctx.path().join("prebuilt");
-    std::fs::create_dir(&pre).map_err(|e| e.to_string())?;
-    std::fs::copy(&bin, pre.join("bottle-init")).map_err(|e| format!("copy bottle-init: {e}"))?;
-    if std::fs::hard_link(&tgz, pre.join("claude-code.tgz")).is_err() {
-        std::fs::copy(&tgz, pre.join("claude-code.tgz"))
-            .map_err(|e| format!("copy tarball: {e}"))?;
-    }
-    let t0 = Instant::now();
-    let ctx_str = ctx.path().to_str().unwrap();
-    let o = docker(&[
-        "build",
-        "--network",
-        "host",
-        "-t",
-        IMAGE,
-        "--build-arg",
-        &format!("RUST_IMAGE={base}"),
-        "--build-arg",
-        &format!("BASE_IMAGE={base}"),
-        "--build-arg",
-        "BOTTLE_INIT_BIN=prebuilt/bottle-init",
-        "--build-arg",
-        "CLAUDE_CODE_TARBALL=prebuilt/claude-code.tgz",
-        ctx_str,
-    ]);
-    if !o.status.success() {
-        return Err(format!("docker build failed: {}", text(&o)));
-    }
-    eprintln!("docker build of {IMAGE} took {:?}", t0.elapsed());
-    Ok(IMAGE.to_string())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let dst = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &dst)?;
-        } else {
-            std::fs::copy(e.path(), dst)?;
-        }
-    }
-    Ok(())
-}
-
-/// The image, or None when a prerequisite is missing and CI is unset (CI=true panics).
+/// The image, or None when a prerequisite is missing and CI is unset (CI=true panics). Built
+/// once per test binary.
 fn image() -> Option<&'static str> {
     static IMG: OnceLock<Result<String, String>> = OnceLock::new();
-    match IMG.get_or_init(build_image) {
+    match IMG.get_or_init(|| build_readme(None, IMAGE, &[])) {
         Ok(s) => Some(s.as_str()),
         Err(e) => {
             require(false, e);
@@ -167,80 +38,21 @@ fn image() -> Option<&'static str> {
     }
 }
 
-/// A detached container removed (`docker rm -f`) when dropped.
-struct Container(String);
-
-impl Container {
-    fn run(args: &[&str]) -> Container {
-        let name = format!("bottle-test-{}", &fake_secret("")[..12]);
-        let mut all = vec!["run", "-d", "--name", &name];
-        all.extend_from_slice(args);
-        let o = docker(&all);
-        assert!(o.status.success(), "docker run failed: {}", text(&o));
-        Container(name)
-    }
-    fn exec(&self, cmd: &[&str]) -> Output {
-        let mut all = vec!["exec", self.0.as_str()];
-        all.extend_from_slice(cmd);
-        docker(&all)
-    }
-    fn inspect(&self, fmt: &str) -> String {
-        stdout(&docker(&["inspect", "-f", fmt, &self.0]))
-    }
-    fn logs(&self) -> String {
-        text(&docker(&["logs", &self.0]))
-    }
-    /// Waits until a process named `name` runs in the container.
-    fn wait_for_process(&self, name: &str) {
-        let t0 = Instant::now();
-        loop {
-            let o = self.exec(&["ps", "-eo", "comm="]);
-            if o.status.success() && stdout(&o).lines().any(|l| l.trim() == name) {
-                return;
-            }
-            if self.inspect("{{.State.Running}}") == "false" {
-                panic!(
-                    "container {} exited ({}) before {name} ran; logs: {}",
-                    self.0,
-                    self.inspect("{{.State.ExitCode}}"),
-                    self.logs()
-                );
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "{name} never ran in {}: {}\nlogs: {}",
-                self.0,
-                text(&o),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+trait WaitShort {
+    fn wait_for(&self, name: &str);
 }
 
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
-}
-
-fn caps_zero(status: &str) {
-    for key in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(&format!("{key}:")))
-            .unwrap_or_else(|| panic!("no {key} in:\n{status}"));
-        assert!(
-            line.ends_with("0000000000000000"),
-            "{line} (want all capabilities gone)"
-        );
+impl WaitShort for Container {
+    fn wait_for(&self, name: &str) {
+        self.wait_for_process(name, Duration::from_secs(20));
     }
 }
 
 /// The image: bottle-init as entrypoint, claude as command, root as user, no tini, the pinned
-/// claude, a uid-1000 user with a home, and none of this machine's intercepting CAs inside.
+/// claude, a uid-1000 user with a home, linux/amd64, and `--version` naming the commit the
+/// build context holds.
 #[test]
-fn image_layout_and_no_build_time_ca() {
+fn image_layout_version_and_platform() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let cfg = stdout(&docker(&[
@@ -258,19 +70,10 @@ fn image_layout_and_no_build_time_ca() {
         matches!(cfg.rsplit(' ').next(), Some("root") | Some("")),
         "user: {cfg}"
     );
+    assert_eq!(platform_of(img), "linux/amd64");
     let script = "claude --version; getent passwd claude; ls -ld /home/claude /workspace; \
-                  command -v tini docker-init || echo no-tini; ls -A /usr/local/share/ca-certificates";
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        img,
-        "-c",
-        script,
-    ]);
+                  command -v tini docker-init || echo no-tini; /bottle-init --version";
+    let o = sh(img, script);
     let out = stdout(&o);
     assert!(o.status.success(), "{}", text(&o));
     let want = std::env::var("BOTTLE_TEST_CLAUDE_VERSION")
@@ -281,39 +84,135 @@ fn image_layout_and_no_build_time_ca() {
         "{out}"
     );
     assert!(out.contains("no-tini"), "{out}");
-    let bundle = stdout(&docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "cat",
-        img,
-        "/etc/ssl/certs/ca-certificates.crt",
-    ]));
+    let head = git_head().expect("the build context is a git clone");
     assert!(
-        bundle.contains("BEGIN CERTIFICATE"),
-        "the image trusts the public roots"
+        out.contains(&format!(
+            "bottle-init {} ({head})",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "--version in the image should name {head}: {out}"
     );
-    let mut checked = 0;
-    for e in std::fs::read_dir("/usr/local/share/ca-certificates")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let pem = std::fs::read_to_string(e.path()).unwrap_or_default();
-        // A line from the middle of the certificate body identifies it.
-        let lines: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        if let Some(line) = lines.get(lines.len() / 2) {
-            assert!(
-                !bundle.contains(line),
-                "the build machine's CA {} is inside the image",
-                e.path().display()
-            );
-            checked += 1;
+}
+
+/// The machine's intercepting CA reaches the build only through the rust stand-in's trust
+/// store (as on a user's machine); the final image's trust store is exactly Debian's. The
+/// positive control runs the same search on the rust stand-in and must find the CA there.
+#[test]
+fn final_image_trust_store_is_debians_and_the_control_finds_the_ca() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    assert_debian_trust_store(img);
+    let cas = machine_ca_lines();
+    if !require(
+        !cas.is_empty(),
+        "no CA under /usr/local/share/ca-certificates: the positive control needs one",
+    ) {
+        return;
+    }
+    let rust = "rust:1-bookworm";
+    let o = docker(&["pull", "-q", rust]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bundle = trust_bundle(rust);
+    for (path, line) in &cas {
+        assert!(
+            bundle.contains(line.as_str()),
+            "control: the rust stand-in should trust {} (else the search proves nothing)",
+            path.display()
+        );
+    }
+}
+
+/// Steps of a `--progress plain` BuildKit log that ran (not taken from the cache) and whose
+/// command contains `needle`.
+fn ran_steps(log: &str, needle: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.starts_with('#') && l.contains(" [") && l.contains(needle))
+        .filter(|l| {
+            let id = l.split_whitespace().next().unwrap_or("");
+            !log.lines().any(|m| m == format!("{id} CACHED"))
+        })
+        .map(|l| l.chars().take(100).collect())
+        .collect()
+}
+
+/// Builds the image again from the repository with `file` temporarily changed by `edit`, and
+/// returns the plain progress log.
+fn rebuild_with_edit(img: &str, file: &str, edit: impl Fn(&mut Vec<u8>)) -> String {
+    let path = repo().join(file);
+    // A file that did not exist is removed again afterwards.
+    let original = std::fs::read(&path).ok();
+    struct Restore(std::path::PathBuf, Option<Vec<u8>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            match &self.1 {
+                Some(b) => std::fs::write(&self.0, b).expect("restore the edited file"),
+                None => std::fs::remove_file(&self.0).expect("remove the added file"),
+            }
         }
     }
-    eprintln!("checked {checked} local CA(s) are absent from the image");
+    let _restore = Restore(path.clone(), original.clone());
+    let mut edited = original.unwrap_or_default();
+    edit(&mut edited);
+    std::fs::write(&path, edited).unwrap();
+    let t0 = Instant::now();
+    let o = command()
+        .args([
+            "build",
+            "--network",
+            "host",
+            "--progress",
+            "plain",
+            "-t",
+            img,
+            ".",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    eprintln!("rebuild after editing {file} took {:?}", t0.elapsed());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A README edit reruns no step: every layer comes from the cache (no cargo build, no Claude
+/// Code download, no apt) and the image is the same. Control: a new file under .git (as a
+/// fetch or commit makes) must rerun the commit stage's `git log` (so the log check sees a
+/// step that runs), and, its one-line result unchanged, still not the cargo build.
+#[test]
+fn readme_edit_rebuilds_nothing() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    let id = || stdout(&docker(&["image", "inspect", "-f", "{{.Id}}", img]));
+    let before = id();
+    let log = rebuild_with_edit(img, "README.md", |b| {
+        b.extend_from_slice(b"\n<!-- an edit by tests/docker.rs -->\n")
+    });
+    for step in [
+        "cargo build",
+        "curl -fsSL",
+        "apt-get install",
+        "claude --version",
+    ] {
+        let ran = ran_steps(&log, step);
+        assert!(ran.is_empty(), "a README edit reran {ran:?}:\n{log}");
+    }
+    assert_eq!(before, id(), "a README edit changed the image");
+
+    let marker = format!(".git/bottle-test-{}", &fake_secret("")[..12]);
+    let log = rebuild_with_edit(img, &marker, |b| b.extend_from_slice(b"x\n"));
+    assert!(
+        !ran_steps(&log, "git -C /src log").is_empty(),
+        "control: a change under .git should rerun the commit stage:\n{log}"
+    );
+    let ran = ran_steps(&log, "cargo build");
+    assert!(ran.is_empty(), "the same commit reran {ran:?}:\n{log}");
+    // Back to the committed files: the cache gives the first image again.
+    let _ = rebuild_with_edit(img, "README.md", |_| {});
+    assert_eq!(
+        before,
+        id(),
+        "the rebuild from the unchanged context differs"
+    );
 }
 
 /// `docker run` with default caps and seccomp: bottle-init is PID 1; the command runs as uid
@@ -370,7 +269,7 @@ fn docker_exec_sees_the_token_but_bottle_init_exec_does_not() {
     let token = fake_secret("sk-ant-oat01-exec-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
-    c.wait_for_process("sleep");
+    c.wait_for("sleep");
     let plain = c.exec(&["printenv", "CLAUDE_CODE_OAUTH_TOKEN"]);
     assert_eq!(
         stdout(&plain),
@@ -420,7 +319,7 @@ fn docker_stop_delivers_sigterm_and_exits_with_the_childs_status() {
         let mut args = vec!["--network", "none", "-e", &env, img];
         args.extend_from_slice(&cmd);
         let c = Container::run(&args);
-        c.wait_for_process(cmd[0]);
+        c.wait_for(cmd[0]);
         let t0 = Instant::now();
         let o = docker(&["stop", "-t", "10", &c.0]);
         let took = t0.elapsed();
@@ -486,7 +385,7 @@ fn docker_run_init_stacking_still_works() {
         "sleep",
         "300",
     ]);
-    c.wait_for_process("sleep");
+    c.wait_for("sleep");
     let t0 = Instant::now();
     assert!(docker(&["stop", "-t", "10", &c.0]).status.success());
     let took = t0.elapsed();
@@ -513,38 +412,8 @@ fn real_claude_in_the_container_against_the_mock() {
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-incontainer-");
     let reply = "container reply from the mock";
-    const PORT: u16 = 8443;
-    let identity = MockIdentity::generate().expect("mock certificate");
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("mock-ca.pem");
-    std::fs::write(&ca, &identity.ca_pem).unwrap();
-    let mount = format!("{}:/etc/bottle-test/mock-ca.pem:ro", ca.display());
-    let envs = [
-        format!("CLAUDE_CODE_OAUTH_TOKEN={token}"),
-        format!("BOTTLE_UPSTREAM=https://localhost:{PORT}"),
-        "BOTTLE_UPSTREAM_CA=/etc/bottle-test/mock-ca.pem".to_string(),
-    ];
-    let mut args: Vec<&str> = vec!["--network", "none", "-v", &mount];
-    for e in &envs {
-        args.extend_from_slice(&["-e", e]);
-    }
-    let mut first = args.clone();
-    first.extend_from_slice(&[img, "sleep", "300"]);
-    let c = Container::run(&first);
-    c.wait_for_process("sleep");
-    let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
-    let ns = NetNs::of_pid(pid).expect("the container's network namespace");
-    let listeners = ns
-        .listen_localhost(PORT)
-        .expect("listen inside the container's namespace");
-    let mock = Mock::start_with(
-        listeners,
-        MockConfig::new(Expect::Bearer(token.clone()), reply),
-        Some(identity),
-    )
-    .expect("start the mock");
-
-    let o = c.exec(&[
+    let m = Mocked::start(img, &token, reply, &[]);
+    let o = m.c.exec(&[
         "/bottle-init",
         "exec",
         "--",
@@ -553,35 +422,19 @@ fn real_claude_in_the_container_against_the_mock() {
         "exec prompt in container",
     ]);
     let all = text(&o);
-    assert!(o.status.success(), "{all}\nlogs: {}", c.logs());
+    assert!(o.status.success(), "{all}\nlogs: {}", m.c.logs());
     assert!(stdout(&o).contains(reply), "{all}");
     assert_absent(&all, &token, "exec'd claude's output");
 
-    // claude as the main command of a container that shares the namespace the mock is in.
-    let net = format!("container:{}", c.0);
-    let mut second: Vec<&str> = vec!["--rm", "--network", &net, "-v", &mount];
-    for e in &envs {
-        second.extend_from_slice(&["-e", e]);
-    }
-    second.extend_from_slice(&[img, "claude", "-p", "main prompt in container"]);
-    let mut run = vec!["run"];
-    run.extend_from_slice(&second);
-    let o = docker(&run);
+    let o = m.run_sharing(img, &[], &["claude", "-p", "main prompt in container"]);
     let all = text(&o);
     assert!(o.status.success(), "{all}");
     assert!(stdout(&o).contains(reply), "{all}");
     assert_absent(&all, &token, "claude's output as the container command");
-
     for prompt in ["exec prompt in container", "main prompt in container"] {
-        let req = mock
-            .messages()
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains(prompt))
-            .unwrap_or_else(|| panic!("{prompt:?} never reached the mock: {:?}", mock.requests()));
-        assert_eq!(req.header_all("authorization"), [format!("Bearer {token}")]);
-        let beta = req.header_all("anthropic-beta").join(",");
-        assert!(beta.contains("oauth-2025-04-20"), "{beta}");
+        m.assert_prompt_arrived(prompt, &token);
     }
+    assert_absent(&m.c.logs(), &token, "docker logs");
 }
 
 /// BOTTLE_EGRESS in a real container (issue 5): `api-only` under Docker's default capabilities
@@ -638,7 +491,7 @@ fn egress_modes_in_the_container() {
         }
         args.extend_from_slice(&[img, "sleep", "300"]);
         let c = Container::run(&args);
-        c.wait_for_process("sleep");
+        c.wait_for("sleep");
         let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
         let ns = NetNs::of_pid(pid).expect("the container's network namespace");
         let listeners = ns.listen_localhost(PORT).expect("listen in the container");
@@ -723,7 +576,7 @@ impl MockSidecar {
         std::fs::write(&ca, &identity.ca_pem).unwrap();
         // Only holds the namespace: no bottle-init, no credential.
         let holder = Container::run(&["--network", "none", "--entrypoint", "sleep", img, "600"]);
-        holder.wait_for_process("sleep");
+        holder.wait_for_process("sleep", Duration::from_secs(30));
         let pid: u32 = holder.inspect("{{.State.Pid}}").parse().expect("pid");
         let ns = NetNs::of_pid(pid).expect("the holder's network namespace");
         let listeners = ns
@@ -992,7 +845,7 @@ fn check_root_view_of_pid1(img: &str) {
     let token = fake_secret("sk-ant-oat01-rootview-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
-    c.wait_for_process("sleep");
+    c.wait_for_process("sleep", Duration::from_secs(30));
     let o = c.exec(&["sh", "-c", ROOT_VIEW]);
     let out = stdout(&o);
     eprintln!("root, default capabilities:\n{out}");
@@ -1027,7 +880,7 @@ fn check_root_view_of_pid1(img: &str) {
         "sleep",
         "300",
     ]);
-    c.wait_for_process("sleep");
+    c.wait_for_process("sleep", Duration::from_secs(30));
     let o = c.exec(&["sh", "-c", ROOT_VIEW]);
     let out = stdout(&o);
     eprintln!("root with --cap-add SYS_PTRACE:\n{out}");
@@ -1055,7 +908,7 @@ fn check_docker_exec_as_claude_exposes_the_token(img: &str) {
     let token = fake_secret("sk-ant-oat01-asclaude-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
-    c.wait_for_process("sleep");
+    c.wait_for_process("sleep", Duration::from_secs(30));
     // What "claude" runs: finds the real token in any process it can read; prints only a
     // hash of it, and whether it could open that process's memory.
     let attack = r#"
@@ -1109,7 +962,7 @@ fn check_exec_gets_its_own_terminal(img: &str) {
     let token = fake_secret("sk-ant-oat01-pty-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
-    c.wait_for_process("sleep");
+    c.wait_for_process("sleep", Duration::from_secs(30));
     let o = docker(&[
         "exec",
         "-t",
@@ -1158,4 +1011,169 @@ fn bottle_init_exec_on_a_tty_in_the_container_gets_its_own_pty() {
     let _g = heavy();
     let Some(img) = image() else { return };
     check_exec_gets_its_own_terminal(img);
+}
+
+/// The Quick start's run command, as a user types it on a terminal:
+/// `docker run -it --rm -e CLAUDE_CODE_OAUTH_TOKEN -v "$PWD:/workspace" claude-bottle`, the
+/// token taken from the shell's environment (never on the command line). Interactive claude
+/// starts in /workspace without login or onboarding screens, asks once whether to trust the
+/// folder, and answers a typed prompt through the proxy. Added for the test only: `--name`
+/// (to remove it), the mock's network namespace and upstream (`--network container:...`,
+/// BOTTLE_UPSTREAM, BOTTLE_UPSTREAM_CA), and tmux as the terminal.
+#[test]
+fn quick_start_run_command_interactive_claude_on_a_terminal() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    if !require(have_tool("tmux"), "tmux (apt-get install tmux)") {
+        return;
+    }
+    let token = fake_secret("sk-ant-oat01-quickstart-");
+    let reply = "quick start reply from the mock";
+    let m = Mocked::start(img, &token, reply, &[]);
+    let work = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(work.path(), Some(1000), Some(1000)).unwrap();
+    std::fs::write(work.path().join("hello.txt"), "hi\n").unwrap();
+    let name = format!("bottle-quickstart-{}", &fake_secret("")[..8]);
+    let upstream = &m.args[4..]; // -e BOTTLE_UPSTREAM=... -e BOTTLE_UPSTREAM_CA=... (not the token)
+    let script = format!(
+        "{cli} run -it --rm -e CLAUDE_CODE_OAUTH_TOKEN -v \"$PWD:/workspace\" claude-bottle",
+        cli = cli()
+    )
+    .replace(
+        " claude-bottle",
+        &format!(
+            " --name {name} --network container:{c} -v {ca} {up} {img}",
+            c = m.c.0,
+            ca = m.args[1],
+            up = upstream.join(" "),
+        ),
+    );
+    // tmux's socket and config in a root-owned directory (the workspace belongs to uid 1000).
+    let tmuxdir = tempfile::tempdir().unwrap();
+    let sock = tmuxdir.path().join("tmux.sock");
+    // Keep a dead pane on screen, so a failure shows docker's or claude's last words.
+    let conf = tmuxdir.path().join("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("tmux")
+    };
+    struct Cleanup(std::path::PathBuf, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "-f", &self.1]);
+            let _ = std::process::Command::new("tmux")
+                .arg("-S")
+                .arg(&self.0)
+                .arg("kill-server")
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(sock.clone(), name.clone());
+    let st = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(&sock)
+        .arg("-f")
+        .arg(&conf)
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            "qs",
+            "-x",
+            "160",
+            "-y",
+            "45",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token)
+        .env("TERM", "xterm-256color")
+        .current_dir(work.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "tmux new-session");
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "qs"]).stdout).into_owned();
+    let wait = |what: &str, ok: &dyn Fn(&str) -> bool| -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = screen();
+            for f in [
+                "Select login method",
+                "Choose the text style",
+                "Unable to connect",
+            ] {
+                assert!(!s.contains(f), "the Quick start showed {f:?}:\n{s}");
+            }
+            assert_absent(&s, &token, "the terminal");
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "waiting for {what}; screen:\n{s}\nmock saw: {:?}",
+                m.mock
+                    .requests()
+                    .iter()
+                    .map(|r| r.path().to_string())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // The per-folder trust dialog (asked once per folder, by design), then the input box.
+    let dialog = |s: &str| s.contains("Accessing workspace") || s.contains("trust this folder");
+    let s = wait("the trust dialog", &|s| {
+        dialog(s) || s.lines().any(|l| l.starts_with('❯'))
+    });
+    if dialog(&s) {
+        assert!(
+            s.contains("/workspace"),
+            "the trust dialog names /workspace:\n{s}"
+        );
+        // Answer like a user once its key handler is up; repeat if the first key came early.
+        let t0 = Instant::now();
+        // 2.1.332 preselects "No, exit": move to "Yes, I trust this folder" first.
+        while dialog(&screen()) {
+            let now = screen();
+            assert!(
+                !now.contains("didn't start"),
+                "claude exited at the dialog:\n{now}"
+            );
+            if now.lines().any(|l| l.contains('❯') && l.contains("No")) {
+                tmux(&["send-keys", "-t", "qs", "Down"]);
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the trust dialog stays:\n{}",
+                screen()
+            );
+            std::thread::sleep(Duration::from_millis(1500));
+            tmux(&["send-keys", "-t", "qs", "Enter"]);
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+    wait("the input box", &|s| {
+        !dialog(s) && s.lines().any(|l| l.starts_with('❯')) // 2.1.332: no "? for shortcuts" hint
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "-t", "qs", "-l", "quick start prompt"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&["send-keys", "-t", "qs", "Enter"]);
+    wait("the reply", &|s| s.contains(reply));
+    m.assert_prompt_arrived("quick start prompt", &token);
+    let o = docker(&["logs", &name]);
+    assert_absent(
+        &text(&o),
+        &token,
+        "docker logs of the Quick start container",
+    );
 }

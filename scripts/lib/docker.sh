@@ -11,6 +11,13 @@ DOCKER_PIDFILE="$DOCKER_RUN/dockerd.pid"
 DOCKER_DATA="$CACHE/docker"
 DOCKER_LOG="$CACHE/dockerd.log"
 DOCKERD_PID=""
+# Debian's 20.10 client: it drives the daemon's built-in BuildKit (DOCKER_BUILDKIT=1). A newer
+# client elsewhere on PATH (e.g. /usr/local/bin) may lack the buildx plugin it then needs.
+DOCKER_CLI="$(command -v /usr/bin/docker || command -v docker || echo docker)"
+export DOCKER_CLI DOCKER_BUILDKIT=1
+docker() { "$DOCKER_CLI" "$@"; }
+# shellcheck source=standins.sh
+. "$(dirname "${BASH_SOURCE[0]}")/standins.sh"
 
 # Starts dockerd unless one already answers on our private socket. Sets DOCKER_HOST.
 docker_start() {
@@ -18,13 +25,19 @@ docker_start() {
     command -v dockerd >/dev/null || { log "dockerd is missing (apt-get install docker.io)"; return 1; }
     command -v docker >/dev/null || { log "docker CLI is missing (apt-get install docker.io)"; return 1; }
     if docker info >/dev/null 2>&1; then
-        log "reusing the private dockerd on $DOCKER_SOCK"
-        return 0
+        # It must use this checkout's registry as its Docker Hub mirror (see standins.sh).
+        case "$(docker info --format '{{.RegistryConfig.Mirrors}}')" in
+            *"$REGISTRY"*) log "reusing the private dockerd on $DOCKER_SOCK"; return 0 ;;
+        esac
+        log "the dockerd on $DOCKER_SOCK does not mirror Docker Hub to $REGISTRY; stop it first"
+        return 1
     fi
     mkdir -p "$DOCKER_RUN" "$DOCKER_DATA"
     # No bridge and no iptables: containers only ever get loopback; the host's firewall
-    # and routes stay untouched.
+    # and routes stay untouched. Docker Hub is mirrored by the local registry of stand-ins, so
+    # the Dockerfile's default FROM images resolve here, and nothing asks the real Hub.
     dockerd --iptables=false --ip6tables=false --bridge=none \
+        --registry-mirror "http://$REGISTRY" --insecure-registry "$REGISTRY" \
         --data-root "$DOCKER_DATA" --exec-root "$DOCKER_RUN/exec" \
         --pidfile "$DOCKER_PIDFILE" --host "$DOCKER_HOST" \
         >"$DOCKER_LOG" 2>&1 &
@@ -55,32 +68,4 @@ docker_stop() {
     log "dockerd $DOCKERD_PID ignored SIGTERM for 15 s; sending SIGKILL"
     kill -KILL "$DOCKERD_PID" 2>/dev/null || true
     DOCKERD_PID=""
-}
-
-# local/bookworm: debootstrap minbase, cached as $CACHE/bookworm-rootfs.tar.zst.
-BASE_IMAGE_TAG="${BOTTLE_TEST_BASE_IMAGE:-local/bookworm}"
-base_image() {
-    if docker image inspect "$BASE_IMAGE_TAG" >/dev/null 2>&1; then
-        log "base image $BASE_IMAGE_TAG present"
-        return 0
-    fi
-    local tarball="$CACHE/bookworm-rootfs.tar.zst"
-    if [ ! -s "$tarball" ]; then
-        command -v debootstrap >/dev/null || { log "debootstrap is missing (apt-get install debootstrap)"; return 1; }
-        local rootfs; rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
-        log "debootstrap --variant=minbase bookworm into $rootfs"
-        debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 \
-            || { tail -n 30 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; return 1; }
-        cat >"$rootfs/etc/apt/sources.list" <<'SOURCES'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-SOURCES
-        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
-        tar --numeric-owner -C "$rootfs" -c . | zstd -q -T0 -o "$tarball.tmp"
-        mv "$tarball.tmp" "$tarball"
-        rm -rf "$rootfs"
-    fi
-    log "importing $tarball as $BASE_IMAGE_TAG"
-    zstd -dc "$tarball" | docker import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE_TAG" >/dev/null
 }

@@ -3,6 +3,7 @@
 //! root (environ, memory), and the prerequisite checks that fail under CI and skip otherwise.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod docker;
 pub mod mock;
 
 use std::fs::File;

@@ -1,0 +1,41 @@
+//! `bottle-init --version` names the commit it was built from (build.rs reads git when cargo
+//! builds from a clone). Runs the binary cargo built for this test run.
+
+use std::process::Command;
+
+fn git_head() -> Option<String> {
+    let o = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "log",
+            "-1",
+            "--format=%h %cs",
+        ])
+        .output()
+        .ok()?;
+    let s = String::from_utf8(o.stdout).ok()?.trim().to_string();
+    (o.status.success() && !s.is_empty()).then_some(s)
+}
+
+#[test]
+fn version_names_the_head_commit() {
+    let o = Command::new(env!("CARGO_BIN_EXE_bottle-init"))
+        .arg("--version")
+        .output()
+        .expect("run bottle-init --version");
+    assert!(o.status.success(), "{o:?}");
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let pkg = format!("bottle-init {}", env!("CARGO_PKG_VERSION"));
+    match git_head() {
+        Some(head) => assert_eq!(line, format!("{pkg} ({head})")),
+        // A source tarball without git: the plain version, and CI always builds a clone.
+        None => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI builds from a clone, but git cannot read HEAD"
+            );
+            assert_eq!(line, pkg);
+        }
+    }
+}
