@@ -214,7 +214,7 @@ pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     if let Some(filter) = &p.seccomp
         && let Err(e) = crate::egress::seccomp::install(filter)
     {
-        return (Step::Seccomp, Errno(e as i32));
+        return (Step::Seccomp, e);
     }
     // execvp semantics: remember EACCES, keep looking past ENOENT.
     let mut saw_eacces = false;
@@ -279,6 +279,7 @@ pub enum SpawnError {
 }
 
 /// Forks and starts the child; returns its pid once execve succeeded.
+#[allow(unsafe_code)] // sys::fork: see sys's module doc
 pub fn spawn(p: &Prepared) -> Result<i32, SpawnError> {
     // A CLOEXEC pipe: EOF means execve succeeded; 8 bytes mean (step, errno) of a failure.
     let (rfd, wfd) = sys::pipe_cloexec().map_err(SpawnError::Pipe)?;

@@ -2,6 +2,8 @@
 //! [`run`]; exit-code policy lives here and only here ([`Failure::exit_code`],
 //! [`status_code`]).
 
+#![deny(unsafe_code)]
+
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -191,7 +193,7 @@ impl Failure {
             } => format!(
                 "preparing the child failed at {}: {}",
                 Step::Seccomp.describe(),
-                bottle_init::egress::seccomp::explain(nix::errno::Errno::from_raw(errno.0))
+                bottle_init::egress::seccomp::explain(*errno)
             ),
             Failure::Spawn(SpawnError::Child { step, errno, .. })
             | Failure::ChildSetup { step, errno } => format!(

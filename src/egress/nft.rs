@@ -328,13 +328,10 @@ pub fn in_initial_netns_at(net_core: &Path) -> Option<bool> {
 
 /// Fail early, with the clearest message, when the calling thread cannot configure netfilter.
 pub fn require_net_admin() -> Result<(), NftError> {
-    match caps::has_cap(
-        None,
-        caps::CapSet::Effective,
-        caps::Capability::CAP_NET_ADMIN,
-    ) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(NftError::MissingNetAdmin),
+    const CAP_NET_ADMIN: u32 = 12;
+    match crate::sys::capget() {
+        Ok(c) if c.effective & (1 << CAP_NET_ADMIN) != 0 => Ok(()),
+        Ok(_) => Err(NftError::MissingNetAdmin),
         Err(e) => Err(NftError::CapCheck {
             detail: e.to_string(),
         }),

@@ -446,7 +446,7 @@ mod tests {
         );
         let e = SetupError::Seccomp {
             mode: EgressMode::ApiOnly,
-            why: Unsupported::Kernel(nix::errno::Errno::ENOSYS),
+            why: Unsupported::Kernel(crate::sys::Errno(libc::ENOSYS)),
         };
         assert_eq!(e.exit_code(), 78);
         let m = e.to_string();

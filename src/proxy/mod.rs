@@ -36,6 +36,7 @@ mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -306,8 +307,7 @@ impl Proxy {
         })?;
         // The largest backlog the kernel allows (somaxconn): when the proxy is at its limit it
         // stops accepting, and connections wait there rather than retrying their SYN.
-        if let Err(e) = nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
-        {
+        if let Err(e) = crate::sys::listen_max_backlog(listener.as_raw_fd()) {
             log::debug!("proxy: cannot enlarge the listen backlog: {e}");
         }
         let ProxyConfig {
