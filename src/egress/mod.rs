@@ -18,6 +18,7 @@
 //! (`seccomp`, `nft`, `apisock`, `resolve`), which are the only files here that touch the
 //! kernel or the network.
 
+pub mod addr;
 pub mod apisock;
 pub mod env;
 pub mod mode;
@@ -27,5 +28,6 @@ pub mod resolve;
 pub mod seccomp;
 pub mod setup;
 
+pub use addr::{AddrClass, classify};
 pub use mode::{AllowEntry, AllowList, ConfigError, EgressConfig, EgressMode, HostPattern};
-pub use policy::{AddrClass, Deny, Grant, TargetHost, check_resolved, classify, decide_connect};
+pub use policy::{Deny, Grant, TargetHost, check_resolved, decide_connect};

@@ -25,7 +25,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::policy::{AddrClass, classify};
+use super::addr::{AddrClass, classify};
 
 /// The environment variable selecting the mode.
 pub const EGRESS_ENV: &str = "BOTTLE_EGRESS";
