@@ -51,11 +51,15 @@ pub enum ExecError {
 }
 
 /// Runs the command and relays until it exits; returns how it ended.
-pub fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, ExecError> {
+pub fn run(
+    env: &mut EnvSnapshot,
+    run_dir: &std::path::Path,
+    command: &[OsString],
+) -> Result<ChildEnd, ExecError> {
     // The container's credentials, which `docker exec` handed us: exec needs none (the proxy
     // of PID 1 holds the real one). Dropping the Secrets zeroes them.
     env.secrets.clear();
-    let dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
+    let dir = runinfo::run_dir(run_dir);
     let info = runinfo::read(&dir).map_err(|reason| ExecError::NoState {
         dir: dir.clone(),
         reason,

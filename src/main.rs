@@ -284,7 +284,8 @@ fn main() -> ExitCode {
     // 2. Take the credentials out of the environment: one locked copy each, the original
     //    environment block overwritten.
     let mut env = scrub::capture_and_scrub(&config::SECRET_VARS);
-    init_logging(env.get("BOTTLE_LOG"));
+    let common = config::Common::from_env(&env);
+    init_logging(common.log.as_deref());
     // A panic writes through the logger (std's hook writes to stderr directly, which can
     // block); the proxy thread's panic is reported by the init loop's one line instead.
     logging::install_panic_hook(PROXY_THREAD);
@@ -306,11 +307,11 @@ fn main() -> ExitCode {
         Ok(Cli::Start {
             mode: Mode::Exec,
             command,
-        }) => exec_mode(&mut env, &command).map(status_code),
+        }) => exec_mode(&mut env, &common, &command).map(status_code),
         Ok(Cli::Start {
             mode: Mode::Run,
             command,
-        }) => run(&mut env, &command),
+        }) => run(&mut env, &common, &command),
     };
     let code = match result {
         Ok(code) => ExitCode::from(code),
@@ -330,7 +331,7 @@ fn report(f: Failure) -> ExitCode {
     ExitCode::from(exit_code_of(&f))
 }
 
-fn init_logging(filter: Option<&[u8]>) {
+fn init_logging(spec: Option<&str>) {
     // On a terminal the child (interactive claude) owns the screen: info lines from the proxy
     // would be drawn into its full-screen UI. Unless asked, log only warnings there.
     let default = if sys::isatty(2) {
@@ -338,7 +339,6 @@ fn init_logging(filter: Option<&[u8]>) {
     } else {
         log::LevelFilter::Info
     };
-    let spec = filter.and_then(|f| std::str::from_utf8(f).ok());
     logging::init(spec, default);
 }
 
@@ -369,27 +369,23 @@ fn other_running_init(dir: &std::path::Path) -> Option<i32> {
 
 /// PID 1 mode: steps 3 to 8 of the sequence (README, "How it works"). Returns bottle-init's
 /// exit code.
-fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
+fn run(
+    env: &mut EnvSnapshot,
+    common: &config::Common,
+    command: &[OsString],
+) -> Result<u8, Failure> {
     // 3. Validate everything before any side effect.
     check_privileges(Mode::Run, &["SETUID", "SETGID", "SETPCAP", "KILL"])?;
     // A second init (`docker exec C /bottle-init CMD`, without `exec`) must not touch the
     // first one's run directory, socket or firewall: refuse before any side effect.
-    let run_dir = runinfo::run_dir(env.get("BOTTLE_RUN_DIR"));
+    let run_dir = runinfo::run_dir(&common.run_dir);
     if let Some(pid) = other_running_init(&run_dir) {
         return Err(Failure::AlreadyRunning { pid, dir: run_dir });
     }
-    // Egress first: a mode that cannot be installed refuses before any side effect.
-    let egress_plan = egress_setup::validate(|k| {
-        use std::os::unix::ffi::OsStrExt;
-        env.get(k)
-            .map(|v| std::ffi::OsStr::from_bytes(v).to_os_string())
-    })
-    .map_err(Failure::Egress)?;
-    if env
-        .secrets
-        .iter()
-        .any(|(n, v)| n == config::ENV_AUTH_TOKEN && !v.is_empty())
-    {
+    let config = Config::from_env(env).map_err(Failure::Config)?;
+    // A mode that cannot be installed here refuses before any side effect.
+    let egress_plan = egress_setup::validate(config.egress.clone()).map_err(Failure::Egress)?;
+    if config.auth_token_ignored {
         log::warn!(
             "{} is set but is not an accepted credential; it was removed (use {} or {})",
             config::ENV_AUTH_TOKEN,
@@ -397,7 +393,6 @@ fn run(env: &mut EnvSnapshot, command: &[OsString]) -> Result<u8, Failure> {
             config::ENV_API_KEY
         );
     }
-    let config = Config::from_env(env).map_err(Failure::Config)?;
     let mut user = user::lookup(&config.user).map_err(Failure::User)?;
     if config.insecure_listen {
         log::warn!(
@@ -641,10 +636,14 @@ fn remove_state(path: Option<&PathBuf>) {
     }
 }
 
-fn exec_mode(env: &mut EnvSnapshot, command: &[OsString]) -> Result<ChildEnd, Failure> {
+fn exec_mode(
+    env: &mut EnvSnapshot,
+    common: &config::Common,
+    command: &[OsString],
+) -> Result<ChildEnd, Failure> {
     // CAP_KILL: the relay that stays root forwards signals to the uid-1000 command.
     check_privileges(Mode::Exec, &["SETUID", "SETGID", "SETPCAP", "KILL"])?;
-    exec::run(env, command).map_err(exec_error)
+    exec::run(env, &common.run_dir, command).map_err(exec_error)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! file (O_EXCL|O_NOFOLLOW) and renamed into place, so a reader never sees half a file and a
 //! planted symlink is never followed. The reader refuses a file that is not root-owned 0600.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -15,18 +14,13 @@ use std::path::{Path, PathBuf};
 use crate::secret::{CredentialKind, Secret};
 use crate::user::ChildUser;
 
-pub const DEFAULT_RUN_DIR: &str = "/run/bottle-init";
+pub use crate::config::DEFAULT_RUN_DIR;
 pub const STATE_FILE: &str = "state";
 
-/// The run directory: `BOTTLE_RUN_DIR` or the default, made absolute (PID 1 leaves its start
-/// directory once the child runs, and removes its files from there at exit).
-pub fn run_dir(env_value: Option<&[u8]>) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let dir = match env_value.filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(OsString::from_vec(v.to_vec())),
-        None => PathBuf::from(DEFAULT_RUN_DIR),
-    };
-    std::path::absolute(&dir).unwrap_or(dir)
+/// The run directory (`BOTTLE_RUN_DIR`, see `config::Common`) made absolute: PID 1 leaves
+/// its start directory once the child runs, and removes its files from there at exit.
+pub fn run_dir(configured: &Path) -> PathBuf {
+    std::path::absolute(configured).unwrap_or_else(|_| configured.to_path_buf())
 }
 
 #[derive(Debug)]

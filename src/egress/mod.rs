@@ -29,5 +29,5 @@ pub mod seccomp;
 pub mod setup;
 
 pub use addr::{AddrClass, classify};
-pub use mode::{AllowEntry, AllowList, ConfigError, EgressConfig, EgressMode, HostPattern};
+pub use mode::{AllowEntry, AllowList, EgressConfig, EgressMode, HostPattern};
 pub use policy::{Deny, Grant, TargetHost, check_resolved, decide_connect};

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use super::apisock::{self, SockError};
 use super::env::{ApiEndpoint, EnvChange, child_env};
-use super::mode::{ConfigError, EgressConfig, EgressMode};
+use super::mode::{EgressConfig, EgressMode};
 use super::nft::{self, Nft, NftError, Ruleset};
 use super::seccomp::{self, Filter, Policy, Unsupported};
 use crate::proxy::Proxy;
@@ -40,7 +40,6 @@ pub const EGRESS_FILE: &str = "egress";
 /// Why a locked mode cannot start. The message names what is missing and how to fix it.
 #[derive(Debug)]
 pub enum SetupError {
-    Config(ConfigError),
     Nft(NftError),
     Socket(SockError),
     /// A locked mode needs a seccomp filter and this system cannot install one.
@@ -56,7 +55,6 @@ impl SetupError {
     /// 77 for a missing privilege, 78 for configuration or image problems, 71 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            SetupError::Config(_) => EX_CONFIG,
             SetupError::Nft(e) => match e {
                 NftError::MissingNetAdmin | NftError::NftPermission { .. } => EX_NOPERM,
                 NftError::ChildIsRoot
@@ -84,7 +82,6 @@ impl SetupError {
 impl fmt::Display for SetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SetupError::Config(e) => e.fmt(f),
             SetupError::Nft(e) => e.fmt(f),
             SetupError::Socket(e) => write!(
                 f,
@@ -116,10 +113,8 @@ pub struct Plan {
     nft: Option<Nft>,
 }
 
-/// Step 1: read the configuration from the (captured) environment and check that the mode
-/// can be installed. No side effect.
-pub fn validate(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Plan, SetupError> {
-    let config = EgressConfig::from_lookup(get).map_err(SetupError::Config)?;
+/// Step 1: check that the configured mode can be installed here. No side effect.
+pub fn validate(config: EgressConfig) -> Result<Plan, SetupError> {
     if config.mode.is_locked() {
         seccomp::probe().map_err(|why| SetupError::Seccomp {
             mode: config.mode,
