@@ -14,8 +14,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod egress;
-pub mod envclean;
-pub mod exec;
+pub mod failure;
 pub mod fdlimit;
 pub mod home;
 // Its unit tests count allocations with a GlobalAlloc (test builds only).
@@ -25,8 +24,9 @@ pub mod init;
 pub mod logging;
 pub mod privilege;
 pub mod proxy;
+pub mod recipe;
+pub mod record;
 pub mod relay;
-pub mod runinfo;
 #[allow(unsafe_code)]
 pub mod scrub;
 pub mod secret;

@@ -439,6 +439,11 @@ impl Nft {
     /// Apply, then list back and verify.
     pub fn install(&self, rules: &Ruleset) -> Result<(), NftError> {
         self.apply(rules)?;
+        self.verify(rules)
+    }
+
+    /// List the table back and check that `rules` are there, in order.
+    pub fn verify(&self, rules: &Ruleset) -> Result<(), NftError> {
         rules.verify_listing(&self.list()?)
     }
 }
