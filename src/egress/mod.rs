@@ -23,6 +23,7 @@
 
 pub mod addr;
 pub mod apisock;
+pub mod json;
 pub mod lock;
 pub mod mode;
 pub mod nft;
