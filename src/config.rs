@@ -17,7 +17,7 @@ use crate::egress::mode::{
     HOST_NETWORK_ENV, ModeError,
 };
 use crate::scrub::EnvSnapshot;
-use crate::secret::{CredentialKind, Secret};
+use crate::secret::{self, CredentialKind, Secret};
 use crate::user::{self, UserSpec};
 
 pub const ENV_OAUTH: &str = "CLAUDE_CODE_OAUTH_TOKEN";
@@ -289,13 +289,15 @@ impl Config {
                 continue;
             }
             match name.as_str() {
-                ENV_OAUTH => {
-                    found.push((ENV_OAUTH, CredentialKind::OAuth, Source::Env(trim(secret))))
-                }
+                ENV_OAUTH => found.push((
+                    ENV_OAUTH,
+                    CredentialKind::OAuth,
+                    Source::Env(secret::trim(secret)),
+                )),
                 ENV_API_KEY => found.push((
                     ENV_API_KEY,
                     CredentialKind::ApiKey,
-                    Source::Env(trim(secret)),
+                    Source::Env(secret::trim(secret)),
                 )),
                 // ANTHROPIC_AUTH_TOKEN is wiped but not a source.
                 _ => {}
@@ -400,24 +402,6 @@ pub fn parse_grace(v: &str) -> Result<Duration, ConfigError> {
         return Err(ConfigError::Grace(v.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// Strips surrounding ASCII whitespace (a token pasted with a newline) without leaving an
-/// unwiped copy behind.
-pub fn trim(secret: Secret) -> Secret {
-    let b = secret.expose();
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    if start == 0 && end == b.len() {
-        return secret;
-    }
-    Secret::new(b[start..end].to_vec())
 }
 
 #[cfg(test)]
@@ -827,12 +811,5 @@ mod tests {
         ] {
             assert!(u(bad).is_err(), "{bad} accepted");
         }
-    }
-
-    #[test]
-    fn trim_removes_surrounding_whitespace_only() {
-        assert_eq!(trim(Secret::new(b" \ta b\r\n".to_vec())).expose(), b"a b");
-        assert_eq!(trim(Secret::new(b"ab".to_vec())).expose(), b"ab");
-        assert_eq!(trim(Secret::new(b"  ".to_vec())).expose(), b"");
     }
 }

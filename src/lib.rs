@@ -6,12 +6,18 @@
 //! targets drive in-process: [`start`], [`proxy`], [`http`], [`egress`] and [`secret`];
 //! every other module is private.
 //!
-//! Layers (a module imports only from the ones before it): `sys` < `secret`, `user`, `cli`,
-//! `fdlimit`, `privilege`, `init`, `logging`, `egress::{addr, seccomp, nft, apisock, json}` <
-//! `scrub`, `home`, `relay`, `egress::mode` < `config`, `egress::policy`, `child`,
-//! `secretfile` < `egress::{resolve, lock}`, `recipe` < `record`, `http` < `proxy` < `failure`
-//! < `start`.
-//!
+//! Layers (a module imports only from layers before its own; `scripts/import-graph` finds no
+//! cycle):
+//! 1. `sys` (raw system calls), `egress::addr`, `egress::json`, `cli`, `user`;
+//! 2. `secret`, `fdlimit`, `privilege`, `init`, `logging`, `home`, `egress::mode`,
+//!    `egress::seccomp`, `egress::nft`, `egress::apisock`;
+//! 3. `scrub`, `relay`, `secretfile`, `child`, `egress::policy`;
+//! 4. `config`, `egress::resolve`, `egress::lock`;
+//! 5. `recipe`, `http`;
+//! 6. `record`, `proxy`;
+//! 7. `failure`;
+//! 8. `start`, then the binary.
+
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
 //! module doc names: `scrub` (the environment block) and `child::spawn`'s call of `sys::fork`.
 //! The compiler enforces it: any other `unsafe` is an error.

@@ -137,6 +137,24 @@ fn unlock(buf: &[u8]) {
     }
 }
 
+/// Strips surrounding ASCII whitespace (a token pasted with a newline) without leaving an
+/// unwiped copy behind.
+pub fn trim(secret: Secret) -> Secret {
+    let b = secret.expose();
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    if start == 0 && end == b.len() {
+        return secret;
+    }
+    Secret::new(b[start..end].to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +198,12 @@ mod tests {
         let mut v = *b"hello";
         wipe(&mut v);
         assert_eq!(v, [0; 5]);
+    }
+
+    #[test]
+    fn trim_removes_surrounding_whitespace_only() {
+        assert_eq!(trim(Secret::new(b" \ta b\r\n".to_vec())).expose(), b"a b");
+        assert_eq!(trim(Secret::new(b"ab".to_vec())).expose(), b"ab");
+        assert_eq!(trim(Secret::new(b"  ".to_vec())).expose(), b"");
     }
 }
