@@ -17,7 +17,7 @@
 //! 6. `record`, `proxy`;
 //! 7. `failure`;
 //! 8. `start`, then the binary.
-
+//!
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
 //! module doc names: `scrub` (the environment block) and `child::spawn`'s call of `sys::fork`.
 //! The compiler enforces it: any other `unsafe` is an error.

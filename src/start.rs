@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::thread::JoinHandle;
 
 use crate::child::{self, ChildTerminal};
 use crate::cli::{self, Cli, Mode};
@@ -135,15 +136,9 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
         egress: locked.mode,
         api_socket: locked.api_socket.clone(),
     };
-    // The command leads its own process group; on a terminal, the terminal's foreground one.
-    let terminal = if sys::isatty(0) {
-        ChildTerminal::Foreground
-    } else {
-        ChildTerminal::Group
-    };
     let original_nofile = nofile.map(|(original, _)| original);
     let mut prepared = spec
-        .prepare(command, &env.plain, terminal, original_nofile)
+        .prepare(command, &env.plain, pid1_terminal(), original_nofile)
         .map_err(Failure::Prepare)?;
     let _published = publish(&run_dir, spec);
 
@@ -175,29 +170,11 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
     privilege::drop_parent().map_err(Failure::ParentDrop)?;
     logging::start_writer().map_err(Failure::LogThread)?;
     let credential = proxy.credential_slot();
-    let fd_limit = nofile
-        .map(|(_, now)| now)
-        .or_else(|| fdlimit::current().ok().map(|l| l.soft));
-    let proxy = match fd_limit {
-        Some(soft) => proxy.fit_to_fd_limit(soft),
-        None => proxy,
-    };
-    let proxy_thread = proxy.spawn().map_err(Failure::ProxyThread)?;
-    // Creating a thread may have changed our mask: musl unblocks its internal signals 33 and
-    // 34 at the first pthread_create. Block everything again and make those harmless.
-    sys::ignore_libc_internal_signals();
-    if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
-        log::warn!("re-blocking signals after starting the proxy thread: {e}");
-    }
+    let proxy_thread = start_proxy(proxy, nofile.map(|(_, now)| now))?;
 
     // 9. Supervise: forward signals, reap everything, stop leftovers after the command; a
     //    stopped proxy thread stops the command too (exit 70).
-    let proxy_stopped = || {
-        proxy_thread.is_finished().then(|| {
-            logging::panic_of(PROXY_THREAD)
-                .map_or_else(|| "it returned".to_string(), |m| format!("panic: {m}"))
-        })
-    };
+    let proxy_stopped = || stopped(&proxy_thread);
     let ended = init::supervise(child.release(), config.grace, pid1, &proxy_stopped);
 
     // 10. Wipe: zero the real credential before exiting (the proxy thread answers 503 from
@@ -349,6 +326,40 @@ fn raise_nofile() -> Option<(NoFile, u64)> {
             None
         }
     }
+}
+
+/// PID 1's command leads its own process group; on a terminal, the terminal's foreground one.
+fn pid1_terminal() -> ChildTerminal {
+    if sys::isatty(0) {
+        ChildTerminal::Foreground
+    } else {
+        ChildTerminal::Group
+    }
+}
+
+/// Sizes the proxy to the fd limit (the raised one, else the current one) and starts its
+/// thread. Creating a thread may change our mask (musl unblocks its internal signals 33 and
+/// 34 at the first pthread_create): everything is blocked again and those made harmless.
+fn start_proxy(proxy: Proxy, soft: Option<u64>) -> Result<JoinHandle<()>, Failure> {
+    let soft = soft.or_else(|| fdlimit::current().ok().map(|l| l.soft));
+    let proxy = match soft {
+        Some(soft) => proxy.fit_to_fd_limit(soft),
+        None => proxy,
+    };
+    let thread = proxy.spawn().map_err(Failure::ProxyThread)?;
+    sys::ignore_libc_internal_signals();
+    if let Err(e) = sys::set_sigmask(sys::ALL_SIGNALS) {
+        log::warn!("re-blocking signals after starting the proxy thread: {e}");
+    }
+    Ok(thread)
+}
+
+/// Why the proxy thread is gone, once it is (it never returns by design).
+fn stopped(thread: &JoinHandle<()>) -> Option<String> {
+    thread.is_finished().then(|| {
+        logging::panic_of(PROXY_THREAD)
+            .map_or_else(|| "it returned".to_string(), |m| format!("panic: {m}"))
+    })
 }
 
 /// The proxy serves what locking made: api-only's socket (to the child's uid only) and
