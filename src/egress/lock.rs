@@ -9,8 +9,8 @@
 //!    forks or writes anything.
 //! 2. [`lock`] (step 6, as root, after the proxy listener is bound, before fork): `api-only`
 //!    binds the API Unix socket; `allowlist` installs the nftables rules for the child's uid
-//!    and reads them back. [`Locked`] holds what was made: the socket's listener (the proxy
-//!    serves it), the allowlist (the proxy's CONNECT policy) and the installed firewall.
+//!    and reads them back. [`Locked`] holds what the proxy needs of it: the socket's listener
+//!    and path (the proxy serves it) and the allowlist (the proxy's CONNECT policy).
 //!
 //! The child's side of a mode (its environment and its seccomp filter) follows from the mode
 //! alone, in `crate::recipe`, so PID 1's child and every `exec`'d command get the same.
@@ -73,12 +73,6 @@ pub struct Checked {
     nft: Option<Nft>,
 }
 
-impl Checked {
-    pub fn mode(&self) -> EgressMode {
-        self.config.mode
-    }
-}
-
 /// Step 3: check that the configured mode can be installed here. No side effect.
 pub fn check(config: EgressConfig) -> Result<Checked, LockError> {
     if config.mode.is_locked() {
@@ -121,20 +115,6 @@ pub fn api_socket_dir(run_dir: &Path) -> PathBuf {
         .join("bottle-init-api")
 }
 
-/// `allowlist`'s installed rules, kept so they can be read back again.
-#[derive(Debug, Clone)]
-pub struct Firewall {
-    pub nft: Nft,
-    pub rules: Ruleset,
-}
-
-impl Firewall {
-    /// The rules still read back as installed.
-    pub fn verify(&self) -> Result<(), NftError> {
-        self.nft.verify(&self.rules)
-    }
-}
-
 /// What [`lock`] made.
 #[derive(Debug)]
 pub struct Locked {
@@ -143,10 +123,9 @@ pub struct Locked {
     /// the child's uid only) and its path (the child's `ANTHROPIC_UNIX_SOCKET`).
     pub api_listener: Option<UnixListener>,
     pub api_socket: Option<PathBuf>,
-    /// `allowlist`: the hosts CONNECT may reach.
+    /// `allowlist`: the hosts CONNECT may reach. (Its nftables rules need nothing more from
+    /// PID 1 once read back: they stay for the container's life, nothing tears them down.)
     pub connect_allow: Option<AllowList>,
-    /// `allowlist`.
-    pub firewall: Option<Firewall>,
 }
 
 /// Step 6, as root, before fork: install the mode's mechanism. `bound`: the proxy
@@ -165,7 +144,6 @@ pub fn lock(
         api_listener: None,
         api_socket: None,
         connect_allow: None,
-        firewall: None,
     };
     match config.mode {
         EgressMode::Open => {}
@@ -183,7 +161,6 @@ pub fn lock(
             };
             nft::require_net_admin().map_err(LockError::Nft)?;
             nft.install(&rules).map_err(LockError::Nft)?;
-            locked.firewall = Some(Firewall { nft, rules });
             locked.connect_allow = Some(config.allow);
         }
     }
@@ -263,7 +240,7 @@ mod tests {
         )
         .unwrap();
         assert!(l.api_listener.is_none() && l.api_socket.is_none());
-        assert!(l.connect_allow.is_none() && l.firewall.is_none());
+        assert!(l.connect_allow.is_none());
         assert!(!dir.path().join("api").exists());
     }
 }

@@ -11,8 +11,8 @@
 //!   connection with [`resolve`].
 //!
 //! [`lock`] is the init side: [`lock::check`] (nothing installed yet) and [`lock::lock`],
-//! which returns what it made (the API socket's listener, the allowlist, the installed
-//! firewall) for main to hand to the proxy. The child's side of a mode (environment, seccomp
+//! which returns what it made (the API socket's listener, the allowlist) for main to hand to
+//! the proxy. The child's side of a mode (environment, seccomp
 //! filter) is `crate::recipe`'s; the proxy's CONNECT side is `crate::proxy` (tunnel.rs). No
 //! module here imports the proxy.
 //!
