@@ -387,6 +387,50 @@ mod tests {
         );
     }
 
+    /// The guard: a started child that is dropped before supervision is killed and reaped
+    /// (not even a zombie is left). Needs root (the child drops to uid 65534).
+    #[test]
+    fn a_dropped_guard_kills_and_reaps_the_child() {
+        if sys::geteuid() != 0 {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "needs root");
+            eprintln!("SKIPPED a_dropped_guard_kills_and_reaps_the_child: not root");
+            return;
+        }
+        let plan = DropPlan {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        let env = vec![(b"PATH".to_vec(), b"/usr/bin:/bin".to_vec())];
+        let p = Prepared::new(
+            &["sleep".into(), "30".into()],
+            env.clone(),
+            plan.clone(),
+            ChildTerminal::Group,
+        )
+        .unwrap();
+        let child = spawn(&p).unwrap();
+        let proc = std::path::PathBuf::from(format!("/proc/{}", child.pid()));
+        assert!(proc.exists());
+        drop(child);
+        assert!(!proc.exists(), "{} is still there", proc.display());
+        // A command that cannot be run: the report, and the child already reaped.
+        let p = Prepared::new(
+            &["no-such-command-xyz".into()],
+            env,
+            plan,
+            ChildTerminal::Group,
+        )
+        .unwrap();
+        match spawn(&p) {
+            Err(SpawnError::Child {
+                step: Step::Exec,
+                errno: Errno(libc::ENOENT),
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn prepare_refuses_nul_and_empty() {
         let plan = DropPlan {
