@@ -19,8 +19,9 @@
 //! 8. `start`, then the binary.
 //!
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
-//! module doc names: `scrub` (the environment block) and `child::spawn`'s call of `sys::fork`.
-//! The compiler enforces it: any other `unsafe` is an error.
+//! module doc names: `scrub` (the environment block) and `child::spawn`'s call of `sys::fork`
+//! (and, in test builds only, `http`'s allocation-counting test allocator). The compiler
+//! enforces it: any other `unsafe` is an error.
 
 #![deny(unsafe_code)]
 
