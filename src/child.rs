@@ -1,13 +1,25 @@
 //! Starting the child: everything is prepared before `fork` (argv, envp, the PATH candidates,
-//! the drop plan, the onboarding file), so the forked child only makes async-signal-safe
-//! system calls. `bottle-init exec` runs the same [`become_child`] without forking.
+//! the drop plan, the onboarding file, the egress filter; `crate::recipe` decides what goes
+//! in), so the forked child only makes async-signal-safe system calls ([`become_child`]).
+//! [`spawn`] forks, learns through a CLOEXEC pipe whether `execve` succeeded, and returns a
+//! [`Child`] guard that kills and reaps the child on any error path until it is released to
+//! the supervisor.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::envclean;
 use crate::privilege::{self, DropPlan, Step};
 use crate::sys::{self, Errno};
+
+/// `PATH` for the child (and for finding its command) when the parent has none.
+pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The value of `name` in an environment list.
+pub fn lookup<'a>(env: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    env.iter()
+        .find(|(k, _)| k == name.as_bytes())
+        .map(|(_, v)| v.as_slice())
+}
 
 /// What `~/.claude.json` gets when it does not exist: claude then skips its first-run
 /// theme/login picker (shared/facts/claude-code-client.md).
@@ -109,14 +121,12 @@ impl Prepared {
             .filter(|a| !a.is_empty())
             .ok_or(PrepareError::Empty)?;
         let command = first.to_string_lossy().into_owned();
-        let path = envclean::lookup(&env, "PATH")
-            .unwrap_or(envclean::DEFAULT_PATH)
-            .to_vec();
+        let path = lookup(&env, "PATH").unwrap_or(DEFAULT_PATH).to_vec();
         let candidates = candidates(first.as_bytes(), &path)
             .into_iter()
             .map(|c| cstr(c, "the command path"))
             .collect::<Result<Vec<_>, _>>()?;
-        let onboarding = envclean::lookup(&env, "HOME")
+        let onboarding = lookup(&env, "HOME")
             .filter(|h| h.starts_with(b"/"))
             .map(|h| {
                 let mut p = h.to_vec();
@@ -214,7 +224,7 @@ pub fn become_child(p: &Prepared, keep_fd: Option<i32>) -> (Step, Errno) {
     if let Some(filter) = &p.seccomp
         && let Err(e) = crate::egress::seccomp::install(filter)
     {
-        return (Step::Seccomp, Errno(e as i32));
+        return (Step::Seccomp, e);
     }
     // execvp semantics: remember EACCES, keep looking past ENOENT.
     let mut saw_eacces = false;
@@ -270,16 +280,44 @@ fn enter_terminal(t: ChildTerminal) -> Result<(), (Step, Errno)> {
 pub enum SpawnError {
     Pipe(Errno),
     Fork(Errno),
-    /// The forked child reported a failure before or at execve, then exited.
+    /// The forked child reported a failure before or at execve (it has exited and been
+    /// reaped).
     Child {
-        pid: i32,
         step: Step,
         errno: Errno,
     },
 }
 
-/// Forks and starts the child; returns its pid once execve succeeded.
-pub fn spawn(p: &Prepared) -> Result<i32, SpawnError> {
+/// A started child that is not supervised yet: dropping it (any error path before the
+/// supervision starts) kills and reaps it, so no failed start leaves a command running.
+#[derive(Debug)]
+pub struct Child {
+    pid: i32,
+}
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Hands the child over to a supervisor, which reaps it; the guard is off.
+    pub fn release(self) -> i32 {
+        let pid = self.pid;
+        std::mem::forget(self);
+        pid
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = sys::kill(self.pid, libc::SIGKILL);
+        let _ = sys::waitpid_blocking(self.pid);
+    }
+}
+
+/// Forks and starts the child; returns it once execve succeeded.
+#[allow(unsafe_code)] // sys::fork: see sys's module doc
+pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
     // A CLOEXEC pipe: EOF means execve succeeded; 8 bytes mean (step, errno) of a failure.
     let (rfd, wfd) = sys::pipe_cloexec().map_err(SpawnError::Pipe)?;
     // SAFETY: the child below only calls async-signal-safe functions (become_child, write,
@@ -315,14 +353,15 @@ pub fn spawn(p: &Prepared) -> Result<i32, SpawnError> {
         Ok(8) => {
             let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
             let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));
+            // It exits right after its report.
+            let _ = sys::waitpid_blocking(pid);
             Err(SpawnError::Child {
-                pid,
                 step: Step::from_u32(step).unwrap_or(Step::Exec),
                 errno: Errno(errno),
             })
         }
         // EOF (execve closed the pipe) or a short read we cannot interpret: the child runs.
-        _ => Ok(pid),
+        _ => Ok(Child { pid }),
     }
 }
 
@@ -346,6 +385,50 @@ mod tests {
                 b"/x/claude".to_vec()
             ]
         );
+    }
+
+    /// The guard: a started child that is dropped before supervision is killed and reaped
+    /// (not even a zombie is left). Needs root (the child drops to uid 65534).
+    #[test]
+    fn a_dropped_guard_kills_and_reaps_the_child() {
+        if sys::geteuid() != 0 {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "needs root");
+            eprintln!("SKIPPED a_dropped_guard_kills_and_reaps_the_child: not root");
+            return;
+        }
+        let plan = DropPlan {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        let env = vec![(b"PATH".to_vec(), b"/usr/bin:/bin".to_vec())];
+        let p = Prepared::new(
+            &["sleep".into(), "30".into()],
+            env.clone(),
+            plan.clone(),
+            ChildTerminal::Group,
+        )
+        .unwrap();
+        let child = spawn(&p).unwrap();
+        let proc = std::path::PathBuf::from(format!("/proc/{}", child.pid()));
+        assert!(proc.exists());
+        drop(child);
+        assert!(!proc.exists(), "{} is still there", proc.display());
+        // A command that cannot be run: the report, and the child already reaped.
+        let p = Prepared::new(
+            &["no-such-command-xyz".into()],
+            env,
+            plan,
+            ChildTerminal::Group,
+        )
+        .unwrap();
+        match spawn(&p) {
+            Err(SpawnError::Child {
+                step: Step::Exec,
+                errno: Errno(libc::ENOENT),
+            }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

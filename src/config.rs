@@ -1,5 +1,10 @@
-//! Environment -> validated [`Config`]. Pure: no system calls, no file reads (the token file
-//! and CA file are read later by main, after `PR_SET_DUMPABLE=0`), so every rule is
+//! Environment -> validated configuration. Every variable bottle-init reads is read here,
+//! from the one snapshot `scrub` took of the environment: [`Common`] (both modes: the log
+//! filter and the run directory) and [`Config`] (`run`: the credential, the child user, the
+//! upstream, the listener, the grace period and the egress mode).
+//!
+//! Pure: no system calls, no file reads (the token file and CA file are read later by main,
+//! after `PR_SET_DUMPABLE=0`, and checked against the child user), so every rule is
 //! unit-tested.
 
 use std::fmt;
@@ -7,9 +12,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::proxy::Upstream;
+use crate::egress::mode::{
+    ALLOW_HOSTS_ENV, AllowList, AllowListError, EGRESS_ENV, EgressConfig, EgressMode,
+    HOST_NETWORK_ENV, ModeError,
+};
 use crate::scrub::EnvSnapshot;
-use crate::secret::{CredentialKind, Secret};
+use crate::secret::{self, CredentialKind, Secret};
 use crate::user::{self, UserSpec};
 
 pub const ENV_OAUTH: &str = "CLAUDE_CODE_OAUTH_TOKEN";
@@ -19,6 +27,13 @@ pub const ENV_TOKEN_FILE: &str = "BOTTLE_TOKEN_FILE";
 pub const ENV_API_KEY_FILE: &str = "BOTTLE_API_KEY_FILE";
 pub const ENV_INSECURE_SECRET_FILE: &str = "BOTTLE_INSECURE_SECRET_FILE";
 pub const ENV_INSECURE_LISTEN: &str = "BOTTLE_INSECURE_LISTEN";
+pub const ENV_USER: &str = "BOTTLE_USER";
+pub const ENV_UPSTREAM: &str = "BOTTLE_UPSTREAM";
+pub const ENV_UPSTREAM_CA: &str = "BOTTLE_UPSTREAM_CA";
+pub const ENV_LISTEN: &str = "BOTTLE_LISTEN";
+pub const ENV_GRACE: &str = "BOTTLE_GRACE";
+pub const ENV_LOG: &str = "BOTTLE_LOG";
+pub const ENV_RUN_DIR: &str = "BOTTLE_RUN_DIR";
 
 /// The four credential sources, in the order messages list them.
 pub const CREDENTIAL_VARS: [&str; 4] = [ENV_OAUTH, ENV_API_KEY, ENV_TOKEN_FILE, ENV_API_KEY_FILE];
@@ -29,9 +44,74 @@ pub const CREDENTIAL_VARS: [&str; 4] = [ENV_OAUTH, ENV_API_KEY, ENV_TOKEN_FILE, 
 pub const SECRET_VARS: [&str; 3] = [ENV_OAUTH, ENV_API_KEY, ENV_AUTH_TOKEN];
 
 pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
+/// Where PID 1 publishes its run record for `bottle-init exec`.
+pub const DEFAULT_RUN_DIR: &str = "/run/bottle-init";
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// Upper bound accepted for `BOTTLE_GRACE` (catches typos such as milliseconds).
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+/// Where requests go: always `https://host[:port]`; the client's Host header never changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Parses `BOTTLE_UPSTREAM`: `https://host[:port]` with an optional trailing `/`.
+    /// Anything else (http, a path, user info, query) is refused with a message for a human.
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("BOTTLE_UPSTREAM must start with https:// (got {url:?})"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "BOTTLE_UPSTREAM must be https://host[:port] with no path, query or user (got {url:?})"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+                let port = p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("BOTTLE_UPSTREAM has an invalid port {p:?} (got {url:?})")
+                })?;
+                (h, port)
+            }
+            _ => (rest, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("BOTTLE_UPSTREAM has no host (got {url:?})"));
+        }
+        Ok(Upstream {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// What both modes read first; never fails, so the logger exists before any error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Common {
+    /// `BOTTLE_LOG` (unset, or not UTF-8: the default filter).
+    pub log: Option<String>,
+    /// `BOTTLE_RUN_DIR`, as given (made absolute by the run record, which is not pure).
+    pub run_dir: PathBuf,
+}
+
+impl Common {
+    pub fn from_env(env: &EnvSnapshot) -> Common {
+        use std::os::unix::ffi::OsStrExt;
+        let run_dir = match env.get(ENV_RUN_DIR).filter(|v| !v.is_empty()) {
+            Some(v) => PathBuf::from(std::ffi::OsStr::from_bytes(v)),
+            None => PathBuf::from(DEFAULT_RUN_DIR),
+        };
+        Common {
+            log: text(env, ENV_LOG).ok().flatten().map(str::to_string),
+            run_dir,
+        }
+    }
+}
 
 /// Where the upstream credential comes from.
 #[derive(Debug)]
@@ -63,6 +143,11 @@ pub struct Config {
     pub insecure_secret_file: bool,
     /// `BOTTLE_INSECURE_LISTEN=1` was needed for (and allowed) a non-loopback `listen`.
     pub insecure_listen: bool,
+    /// `BOTTLE_EGRESS`, `BOTTLE_ALLOW_HOSTS`, `BOTTLE_INSECURE_HOST_NETWORK`.
+    pub egress: EgressConfig,
+    /// `ANTHROPIC_AUTH_TOKEN` was set: wiped like a credential but not accepted as one (main
+    /// warns).
+    pub auth_token_ignored: bool,
 }
 
 /// One variant per thing that can be wrong; `Display` says what and how to fix it.
@@ -79,6 +164,19 @@ pub enum ConfigError {
     NotUnicode(&'static str),
     /// A `BOTTLE_INSECURE_*` switch with a value other than 1 (or 0/empty).
     Flag(&'static str, String),
+    /// A bad `BOTTLE_EGRESS`.
+    EgressMode(ModeError),
+    /// A bad `BOTTLE_ALLOW_HOSTS`.
+    AllowList(AllowListError),
+    /// `BOTTLE_ALLOW_HOSTS` set while the mode ignores it: refusing beats running open while
+    /// the user believes the list is enforced.
+    AllowHostsIgnored {
+        mode: EgressMode,
+    },
+    /// `BOTTLE_INSECURE_HOST_NETWORK=1` while the mode installs no rules.
+    HostNetworkIgnored {
+        mode: EgressMode,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -119,6 +217,18 @@ impl fmt::Display for ConfigError {
             ConfigError::NotUnicode(name) => {
                 write!(f, "{name} is not valid UTF-8; set it to plain text")
             }
+            ConfigError::EgressMode(e) => e.fmt(f),
+            ConfigError::AllowList(e) => e.fmt(f),
+            ConfigError::AllowHostsIgnored { mode } => write!(
+                f,
+                "{ALLOW_HOSTS_ENV} is set but {EGRESS_ENV} is {mode}, which ignores it: \
+                 set {EGRESS_ENV}=allowlist to enforce the list, or unset {ALLOW_HOSTS_ENV}"
+            ),
+            ConfigError::HostNetworkIgnored { mode } => write!(
+                f,
+                "{HOST_NETWORK_ENV} is set but {EGRESS_ENV} is {mode}, which installs no \
+                 nftables rules: unset {HOST_NETWORK_ENV}"
+            ),
         }
     }
 }
@@ -143,16 +253,18 @@ impl Config {
     /// Validates everything; consumes the captured secrets (the chosen one moves into the
     /// config, the others are dropped and wiped).
     pub fn from_env(env: &mut EnvSnapshot) -> Result<Config, ConfigError> {
+        // Egress first: a typo in the lockdown is the error that matters most.
+        let egress = egress(env)?;
         let token_file = nonempty(text(env, ENV_TOKEN_FILE)?).map(PathBuf::from);
         let key_file = nonempty(text(env, ENV_API_KEY_FILE)?).map(PathBuf::from);
         let insecure_secret_file = flag(env, ENV_INSECURE_SECRET_FILE)?;
         let insecure_listen = flag(env, ENV_INSECURE_LISTEN)?;
-        let user = user::parse_spec(text(env, "BOTTLE_USER")?).map_err(ConfigError::User)?;
+        let user = user::parse_spec(text(env, ENV_USER)?).map_err(ConfigError::User)?;
         let upstream =
-            Upstream::parse(nonempty(text(env, "BOTTLE_UPSTREAM")?).unwrap_or(DEFAULT_UPSTREAM))
+            Upstream::parse(nonempty(text(env, ENV_UPSTREAM)?).unwrap_or(DEFAULT_UPSTREAM))
                 .map_err(ConfigError::Upstream)?;
-        let upstream_ca = nonempty(text(env, "BOTTLE_UPSTREAM_CA")?).map(PathBuf::from);
-        let listen = match nonempty(text(env, "BOTTLE_LISTEN")?) {
+        let upstream_ca = nonempty(text(env, ENV_UPSTREAM_CA)?).map(PathBuf::from);
+        let listen = match nonempty(text(env, ENV_LISTEN)?) {
             None => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             Some(v) => v
                 .trim()
@@ -162,24 +274,30 @@ impl Config {
         if !is_loopback(listen) && !insecure_listen {
             return Err(ConfigError::ListenNotLoopback(listen));
         }
-        let grace = match nonempty(text(env, "BOTTLE_GRACE")?) {
+        let grace = match nonempty(text(env, ENV_GRACE)?) {
             None => DEFAULT_GRACE,
             Some(v) => parse_grace(v)?,
         };
 
+        let auth_token_ignored = env
+            .secrets
+            .iter()
+            .any(|(n, v)| n == ENV_AUTH_TOKEN && !v.is_empty());
         let mut found: Vec<(&'static str, CredentialKind, Source)> = Vec::new();
         for (name, secret) in std::mem::take(&mut env.secrets) {
             if secret.expose().iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             match name.as_str() {
-                ENV_OAUTH => {
-                    found.push((ENV_OAUTH, CredentialKind::OAuth, Source::Env(trim(secret))))
-                }
+                ENV_OAUTH => found.push((
+                    ENV_OAUTH,
+                    CredentialKind::OAuth,
+                    Source::Env(secret::trim(secret)),
+                )),
                 ENV_API_KEY => found.push((
                     ENV_API_KEY,
                     CredentialKind::ApiKey,
-                    Source::Env(trim(secret)),
+                    Source::Env(secret::trim(secret)),
                 )),
                 // ANTHROPIC_AUTH_TOKEN is wiped but not a source.
                 _ => {}
@@ -216,8 +334,42 @@ impl Config {
             grace,
             insecure_secret_file,
             insecure_listen: insecure_listen && !is_loopback(listen),
+            egress,
+            auth_token_ignored,
         })
     }
+}
+
+/// `BOTTLE_EGRESS`, `BOTTLE_ALLOW_HOSTS` (only with `allowlist`) and
+/// `BOTTLE_INSECURE_HOST_NETWORK` (only with `allowlist`). An unknown mode is an error, so a
+/// typo never silently runs unlocked.
+fn egress(env: &EnvSnapshot) -> Result<EgressConfig, ConfigError> {
+    let utf8 = |name, err: ConfigError| match env.get(name) {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v).map(Some).map_err(|_| err),
+    };
+    let mode = utf8(EGRESS_ENV, ConfigError::EgressMode(ModeError::NotUtf8))?;
+    let mode = EgressMode::parse(mode).map_err(ConfigError::EgressMode)?;
+    let hosts = utf8(
+        ALLOW_HOSTS_ENV,
+        ConfigError::AllowList(AllowListError::NotUtf8),
+    )?;
+    let allow = match (mode, hosts) {
+        (EgressMode::Allowlist, Some(v)) => AllowList::parse(v).map_err(ConfigError::AllowList)?,
+        (_, Some(v)) if !v.trim().is_empty() => {
+            return Err(ConfigError::AllowHostsIgnored { mode });
+        }
+        _ => AllowList::default(),
+    };
+    let host_network_ok = flag(env, HOST_NETWORK_ENV)?;
+    if host_network_ok && mode != EgressMode::Allowlist {
+        return Err(ConfigError::HostNetworkIgnored { mode });
+    }
+    Ok(EgressConfig {
+        mode,
+        allow,
+        host_network_ok,
+    })
 }
 
 /// A credential before it is known to be the only one.
@@ -250,24 +402,6 @@ pub fn parse_grace(v: &str) -> Result<Duration, ConfigError> {
         return Err(ConfigError::Grace(v.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// Strips surrounding ASCII whitespace (a token pasted with a newline) without leaving an
-/// unwiped copy behind.
-pub fn trim(secret: Secret) -> Secret {
-    let b = secret.expose();
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    if start == 0 && end == b.len() {
-        return secret;
-    }
-    Secret::new(b[start..end].to_vec())
 }
 
 #[cfg(test)]
@@ -527,10 +661,155 @@ mod tests {
         );
     }
 
+    /// The egress variables, as `Config::from_env` reads them (with a credential set).
+    fn egress_of(vars: &[(&str, &str)]) -> Result<EgressConfig, ConfigError> {
+        Config::from_env(&mut snap(vars, &[(ENV_OAUTH, "t")])).map(|c| c.egress)
+    }
+
     #[test]
-    fn trim_removes_surrounding_whitespace_only() {
-        assert_eq!(trim(Secret::new(b" \ta b\r\n".to_vec())).expose(), b"a b");
-        assert_eq!(trim(Secret::new(b"ab".to_vec())).expose(), b"ab");
-        assert_eq!(trim(Secret::new(b"  ".to_vec())).expose(), b"");
+    fn egress_combinations() {
+        let cfg = |m: Option<&str>, h: Option<&str>| {
+            let mut vars = Vec::new();
+            if let Some(m) = m {
+                vars.push((EGRESS_ENV, m));
+            }
+            if let Some(h) = h {
+                vars.push((ALLOW_HOSTS_ENV, h));
+            }
+            egress_of(&vars)
+        };
+        assert_eq!(cfg(None, None).unwrap().mode, EgressMode::Open);
+        assert_eq!(
+            cfg(Some("api-only"), Some(" ")).unwrap().mode,
+            EgressMode::ApiOnly
+        );
+        let c = cfg(Some("allowlist"), Some("a.com b.com:8443")).unwrap();
+        assert_eq!(c.allow.entries().len(), 2);
+        assert!(cfg(Some("allowlist"), None).unwrap().allow.is_empty());
+        for m in [None, Some("open"), Some("api-only")] {
+            let e = cfg(m, Some("a.com")).unwrap_err();
+            assert!(matches!(e, ConfigError::AllowHostsIgnored { .. }), "{e}");
+            assert!(e.to_string().contains("BOTTLE_EGRESS=allowlist"), "{e}");
+        }
+        assert!(matches!(
+            cfg(Some("closed"), None),
+            Err(ConfigError::EgressMode(_))
+        ));
+        assert!(matches!(
+            cfg(Some("allowlist"), Some("10.0.0.1")),
+            Err(ConfigError::AllowList(_))
+        ));
+        // The egress error wins over every other one (a typo in the lockdown matters most).
+        let e = Config::from_env(&mut snap(&[(EGRESS_ENV, "closed")], &[])).unwrap_err();
+        assert!(matches!(e, ConfigError::EgressMode(_)), "{e}");
+        let mut s = snap(&[], &[(ENV_OAUTH, "t")]);
+        s.plain.push((EGRESS_ENV.as_bytes().to_vec(), vec![0xff]));
+        assert_eq!(
+            Config::from_env(&mut s).unwrap_err(),
+            ConfigError::EgressMode(ModeError::NotUtf8)
+        );
+    }
+
+    #[test]
+    fn host_network_opt_in() {
+        let allow = (EGRESS_ENV, "allowlist");
+        assert!(!egress_of(&[allow]).unwrap().host_network_ok);
+        assert!(
+            egress_of(&[allow, (HOST_NETWORK_ENV, "1")])
+                .unwrap()
+                .host_network_ok
+        );
+        assert!(
+            !egress_of(&[allow, (HOST_NETWORK_ENV, "0")])
+                .unwrap()
+                .host_network_ok
+        );
+        assert!(
+            !egress_of(&[allow, (HOST_NETWORK_ENV, "")])
+                .unwrap()
+                .host_network_ok
+        );
+        let e = egress_of(&[allow, (HOST_NETWORK_ENV, "yes")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("BOTTLE_INSECURE_HOST_NETWORK=\"yes\""),
+            "{e}"
+        );
+        for mode in ["open", "api-only"] {
+            let e = egress_of(&[(EGRESS_ENV, mode), (HOST_NETWORK_ENV, "1")]).unwrap_err();
+            assert_eq!(
+                e,
+                ConfigError::HostNetworkIgnored {
+                    mode: EgressMode::parse(Some(mode)).unwrap()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn common_settings_never_fail() {
+        let c = Common::from_env(&snap(&[], &[]));
+        assert_eq!(c.log, None);
+        assert_eq!(c.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        let c = Common::from_env(&snap(&[(ENV_RUN_DIR, "")], &[]));
+        assert_eq!(c.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        let mut s = snap(&[(ENV_RUN_DIR, "/tmp/r"), (ENV_LOG, "debug")], &[]);
+        assert_eq!(
+            Common::from_env(&s),
+            Common {
+                log: Some("debug".into()),
+                run_dir: "/tmp/r".into()
+            }
+        );
+        s.plain.push((ENV_LOG.as_bytes().to_vec(), vec![0xff]));
+        s.plain
+            .retain(|(k, v)| k != ENV_LOG.as_bytes() || v == &[0xff]);
+        assert_eq!(Common::from_env(&s).log, None);
+    }
+
+    #[test]
+    fn auth_token_is_noted_not_used() {
+        let c =
+            Config::from_env(&mut snap(&[], &[(ENV_OAUTH, "t"), (ENV_AUTH_TOKEN, "x")])).unwrap();
+        assert!(c.auth_token_ignored);
+        let c = Config::from_env(&mut snap(&[], &[(ENV_OAUTH, "t")])).unwrap();
+        assert!(!c.auth_token_ignored);
+    }
+
+    #[test]
+    fn upstream_parse() {
+        let u = |s: &str| Upstream::parse(s);
+        assert_eq!(
+            u("https://api.anthropic.com").unwrap(),
+            Upstream {
+                host: "api.anthropic.com".into(),
+                port: 443
+            }
+        );
+        assert_eq!(
+            u("https://API.example:8443/").unwrap(),
+            Upstream {
+                host: "api.example".into(),
+                port: 8443
+            }
+        );
+        assert_eq!(
+            u("https://[::1]:9").unwrap(),
+            Upstream {
+                host: "::1".into(),
+                port: 9
+            }
+        );
+        for bad in [
+            "http://x",
+            "https://",
+            "https://x/v1",
+            "https://u@x",
+            "https://x:0",
+            "https://x:99999",
+            "x",
+        ] {
+            assert!(u(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -6,10 +6,12 @@
 //! sees exactly what it would have seen without bottle-init. The proxy then sizes its
 //! connection cap from the limit it has (`proxy::Limits::fit_to_fds`).
 //!
-//! Raw `prlimit64` system calls: the limit is per process, and the child's restore must be
-//! async-signal-safe (musl's `setrlimit` synchronises all threads with signals).
+//! The limit is read and set with a raw `prlimit64` ([`crate::sys::prlimit_nofile`]): the
+//! child's restore must be async-signal-safe.
 
 use std::io;
+
+use crate::sys;
 
 /// One RLIMIT_NOFILE value (`struct rlimit64`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,38 +20,14 @@ pub struct NoFile {
     pub hard: u64,
 }
 
-fn prlimit(new: Option<&libc::rlimit64>) -> Result<NoFile, i32> {
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let new_ptr = new.map_or(std::ptr::null(), |n| n as *const libc::rlimit64);
-    // SAFETY: prlimit64(0 = this process, RLIMIT_NOFILE, new or NULL, &old): `new_ptr` is
-    // NULL or points at a live rlimit64 the kernel only reads; `old` is a live local it
-    // writes. No allocation, so this is also async-signal-safe.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_prlimit64,
-            0 as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            new_ptr,
-            &mut old as *mut libc::rlimit64,
-        )
-    };
-    if rc == 0 {
-        Ok(NoFile {
-            soft: old.rlim_cur,
-            hard: old.rlim_max,
-        })
-    } else {
-        // SAFETY: reading errno of this thread right after the failed call.
-        Err(unsafe { *libc::__errno_location() })
-    }
+fn prlimit(new: Option<NoFile>) -> Result<NoFile, sys::Errno> {
+    let (soft, hard) = sys::prlimit_nofile(new.map(|n| (n.soft, n.hard)))?;
+    Ok(NoFile { soft, hard })
 }
 
 /// The current limit.
 pub fn current() -> io::Result<NoFile> {
-    prlimit(None).map_err(io::Error::from_raw_os_error)
+    Ok(prlimit(None)?)
 }
 
 /// Raises the soft limit to the hard limit. Returns the limit as it was before (for
@@ -59,22 +37,17 @@ pub fn raise_soft_to_hard() -> io::Result<(NoFile, u64)> {
     if before.soft >= before.hard {
         return Ok((before, before.soft));
     }
-    let new = libc::rlimit64 {
-        rlim_cur: before.hard,
-        rlim_max: before.hard,
-    };
-    prlimit(Some(&new)).map_err(io::Error::from_raw_os_error)?;
+    prlimit(Some(NoFile {
+        soft: before.hard,
+        hard: before.hard,
+    }))?;
     Ok((before, before.hard))
 }
 
 /// In the forked child, before `execve`: back to `original` (lowering a soft limit needs no
 /// privilege). Async-signal-safe: one system call on a value prepared before the fork.
-pub fn restore_in_child(original: &NoFile) -> Result<(), i32> {
-    let lim = libc::rlimit64 {
-        rlim_cur: original.soft,
-        rlim_max: original.hard,
-    };
-    prlimit(Some(&lim)).map(drop)
+pub fn restore_in_child(original: &NoFile) -> Result<(), sys::Errno> {
+    prlimit(Some(*original)).map(drop)
 }
 
 /// Descriptors open in this process right now (`/proc/self/fd`), for sizing what is left.

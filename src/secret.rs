@@ -5,8 +5,18 @@
 //!   are never written to swap, and overwritten with zeros when the `Secret` is dropped;
 //! - `Debug` never prints the value, so a stray `{:?}` in a log line cannot leak it;
 //! - comparison against client input is constant time in the input's content.
+//!
+//! The wipe is `zeroize`'s (volatile writes and a compiler fence, so the optimiser cannot drop
+//! them as dead stores) and the comparison `subtle`'s: both crates are rustls dependencies
+//! already, so they cost nothing, and they are the audited versions of what this file would
+//! otherwise write by hand.
 
 use std::fmt;
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+use crate::sys;
 
 /// A secret byte string. Construct with [`Secret::new`] (takes ownership of the bytes, so no
 /// second copy is left behind) or [`Secret::random_session`].
@@ -15,21 +25,13 @@ pub struct Secret {
 }
 
 impl Secret {
-    /// Takes ownership of `bytes`. The vector's spare capacity is zeroed first: it may hold
-    /// bytes of the secret from an earlier reallocation.
+    /// Takes ownership of `bytes`: they are copied into an exactly sized, locked buffer and
+    /// the vector is zeroed, spare capacity included (it may hold bytes of the secret from an
+    /// earlier reallocation), before it is freed.
     pub fn new(mut bytes: Vec<u8>) -> Secret {
-        let len = bytes.len();
-        let spare = bytes.spare_capacity_mut();
-        for b in spare.iter_mut() {
-            b.write(0);
-        }
-        // `into_boxed_slice` may reallocate when capacity > len; zeroing above means the old
-        // allocation held no secret beyond `len`, and we copy out of it ourselves so we can
-        // wipe it before it is freed.
-        let mut boxed = vec![0u8; len].into_boxed_slice();
-        boxed.copy_from_slice(&bytes);
-        wipe(&mut bytes);
-        drop(bytes);
+        let boxed: Box<[u8]> = bytes.as_slice().into();
+        // Vec's zeroize also clears the capacity past `len`.
+        bytes.zeroize();
         lock(&boxed);
         Secret { buf: boxed }
     }
@@ -39,7 +41,7 @@ impl Secret {
     /// HTTP header unchanged.
     pub fn random_session() -> std::io::Result<Secret> {
         let mut raw = [0u8; 32];
-        fill_random(&mut raw)?;
+        sys::getrandom(&mut raw)?;
         let mut out = Vec::with_capacity(7 + 64);
         out.extend_from_slice(b"bottle-");
         for b in raw {
@@ -107,68 +109,50 @@ pub struct Credential {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Constant time in the content of both slices (length differences return early: lengths are
-/// not secret, the session secret's length is fixed and public).
+/// Constant time in the content of both slices (`subtle`; different lengths return early:
+/// lengths are not secret, the session secret's length is fixed and public).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    // black_box keeps the optimiser from turning the fold into an early-exit loop.
-    std::hint::black_box(diff) == 0
+    a.ct_eq(b).into()
 }
 
-/// Overwrites `buf` with zeros in a way the optimiser may not remove.
+/// Overwrites `buf` with zeros in a way the optimiser may not remove (`zeroize`).
 pub fn wipe(buf: &mut [u8]) {
-    for b in buf.iter_mut() {
-        // SAFETY: `b` is a valid, aligned, exclusive reference into `buf`.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
-    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    buf.zeroize();
 }
 
 fn lock(buf: &[u8]) {
     if buf.is_empty() {
         return;
     }
-    // SAFETY: the range is one live allocation owned by the caller. mlock failing (RLIMIT_MEMLOCK)
-    // is not fatal: the secret is still wiped on drop; swap is simply not excluded.
-    let rc = unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        log::debug!(
-            "mlock of a secret buffer failed: {}",
-            std::io::Error::last_os_error()
-        );
+    // Not fatal (RLIMIT_MEMLOCK): the secret is still wiped on drop; swap is simply not
+    // excluded.
+    if let Err(e) = sys::mlock(buf) {
+        log::debug!("mlock of a secret buffer failed: {e}");
     }
 }
 
 fn unlock(buf: &[u8]) {
-    if buf.is_empty() {
-        return;
+    if !buf.is_empty() {
+        sys::munlock(buf);
     }
-    // SAFETY: same live allocation that `lock` was given; munlock on unlocked pages is harmless.
-    unsafe { libc::munlock(buf.as_ptr().cast(), buf.len()) };
 }
 
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        filled += n as usize;
+/// Strips surrounding ASCII whitespace (a token pasted with a newline) without leaving an
+/// unwiped copy behind.
+pub fn trim(secret: Secret) -> Secret {
+    let b = secret.expose();
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    if start == 0 && end == b.len() {
+        return secret;
     }
-    Ok(())
+    Secret::new(b[start..end].to_vec())
 }
 
 #[cfg(test)]
@@ -214,5 +198,12 @@ mod tests {
         let mut v = *b"hello";
         wipe(&mut v);
         assert_eq!(v, [0; 5]);
+    }
+
+    #[test]
+    fn trim_removes_surrounding_whitespace_only() {
+        assert_eq!(trim(Secret::new(b" \ta b\r\n".to_vec())).expose(), b"a b");
+        assert_eq!(trim(Secret::new(b"ab".to_vec())).expose(), b"ab");
+        assert_eq!(trim(Secret::new(b"  ".to_vec())).expose(), b"");
     }
 }

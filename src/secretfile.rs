@@ -37,6 +37,8 @@ pub struct AclEntry {
     pub id: u32,
 }
 
+/// The owner's entry: the owner check covers it; the tests build ACLs with it.
+#[cfg(test)]
 pub const ACL_USER_OBJ: u16 = 0x01;
 pub const ACL_USER: u16 = 0x02;
 pub const ACL_GROUP_OBJ: u16 = 0x04;
@@ -262,7 +264,7 @@ pub fn insecure_warning(var: &str, path: &Path, e: &Exposure, uid: u32) -> Strin
 fn read_secret(f: File) -> Result<Secret, SecretFileError> {
     let mut buf = Vec::with_capacity(MAX_LEN as usize + 1);
     let res = f.take(MAX_LEN + 1).read_to_end(&mut buf);
-    let secret = crate::config::trim(Secret::new(buf));
+    let secret = crate::secret::trim(Secret::new(buf));
     res.map_err(SecretFileError::Read)?;
     if secret.len() as u64 > MAX_LEN {
         return Err(SecretFileError::TooLarge);

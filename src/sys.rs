@@ -1,6 +1,16 @@
-//! The only place with `unsafe` system calls for the init half: signal masks, prctl,
-//! capabilities, ids, fds, fork/exec, waitpid, sessions and terminals (pty, termios,
-//! window size), signalfd and poll for `exec`'s relay, extended attributes (ACLs).
+//! Every raw system call of the crate: signal masks, prctl, capabilities, ids, fds,
+//! fork/exec, waitpid, sessions and terminals (pty, termios, window size), signalfd and poll
+//! for `exec`'s relay, extended attributes (ACLs), mlock and getrandom (secrets), the fd
+//! limit, seccomp, socket options. `libc` is the only crate underneath; [`Errno`] is the one
+//! error type for a failed call.
+//!
+//! `unsafe` is denied in the rest of the crate (lib.rs), with exactly two exceptions, each
+//! because its safety condition is one this module cannot check:
+//! - `scrub`: it overwrites credential values in the environment block the kernel placed on
+//!   the stack at execve. That is process memory, not a system call, and walking it is only
+//!   sound while the process is single-threaded (the first thing `main` does);
+//! - `child::spawn` calls [`fork`], an `unsafe fn`: the forked child may only make
+//!   async-signal-safe calls until `execve`, which only the caller can keep.
 //!
 //! Invariants:
 //! - functions marked "async-signal-safe" make exactly one or a few raw system calls, never
@@ -13,7 +23,7 @@
 use std::ffi::CStr;
 use std::time::Duration;
 
-/// An `errno` value.
+/// An `errno` value: the crate's one error type for a failed system call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Errno(pub i32);
 
@@ -21,14 +31,63 @@ impl Errno {
     pub fn last() -> Errno {
         Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
+
     pub fn to_io(self) -> std::io::Error {
         std::io::Error::from_raw_os_error(self.0)
+    }
+
+    /// The symbolic name (`ENOSYS`) for the values messages name; `errno N` otherwise.
+    pub fn name(self) -> String {
+        let known = [
+            (libc::EPERM, "EPERM"),
+            (libc::ENOENT, "ENOENT"),
+            (libc::ESRCH, "ESRCH"),
+            (libc::EINTR, "EINTR"),
+            (libc::EIO, "EIO"),
+            (libc::ENOEXEC, "ENOEXEC"),
+            (libc::EBADF, "EBADF"),
+            (libc::ECHILD, "ECHILD"),
+            (libc::EAGAIN, "EAGAIN"),
+            (libc::ENOMEM, "ENOMEM"),
+            (libc::EACCES, "EACCES"),
+            (libc::EFAULT, "EFAULT"),
+            (libc::EBUSY, "EBUSY"),
+            (libc::EEXIST, "EEXIST"),
+            (libc::ENOTDIR, "ENOTDIR"),
+            (libc::EINVAL, "EINVAL"),
+            (libc::EMFILE, "EMFILE"),
+            (libc::ENOTTY, "ENOTTY"),
+            (libc::ENOSPC, "ENOSPC"),
+            (libc::ERANGE, "ERANGE"),
+            (libc::ENOSYS, "ENOSYS"),
+            (libc::ELOOP, "ELOOP"),
+            (libc::ENODATA, "ENODATA"),
+            (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        ];
+        known
+            .iter()
+            .find(|(n, _)| *n == self.0)
+            .map_or_else(|| format!("errno {}", self.0), |(_, s)| s.to_string())
+    }
+
+    /// The system's description (`Function not implemented`), without std's
+    /// ` (os error N)` suffix.
+    pub fn desc(self) -> String {
+        let full = self.to_io().to_string();
+        let suffix = format!(" (os error {})", self.0);
+        full.strip_suffix(&suffix).unwrap_or(&full).to_string()
     }
 }
 
 impl std::fmt::Display for Errno {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.to_io())
+    }
+}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> std::io::Error {
+        e.to_io()
     }
 }
 
@@ -807,4 +866,178 @@ pub fn environ() -> *const *mut libc::c_char {
     }
     // SAFETY: reading the libc global; callers only read it while single-threaded.
     unsafe { environ }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory and randomness (secret.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// mlock(2): keeps the pages of `buf` in RAM (never written to swap).
+pub fn mlock(buf: &[u8]) -> Result<(), Errno> {
+    // SAFETY: pointer and length describe one live allocation; mlock only pins its pages.
+    check(unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) } as libc::c_long).map(drop)
+}
+
+/// munlock(2) of what [`mlock`] pinned (harmless on pages that are not locked).
+pub fn munlock(buf: &[u8]) {
+    // SAFETY: pointer and length describe one live allocation; the result does not matter.
+    unsafe { libc::munlock(buf.as_ptr().cast(), buf.len()) };
+}
+
+/// Fills `buf` from the kernel's CSPRNG (getrandom(2), blocking until it is seeded),
+/// retrying on EINTR and short reads.
+pub fn getrandom(buf: &mut [u8]) -> Result<(), Errno> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a live writable buffer of `rest.len()` bytes.
+        match check(unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) } as _) {
+            Ok(n) => filled += n as usize,
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resource limits (fdlimit.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// prlimit64(0, RLIMIT_NOFILE, new, old): sets `(soft, hard)` when `new` is given and
+/// returns the limit as it was. A raw system call: the limit is per process, and the
+/// forked child's restore must be async-signal-safe (musl's setrlimit synchronises all
+/// threads with signals). Async-signal-safe.
+pub fn prlimit_nofile(new: Option<(u64, u64)>) -> Result<(u64, u64), Errno> {
+    let new = new.map(|(soft, hard)| libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    let new_ptr = new
+        .as_ref()
+        .map_or(std::ptr::null(), |n| n as *const libc::rlimit64);
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `new_ptr` is NULL or points at a live rlimit64 the kernel only reads; `old` is
+    // a live local it writes.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0 as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            new_ptr,
+            &mut old as *mut libc::rlimit64,
+        )
+    })?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+// ---------------------------------------------------------------------------------------------
+// seccomp (egress/seccomp.rs builds the programs)
+// ---------------------------------------------------------------------------------------------
+
+// <linux/seccomp.h>
+const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+
+/// seccomp(SECCOMP_GET_ACTION_AVAIL): whether the kernel can install filters that return
+/// `action`. Changes nothing in the process.
+pub fn seccomp_action_available(action: u32) -> Result<(), Errno> {
+    // SAFETY: the operation reads one u32 through the pointer, which points at a live local.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0 as libc::c_ulong,
+            &action as *const u32,
+        )
+    })
+    .map(drop)
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER) of a classic BPF program on the calling thread (no
+/// TSYNC: for a single-threaded, freshly forked child). The caller has set no_new_privs.
+/// Async-signal-safe.
+pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> Result<(), Errno> {
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `len` instructions that outlive the call; the kernel copies
+    // the program during the call and never writes through the pointer.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    })
+    .map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets (the proxy's listener, the api-only socket)
+// ---------------------------------------------------------------------------------------------
+
+/// listen(2) again on a bound, listening socket with the largest backlog the kernel allows
+/// (a negative backlog is clamped to net.core.somaxconn).
+pub fn listen_max_backlog(fd: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::listen(fd, -1) } as libc::c_long).map(drop)
+}
+
+/// The uid of the process at the other end of a connected Unix socket (SO_PEERCRED, filled
+/// in by the kernel at connect time; the peer cannot forge it).
+pub fn peer_uid(fd: i32) -> Result<u32, Errno> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals of the sizes the kernel expects.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    } as libc::c_long)?;
+    Ok(cred.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_names_and_descriptions() {
+        assert_eq!(Errno(libc::ENOSYS).name(), "ENOSYS");
+        assert_eq!(Errno(libc::EOPNOTSUPP).name(), "EOPNOTSUPP");
+        assert_eq!(Errno(4095).name(), "errno 4095");
+        let d = Errno(libc::ENOENT).desc();
+        assert!(d.contains("No such file") && !d.contains("os error"), "{d}");
+    }
+
+    #[test]
+    fn peer_uid_is_the_connecting_process() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(peer_uid(a.as_raw_fd()), Ok(geteuid()));
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(peer_uid(f.as_raw_fd()), Err(Errno(libc::ENOTSOCK)));
+    }
+
+    #[test]
+    fn nofile_limit_reads_back_what_was_set() {
+        let (soft, hard) = prlimit_nofile(None).unwrap();
+        assert_eq!(prlimit_nofile(Some((soft, hard))), Ok((soft, hard)));
+        let mut buf = [0u8; 64];
+        getrandom(&mut buf).unwrap();
+        assert_ne!(buf, [0u8; 64]);
+    }
 }

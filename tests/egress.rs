@@ -689,6 +689,82 @@ fn allowlist_rules_read_back_and_reinstall_atomically() {
     );
 }
 
+/// The read-back check is on `nft -j`'s JSON, field by field, and accepts nothing but the
+/// installed rules: a rule slipped in among them (which the old text check let through: it
+/// only looked for bottle-init's own rules in order) or a rule changed by hand is refused.
+#[test]
+fn allowlist_read_back_refuses_rules_changed_after_install() {
+    if !root_or_fail("allowlist_read_back_refuses_rules_changed_after_install") {
+        return;
+    }
+    let lab = allowlist_lab();
+    install_rules(&lab);
+    let rules = Ruleset::new(CHILD_UID, &proxy_addrs()).unwrap();
+    let checks = lab.client.run_in(move || {
+        let nft = Nft::locate().unwrap();
+        let program = nft::NFT_CANDIDATES
+            .iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .unwrap();
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "nft {args:?}: {err}");
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let fresh = nft.verify(&rules).map_err(|e| e.to_string());
+        // An accept for everything, inserted at the top of the child's chain.
+        run(&[
+            "insert",
+            "rule",
+            "inet",
+            "bottle_init",
+            "child_egress",
+            "accept",
+        ]);
+        let inserted = nft.verify(&rules).map_err(|e| e.to_string());
+        nft::install(&rules).unwrap();
+        let reinstalled = nft.verify(&rules).map_err(|e| e.to_string());
+        // The final drop replaced by an accept that keeps its comment.
+        let chain = run(&["-a", "list", "chain", "inet", "bottle_init", "child_egress"]);
+        let handle = chain
+            .lines()
+            .find(|l| l.contains("may reach nothing else"))
+            .and_then(|l| l.rsplit("# handle ").next())
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|| panic!("no handle for the drop rule in {chain}"));
+        let comment = format!("\"bottle-init: uid {CHILD_UID} may reach nothing else\"");
+        run(&[
+            "replace",
+            "rule",
+            "inet",
+            "bottle_init",
+            "child_egress",
+            "handle",
+            &handle,
+            "accept",
+            "comment",
+            &comment,
+        ]);
+        let replaced = nft.verify(&rules).map_err(|e| e.to_string());
+        (fresh, inserted, reinstalled, replaced)
+    });
+    let (fresh, inserted, reinstalled, replaced) = checks;
+    assert_eq!(fresh, Ok(()));
+    for (what, r) in [("inserted accept", inserted), ("replaced drop", replaced)] {
+        let e = r.expect_err(what);
+        assert!(e.contains("did not read back as installed"), "{what}: {e}");
+    }
+    assert_eq!(
+        reinstalled,
+        Ok(()),
+        "a fresh install replaces the tampered table"
+    );
+}
+
 /// Drop CAP_NET_ADMIN from this thread's effective, permitted and bounding sets, as in a
 /// Docker container started without `--cap-add NET_ADMIN`.
 fn drop_net_admin() {

@@ -8,12 +8,10 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-
-use nix::sys::socket::{getsockopt, sockopt};
 
 /// Default directory for the socket.
 pub const SOCKET_DIR: &str = "/run/bottle-init";
@@ -172,8 +170,7 @@ pub fn bind_api_socket(dir: &Path, child_gid: u32) -> Result<(UnixListener, Path
 
 /// The uid of the process that connected (`SO_PEERCRED`).
 pub fn peer_uid(stream: &impl AsFd) -> Result<u32, SockError> {
-    getsockopt(stream, sockopt::PeerCredentials)
-        .map(|c| c.uid())
+    crate::sys::peer_uid(stream.as_fd().as_raw_fd())
         .map_err(|e| SockError::PeerCred { source: e.into() })
 }
 

@@ -10,22 +10,27 @@
 //!   ([`mode::AllowList`]), deciding each tunnel with [`policy`] and resolving names at each
 //!   connection with [`resolve`].
 //!
-//! [`env`] says what changes in the child's environment per mode; [`setup`] is the init-side
-//! sequence (validate, install at step 3, child environment and filter, the record
-//! `bottle-init exec` joins). The proxy's CONNECT side is `crate::proxy` (tunnel.rs).
+//! [`lock`] is the init side: [`lock::check`] (nothing installed yet) and [`lock::lock`],
+//! which returns what it made (the API socket's listener, the allowlist) for main to hand to
+//! the proxy. The child's side of a mode (environment, seccomp
+//! filter) is `crate::recipe`'s; the proxy's CONNECT side is `crate::proxy` (tunnel.rs). No
+//! module here imports the proxy.
 //!
-//! Pure parsing and policy (`mode`, `policy`, `env`) live apart from the mechanisms
+//! Pure parsing and policy (`addr`, `mode`, `policy`) live apart from the mechanisms
 //! (`seccomp`, `nft`, `apisock`, `resolve`), which are the only files here that touch the
-//! kernel or the network.
+//! kernel or the network. Imports go one way: `addr` < `mode` < `policy` < `resolve`;
+//! `seccomp`, `nft`, `apisock` < `lock`.
 
+pub mod addr;
 pub mod apisock;
-pub mod env;
+pub mod json;
+pub mod lock;
 pub mod mode;
 pub mod nft;
 pub mod policy;
 pub mod resolve;
 pub mod seccomp;
-pub mod setup;
 
-pub use mode::{AllowEntry, AllowList, ConfigError, EgressConfig, EgressMode, HostPattern};
-pub use policy::{AddrClass, Deny, Grant, TargetHost, check_resolved, classify, decide_connect};
+pub use addr::{AddrClass, classify};
+pub use mode::{AllowEntry, AllowList, EgressConfig, EgressMode, HostPattern};
+pub use policy::{Deny, Grant, TargetHost, check_resolved, decide_connect};

@@ -25,7 +25,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::policy::{AddrClass, classify};
+use super::addr::{AddrClass, classify};
 
 /// The environment variable selecting the mode.
 pub const EGRESS_ENV: &str = "BOTTLE_EGRESS";
@@ -64,17 +64,6 @@ impl EgressMode {
             _ => Err(ModeError::Unknown {
                 value: printable(raw, 64),
             }),
-        }
-    }
-
-    /// Read and parse `BOTTLE_EGRESS` from the process environment.
-    pub fn from_env() -> Result<Self, ModeError> {
-        match std::env::var_os(EGRESS_ENV) {
-            None => Ok(EgressMode::Open),
-            Some(v) => match v.to_str() {
-                Some(s) => Self::parse(Some(s)),
-                None => Err(ModeError::NotUtf8),
-            },
         }
     }
 
@@ -132,102 +121,6 @@ pub struct EgressConfig {
     /// `BOTTLE_INSECURE_HOST_NETWORK=1`: install the `allowlist` rules even in the host's
     /// network namespace, where they filter the child's uid on the whole host.
     pub host_network_ok: bool,
-}
-
-/// A bad egress configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigError {
-    Mode(ModeError),
-    AllowList(AllowListError),
-    /// `BOTTLE_ALLOW_HOSTS` set while the mode ignores it: refusing beats running open
-    /// while the user believes the list is enforced.
-    AllowHostsIgnored {
-        mode: EgressMode,
-    },
-    /// `BOTTLE_INSECURE_HOST_NETWORK` is not `1` (or empty/`0`).
-    BadHostNetworkFlag {
-        value: String,
-    },
-    /// `BOTTLE_INSECURE_HOST_NETWORK=1` while the mode installs no rules.
-    HostNetworkIgnored {
-        mode: EgressMode,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Mode(e) => e.fmt(f),
-            ConfigError::AllowList(e) => e.fmt(f),
-            ConfigError::AllowHostsIgnored { mode } => write!(
-                f,
-                "{ALLOW_HOSTS_ENV} is set but {EGRESS_ENV} is {mode}, which ignores it: \
-                 set {EGRESS_ENV}=allowlist to enforce the list, or unset {ALLOW_HOSTS_ENV}"
-            ),
-            ConfigError::BadHostNetworkFlag { value } => write!(
-                f,
-                "{HOST_NETWORK_ENV}={value} is not 1 or 0: set it to 1 to accept allowlist rules \
-                 in the host's network namespace, or unset it"
-            ),
-            ConfigError::HostNetworkIgnored { mode } => write!(
-                f,
-                "{HOST_NETWORK_ENV} is set but {EGRESS_ENV} is {mode}, which installs no \
-                 nftables rules: unset {HOST_NETWORK_ENV}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl EgressConfig {
-    /// Read `BOTTLE_EGRESS` and `BOTTLE_ALLOW_HOSTS` from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var_os(k))
-    }
-
-    /// Same, from any variable lookup (for tests and for a pre-parsed environment).
-    pub fn from_lookup(
-        get: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Result<Self, ConfigError> {
-        let mode = match get(EGRESS_ENV) {
-            None => EgressMode::Open,
-            Some(v) => match v.to_str() {
-                Some(s) => EgressMode::parse(Some(s)).map_err(ConfigError::Mode)?,
-                None => return Err(ConfigError::Mode(ModeError::NotUtf8)),
-            },
-        };
-        let hosts = get(ALLOW_HOSTS_ENV);
-        let allow = match (mode, hosts) {
-            (EgressMode::Allowlist, None) => AllowList::default(),
-            (EgressMode::Allowlist, Some(v)) => match v.to_str() {
-                Some(s) => AllowList::parse(s).map_err(ConfigError::AllowList)?,
-                None => return Err(ConfigError::AllowList(AllowListError::NotUtf8)),
-            },
-            (_, Some(v)) if !v.to_string_lossy().trim().is_empty() => {
-                return Err(ConfigError::AllowHostsIgnored { mode });
-            }
-            (_, _) => AllowList::default(),
-        };
-        let flag = get(HOST_NETWORK_ENV).map(|v| v.to_string_lossy().trim().to_string());
-        let host_network_ok = match flag.as_deref() {
-            None | Some("") | Some("0") => false,
-            Some("1") => true,
-            Some(other) => {
-                return Err(ConfigError::BadHostNetworkFlag {
-                    value: printable(other, 32),
-                });
-            }
-        };
-        if host_network_ok && mode != EgressMode::Allowlist {
-            return Err(ConfigError::HostNetworkIgnored { mode });
-        }
-        Ok(EgressConfig {
-            mode,
-            allow,
-            host_network_ok,
-        })
-    }
 }
 
 /// What an allowlist entry matches.
@@ -302,18 +195,6 @@ impl AllowList {
             .map(parse_entry)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(AllowList { entries })
-    }
-
-    /// Read and parse `BOTTLE_ALLOW_HOSTS`; unset means an empty list (the child then reaches
-    /// only the API through the proxy).
-    pub fn from_env() -> Result<Self, AllowListError> {
-        match std::env::var_os(ALLOW_HOSTS_ENV) {
-            None => Ok(AllowList::default()),
-            Some(v) => match v.to_str() {
-                Some(s) => Self::parse(s),
-                None => Err(AllowListError::NotUtf8),
-            },
-        }
     }
 
     pub fn entries(&self) -> &[AllowEntry] {
@@ -752,82 +633,5 @@ mod tests {
         let l = AllowList::parse(text).unwrap();
         assert_eq!(l.to_string(), text);
         assert_eq!(AllowList::parse(&l.to_string()).unwrap(), l);
-    }
-
-    #[test]
-    fn config_combinations() {
-        let cfg = |m: Option<&str>, h: Option<&str>| {
-            EgressConfig::from_lookup(|k| match k {
-                EGRESS_ENV => m.map(Into::into),
-                ALLOW_HOSTS_ENV => h.map(Into::into),
-                _ => None,
-            })
-        };
-        assert_eq!(cfg(None, None).unwrap().mode, EgressMode::Open);
-        assert_eq!(
-            cfg(Some("api-only"), Some(" ")).unwrap().mode,
-            EgressMode::ApiOnly
-        );
-        let c = cfg(Some("allowlist"), Some("a.com b.com:8443")).unwrap();
-        assert_eq!(c.allow.entries().len(), 2);
-        assert!(cfg(Some("allowlist"), None).unwrap().allow.is_empty());
-        for m in [None, Some("open"), Some("api-only")] {
-            let e = cfg(m, Some("a.com")).unwrap_err();
-            assert!(matches!(e, ConfigError::AllowHostsIgnored { .. }), "{e}");
-            assert!(e.to_string().contains("BOTTLE_EGRESS=allowlist"), "{e}");
-        }
-        assert!(matches!(
-            cfg(Some("closed"), None),
-            Err(ConfigError::Mode(_))
-        ));
-        assert!(matches!(
-            cfg(Some("allowlist"), Some("10.0.0.1")),
-            Err(ConfigError::AllowList(_))
-        ));
-    }
-
-    #[test]
-    fn host_network_opt_in() {
-        let cfg = |vars: &[(&str, &str)]| {
-            let vars: Vec<(String, String)> = vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            EgressConfig::from_lookup(move |k| {
-                vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.into())
-            })
-        };
-        let allow = (EGRESS_ENV, "allowlist");
-        assert!(!cfg(&[allow]).unwrap().host_network_ok);
-        assert!(
-            cfg(&[allow, (HOST_NETWORK_ENV, "1")])
-                .unwrap()
-                .host_network_ok
-        );
-        assert!(
-            !cfg(&[allow, (HOST_NETWORK_ENV, "0")])
-                .unwrap()
-                .host_network_ok
-        );
-        assert!(
-            !cfg(&[allow, (HOST_NETWORK_ENV, "")])
-                .unwrap()
-                .host_network_ok
-        );
-        let e = cfg(&[allow, (HOST_NETWORK_ENV, "yes")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("BOTTLE_INSECURE_HOST_NETWORK=\"yes\""),
-            "{e}"
-        );
-        for mode in ["open", "api-only"] {
-            let e = cfg(&[(EGRESS_ENV, mode), (HOST_NETWORK_ENV, "1")]).unwrap_err();
-            assert_eq!(
-                e,
-                ConfigError::HostNetworkIgnored {
-                    mode: EgressMode::parse(Some(mode)).unwrap()
-                }
-            );
-        }
     }
 }

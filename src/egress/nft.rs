@@ -16,8 +16,11 @@
 //! shared Docker network), which is a channel out.
 //!
 //! Installation runs the `nft` program (`nft -f -`, one atomic transaction that replaces any
-//! older table of the same name), then lists the table back and checks that every rule is
-//! there, in order. The image needs the `nftables` package and the container
+//! older table of the same name), then lists the table back as JSON (`nft -j`, parsed by
+//! [`super::json`]) and checks that it holds exactly these two chains and these rules, in
+//! order, each compared field by field: no text matching, so no nft version's spelling (a
+//! protocol printed by number where the image has no /etc/protocols) can make a changed
+//! rule pass or a right one fail. The image needs the `nftables` package and the container
 //! `--cap-add NET_ADMIN`; PID 1 drops the capability before the child starts. The rules stay
 //! for the container's life: nothing tears them down, so nothing can leave a half-open state.
 
@@ -26,6 +29,8 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+
+use super::json::{self, Json};
 
 /// Table name (family `inet`).
 pub const TABLE: &str = "bottle_init";
@@ -41,13 +46,38 @@ pub struct Ruleset {
     proxy: Vec<SocketAddr>,
 }
 
-/// One rule: its match, verdict and a unique comment used to find it again in the listing.
+/// One rule: its match and verdict as written for `nft -f`, its unique comment, and the same
+/// rule as the statements `nft -j` lists.
 struct Rule {
     chain: &'static str,
     matches: String,
     verdict: &'static str,
     comment: String,
+    listed: Vec<Stmt>,
 }
+
+/// A statement of a listed rule, as the check compares it.
+#[derive(Debug, PartialEq)]
+enum Stmt {
+    /// `meta skuid UID`.
+    Skuid(u32),
+    /// `ip daddr A` / `ip6 daddr A`.
+    Daddr(IpAddr),
+    /// `tcp dport P`.
+    TcpDport(u16),
+    /// `meta l4proto tcp`.
+    L4protoTcp,
+    Jump(&'static str),
+    Accept,
+    RejectTcpReset,
+    Drop,
+}
+
+/// The two chains: the output hook at priority `raw` (-300) with policy accept, and the
+/// child's regular chain.
+const OUTPUT: &str = "output";
+const CHILD: &str = "child_egress";
+const RAW_PRIORITY: i64 = -300;
 
 impl Ruleset {
     /// `proxy`: every address the proxy listens on for the child (loopback only).
@@ -76,10 +106,11 @@ impl Ruleset {
     fn rules(&self) -> Vec<Rule> {
         let uid = self.child_uid;
         let mut rules = vec![Rule {
-            chain: "output",
+            chain: OUTPUT,
             matches: format!("meta skuid {uid}"),
             verdict: "jump child_egress",
             comment: format!("{TAG}: uid {uid} egress is restricted"),
+            listed: vec![Stmt::Skuid(uid), Stmt::Jump(CHILD)],
         }];
         for a in &self.proxy {
             let (fam, ip) = match a.ip() {
@@ -87,26 +118,29 @@ impl Ruleset {
                 IpAddr::V6(ip) => ("ip6", ip.to_string()),
             };
             rules.push(Rule {
-                chain: "child_egress",
+                chain: CHILD,
                 matches: format!("{fam} daddr {ip} tcp dport {}", a.port()),
                 verdict: "accept",
                 comment: format!("{TAG}: proxy {a}"),
+                listed: vec![Stmt::Daddr(a.ip()), Stmt::TcpDport(a.port()), Stmt::Accept],
             });
         }
         // TCP gets a reset, so connect() fails at once with ECONNREFUSED (a dropped SYN
         // would leave it retrying for minutes); everything else is dropped, which makes
         // sendto() fail at once with EPERM.
         rules.push(Rule {
-            chain: "child_egress",
+            chain: CHILD,
             matches: "meta l4proto tcp".into(),
             verdict: "reject with tcp reset",
             comment: format!("{TAG}: uid {uid} TCP elsewhere is refused"),
+            listed: vec![Stmt::L4protoTcp, Stmt::RejectTcpReset],
         });
         rules.push(Rule {
-            chain: "child_egress",
+            chain: CHILD,
             matches: String::new(),
             verdict: "drop",
             comment: format!("{TAG}: uid {uid} may reach nothing else"),
+            listed: vec![Stmt::Drop],
         });
         rules
     }
@@ -148,39 +182,153 @@ impl Ruleset {
         )
     }
 
-    /// Check `nft list table inet bottle_init` output: the output hook exists and every rule
-    /// is present, with its verdict, in order. Matches are not compared textually (nft may
-    /// print them differently across versions); the unique comments find the rules.
-    pub fn verify_listing(&self, listing: &str) -> Result<(), NftError> {
-        let lines: Vec<&str> = listing.lines().map(str::trim).collect();
-        let hook = lines
-            .iter()
-            .position(|l| l.starts_with("type filter hook output"))
-            .ok_or_else(|| NftError::VerifyFailed {
-                missing: "the output hook chain".into(),
-            })?;
-        let mut from = hook;
-        for r in self.rules() {
-            let quoted = format!("comment \"{}\"", r.comment);
-            let found = lines[from..]
-                .iter()
-                .position(|l| l.ends_with(&quoted))
-                .map(|i| i + from)
-                .filter(|&i| {
-                    let l = lines[i];
-                    let head = numeric_protocols(l[..l.len() - quoted.len()].trim_end());
-                    head.ends_with(r.verdict) && head.contains(&r.matches)
-                });
-            match found {
-                Some(i) => from = i + 1,
-                None => {
-                    return Err(NftError::VerifyFailed {
-                        missing: format!("rule {:?} ({} {})", r.comment, r.matches, r.verdict),
-                    });
+    /// Checks `nft -j list table inet bottle_init`: the table holds exactly the output hook
+    /// chain (filter, priority raw, policy accept) and the child's chain, and each chain
+    /// exactly its rules in order (comment and every statement compared), nothing else.
+    pub fn verify_json(&self, listing: &str) -> Result<(), NftError> {
+        let bad = |what: String| NftError::VerifyFailed { missing: what };
+        let doc = json::parse(listing).map_err(|e| bad(format!("a readable listing ({e})")))?;
+        let items = doc
+            .get("nftables")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad("the \"nftables\" list".into()))?;
+        let ours = |o: &Json| {
+            o.get("family").and_then(Json::as_str) == Some("inet")
+                && o.get("table").and_then(Json::as_str) == Some(TABLE)
+        };
+        let (mut chains, mut listed) = (Vec::new(), Vec::new());
+        let mut table = false;
+        for item in items {
+            match item.single() {
+                Some(("metainfo", _)) => {}
+                Some(("table", t)) => {
+                    table |= t.get("family").and_then(Json::as_str) == Some("inet")
+                        && t.get("name").and_then(Json::as_str) == Some(TABLE);
+                }
+                Some(("chain", c)) if ours(c) => chains.push(c),
+                Some(("rule", r)) if ours(r) => listed.push(r),
+                _ => {
+                    return Err(bad(format!(
+                        "nothing but the table, its two chains and its rules (found {})",
+                        one_line(&format!("{item:?}"))
+                    )));
                 }
             }
         }
+        if !table {
+            return Err(bad(format!("the table inet {TABLE}")));
+        }
+        let chain = |name: &str| {
+            chains
+                .iter()
+                .find(|c| c.get("name").and_then(Json::as_str) == Some(name))
+        };
+        let output = chain(OUTPUT).ok_or_else(|| bad("the output hook chain".into()))?;
+        let hooked = output.get("type").and_then(Json::as_str) == Some("filter")
+            && output.get("hook").and_then(Json::as_str) == Some("output")
+            && output.get("prio").and_then(Json::as_int) == Some(RAW_PRIORITY)
+            && output.get("policy").and_then(Json::as_str) == Some("accept");
+        if !hooked {
+            return Err(bad(
+                "the output hook chain (type filter hook output priority raw; policy accept)"
+                    .into(),
+            ));
+        }
+        let child = chain(CHILD).ok_or_else(|| bad(format!("the chain {CHILD}")))?;
+        if child.get("hook").is_some() || chains.len() != 2 {
+            return Err(bad(format!(
+                "exactly the chains {OUTPUT} and {CHILD}, {CHILD} without a hook"
+            )));
+        }
+        for name in [OUTPUT, CHILD] {
+            let want: Vec<Rule> = self
+                .rules()
+                .into_iter()
+                .filter(|r| r.chain == name)
+                .collect();
+            let got: Vec<&&Json> = listed
+                .iter()
+                .filter(|r| r.get("chain").and_then(Json::as_str) == Some(name))
+                .collect();
+            for (i, w) in want.iter().enumerate() {
+                let same = got.get(i).is_some_and(|r| {
+                    r.get("comment").and_then(Json::as_str) == Some(w.comment.as_str())
+                        && r.get("expr")
+                            .and_then(Json::as_array)
+                            .and_then(statements)
+                            .as_ref()
+                            == Some(&w.listed)
+                });
+                if !same {
+                    return Err(bad(format!(
+                        "rule {:?} ({} {}) at position {} of chain {name}",
+                        w.comment,
+                        w.matches,
+                        w.verdict,
+                        i + 1
+                    )));
+                }
+            }
+            if got.len() != want.len() {
+                return Err(bad(format!(
+                    "nothing else in chain {name} ({} rules listed, {} installed)",
+                    got.len(),
+                    want.len()
+                )));
+            }
+        }
         Ok(())
+    }
+}
+
+/// The statements of a listed rule, or `None` if one is not of the kinds the ruleset uses
+/// (with exactly the operands it uses).
+fn statements(expr: &[Json]) -> Option<Vec<Stmt>> {
+    expr.iter().map(statement).collect()
+}
+
+fn statement(e: &Json) -> Option<Stmt> {
+    let (kind, body) = e.single()?;
+    match kind {
+        "match" => {
+            if body.get("op")?.as_str()? != "==" {
+                return None;
+            }
+            let right = body.get("right")?;
+            let (lkind, left) = body.get("left")?.single()?;
+            match lkind {
+                "meta" => match left.get("key")?.as_str()? {
+                    "skuid" => Some(Stmt::Skuid(u32::try_from(right.as_int()?).ok()?)),
+                    // By name, or by number where the image has no /etc/protocols.
+                    "l4proto" => match right {
+                        Json::Str(p) if p == "tcp" => Some(Stmt::L4protoTcp),
+                        Json::Int(6) => Some(Stmt::L4protoTcp),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                "payload" => {
+                    let proto = left.get("protocol")?.as_str()?;
+                    match (proto, left.get("field")?.as_str()?) {
+                        ("ip", "daddr") | ("ip6", "daddr") => {
+                            let ip: IpAddr = right.as_str()?.parse().ok()?;
+                            (ip.is_ipv4() == (proto == "ip")).then_some(Stmt::Daddr(ip))
+                        }
+                        ("tcp", "dport") => {
+                            Some(Stmt::TcpDport(u16::try_from(right.as_int()?).ok()?))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        "jump" => (body.get("target")?.as_str()? == CHILD).then_some(Stmt::Jump(CHILD)),
+        "accept" if *body == Json::Null => Some(Stmt::Accept),
+        "drop" if *body == Json::Null => Some(Stmt::Drop),
+        "reject" => (body.get("type")?.as_str()? == "tcp reset" && body.get("expr").is_none())
+            .then_some(Stmt::RejectTcpReset),
+        _ => None,
     }
 }
 
@@ -328,13 +476,10 @@ pub fn in_initial_netns_at(net_core: &Path) -> Option<bool> {
 
 /// Fail early, with the clearest message, when the calling thread cannot configure netfilter.
 pub fn require_net_admin() -> Result<(), NftError> {
-    match caps::has_cap(
-        None,
-        caps::CapSet::Effective,
-        caps::Capability::CAP_NET_ADMIN,
-    ) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(NftError::MissingNetAdmin),
+    const CAP_NET_ADMIN: u32 = 12;
+    match crate::sys::capget() {
+        Ok(c) if c.effective & (1 << CAP_NET_ADMIN) != 0 => Ok(()),
+        Ok(_) => Err(NftError::MissingNetAdmin),
         Err(e) => Err(NftError::CapCheck {
             detail: e.to_string(),
         }),
@@ -434,15 +579,29 @@ impl Nft {
             .map(drop)
     }
 
-    /// `nft list table inet bottle_init`.
+    /// `nft list table inet bottle_init` (text, for people and tests).
     pub fn list(&self) -> Result<String, NftError> {
         self.run("list the table", &["list", "table", "inet", TABLE], None)
+    }
+
+    /// `nft -j list table inet bottle_init`: the listing [`Ruleset::verify_json`] checks.
+    pub fn list_json(&self) -> Result<String, NftError> {
+        self.run(
+            "list the table as JSON",
+            &["-j", "list", "table", "inet", TABLE],
+            None,
+        )
     }
 
     /// Apply, then list back and verify.
     pub fn install(&self, rules: &Ruleset) -> Result<(), NftError> {
         self.apply(rules)?;
-        rules.verify_listing(&self.list()?)
+        self.verify(rules)
+    }
+
+    /// List the table back and check that it holds exactly `rules`.
+    pub fn verify(&self, rules: &Ruleset) -> Result<(), NftError> {
+        rules.verify_json(&self.list_json()?)
     }
 }
 
@@ -451,12 +610,6 @@ impl Nft {
 pub fn install(rules: &Ruleset) -> Result<(), NftError> {
     require_net_admin()?;
     Nft::locate()?.install(rules)
-}
-
-/// nft prints a protocol by number when the image has no /etc/protocols (debian-slim):
-/// `meta l4proto 6` for `meta l4proto tcp`. Compare in the named form.
-fn numeric_protocols(listed: &str) -> String {
-    listed.replace("meta l4proto 6 ", "meta l4proto tcp ")
 }
 
 /// nft's stderr on one line, bounded, for an error message.
@@ -513,59 +666,143 @@ table inet bottle_init {
         }
     }
 
-    /// What `nft list table` printed for this ruleset on nftables 1.0.6.
-    const LISTED: &str = "table inet bottle_init {
-	chain output {
-		type filter hook output priority raw; policy accept;
-		meta skuid 1000 jump child_egress comment \"bottle-init: uid 1000 egress is restricted\"
-	}
+    /// What `nft -j list table inet bottle_init` printed for this ruleset on nftables 1.0.6.
+    const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "bottle_init", "handle": 2}}, {"chain": {"family": "inet", "table": "bottle_init", "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": -300, "policy": "accept"}}, {"chain": {"family": "inet", "table": "bottle_init", "name": "child_egress", "handle": 2}}, {"rule": {"family": "inet", "table": "bottle_init", "chain": "output", "handle": 3, "comment": "bottle-init: uid 1000 egress is restricted", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "skuid"}}, "right": 1000}}, {"jump": {"target": "child_egress"}}]}}, {"rule": {"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 4, "comment": "bottle-init: proxy 127.0.0.1:4567", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 4567}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 5, "comment": "bottle-init: uid 1000 TCP elsewhere is refused", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"reject": {"type": "tcp reset"}}]}}, {"rule": {"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 6, "comment": "bottle-init: uid 1000 may reach nothing else", "expr": [{"drop": null}]}}]}"#;
 
-	chain child_egress {
-		ip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"
-		meta l4proto tcp reject with tcp reset comment \"bottle-init: uid 1000 TCP elsewhere is refused\"
-		drop comment \"bottle-init: uid 1000 may reach nothing else\"
-	}
-}
-";
+    const PROXY_RULE: &str = r#"{"rule": {"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 4, "comment": "bottle-init: proxy 127.0.0.1:4567", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 4567}}, {"accept": null}]}}"#;
+    const RESET_RULE: &str = r#"{"rule": {"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 5, "comment": "bottle-init: uid 1000 TCP elsewhere is refused", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"reject": {"type": "tcp reset"}}]}}"#;
+
+    /// LISTED with one more item at the end of its list.
+    fn appended(item: &str) -> String {
+        let body = LISTED.strip_suffix("]}").unwrap();
+        format!("{body}, {item}]}}")
+    }
+
+    /// LISTED with `from` replaced by `to` (which must change it).
+    fn tampered(from: &str, to: &str) -> String {
+        assert!(LISTED.contains(from), "{from}");
+        LISTED.replacen(from, to, 1)
+    }
 
     #[test]
     fn verify_accepts_the_listing() {
         let r = Ruleset::new(1000, &[addr("127.0.0.1:4567")]).unwrap();
-        r.verify_listing(LISTED).unwrap();
+        r.verify_json(LISTED).unwrap();
         // The same nft in an image without /etc/protocols (debian:bookworm-slim) prints the
-        // protocol number; found by the Docker test.
-        r.verify_listing(&LISTED.replace("l4proto tcp", "l4proto 6"))
+        // protocol number (measured: `"right": 6`).
+        r.verify_json(&tampered(r#""right": "tcp""#, r#""right": 6"#))
             .unwrap();
         // Another number is still a different rule.
         assert!(
-            r.verify_listing(&LISTED.replace("l4proto tcp", "l4proto 17"))
+            r.verify_json(&tampered(r#""right": "tcp""#, r#""right": 17"#))
                 .is_err()
         );
+        // Both proxy addresses, IPv4 and IPv6, each in its own rule.
+        let both = Ruleset::new(1000, &[addr("127.0.0.1:4567"), addr("[::1]:4567")]).unwrap();
+        assert!(
+            both.verify_json(LISTED).is_err(),
+            "the IPv6 rule is missing"
+        );
+        let v6 = PROXY_RULE
+            .replace(r#""ip", "field""#, r#""ip6", "field""#)
+            .replace(r#""127.0.0.1"}"#, r#""::1"}"#)
+            .replace("proxy 127.0.0.1:4567", "proxy [::1]:4567");
+        both.verify_json(&LISTED.replace(PROXY_RULE, &format!("{PROXY_RULE}, {v6}")))
+            .unwrap();
     }
 
     #[test]
     fn verify_catches_tampering() {
         let r = Ruleset::new(1000, &[addr("127.0.0.1:4567")]).unwrap();
         let cases = [
-            LISTED.replace("hook output", "hook input"),
-            LISTED.replace("\t\tdrop comment", "\t\taccept comment"),
-            LISTED.replace("reject with tcp reset", "accept"),
-            LISTED.replace("skuid 1000", "skuid 1001"),
-            LISTED.replace("dport 4567", "dport 4568"),
-            LISTED.replace("jump child_egress", "accept"),
+            tampered(r#""hook": "output""#, r#""hook": "input""#),
+            tampered(r#"[{"drop": null}]"#, r#"[{"accept": null}]"#),
+            tampered(
+                r#"{"reject": {"type": "tcp reset"}}"#,
+                r#"{"accept": null}"#,
+            ),
+            tampered(r#""right": 1000}"#, r#""right": 1001}"#),
+            tampered(r#""right": 4567}"#, r#""right": 4568}"#),
+            tampered(
+                r#"{"jump": {"target": "child_egress"}}"#,
+                r#"{"accept": null}"#,
+            ),
             // Rules out of order: the TCP reset before the proxy accept.
-            {
-                let proxy = "\t\tip daddr 127.0.0.1 tcp dport 4567 accept comment \"bottle-init: proxy 127.0.0.1:4567\"\n";
-                let reset = "\t\tmeta l4proto tcp reject with tcp reset comment \"bottle-init: uid 1000 TCP elsewhere is refused\"\n";
-                LISTED.replace(&format!("{proxy}{reset}"), &format!("{reset}{proxy}"))
-            },
+            LISTED.replace(
+                &format!("{PROXY_RULE}, {RESET_RULE}"),
+                &format!("{RESET_RULE}, {PROXY_RULE}"),
+            ),
             String::new(),
+            // What the text check let through: an extra rule among ours, without a comment.
+            tampered(
+                RESET_RULE,
+                &format!(
+                    r#"{{"rule": {{"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 9, "expr": [{{"accept": null}}]}}}}, {RESET_RULE}"#
+                ),
+            ),
+            // ... or after the drop, or in the output chain.
+            appended(
+                r#"{"rule": {"family": "inet", "table": "bottle_init", "chain": "child_egress", "handle": 9, "expr": [{"accept": null}]}}"#,
+            ),
+            appended(
+                r#"{"rule": {"family": "inet", "table": "bottle_init", "chain": "output", "handle": 9, "expr": [{"accept": null}]}}"#,
+            ),
+            tampered(r#""prio": -300"#, r#""prio": 0"#),
+            tampered(r#""policy": "accept""#, r#""policy": "drop""#),
+            tampered(r#""type": "filter", "#, ""),
+            tampered(
+                r#""op": "==", "left": {"meta": {"key": "skuid"}}"#,
+                r#""op": "!=", "left": {"meta": {"key": "skuid"}}"#,
+            ),
+            tampered(r#""right": "127.0.0.1"}"#, r#""right": "0.0.0.0"}"#),
+            tampered(
+                r#"{"protocol": "ip", "field": "daddr"}"#,
+                r#"{"protocol": "ip6", "field": "daddr"}"#,
+            ),
+            tampered(r#""key": "skuid""#, r#""key": "skgid""#),
+            tampered(
+                r#"{"accept": null}]"#,
+                r#"{"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]"#,
+            ),
+            tampered(
+                "bottle-init: uid 1000 may reach nothing else",
+                "bottle-init: something else",
+            ),
+            // Another chain in the table, or the child's chain hooked.
+            tampered(
+                r#"{"chain": {"family": "inet", "table": "bottle_init", "name": "child_egress", "handle": 2}}"#,
+                r#"{"chain": {"family": "inet", "table": "bottle_init", "name": "child_egress", "handle": 2}}, {"chain": {"family": "inet", "table": "bottle_init", "name": "more", "handle": 7}}"#,
+            ),
+            tampered(
+                r#""name": "child_egress", "handle": 2}"#,
+                r#""name": "child_egress", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}"#,
+            ),
+            // Another table's rules in the same listing, a set, no table at all.
+            tampered(
+                r#""name": "bottle_init", "handle": 2"#,
+                r#""name": "other", "handle": 2"#,
+            ),
+            appended(
+                r#"{"set": {"family": "inet", "name": "s", "table": "bottle_init", "type": "ipv4_addr", "handle": 8}}"#,
+            ),
+            LISTED.replace(
+                r#""table": "bottle_init", "chain": "output""#,
+                r#""table": "nat", "chain": "output""#,
+            ),
+            "{}".to_string(),
+            r#"{"nftables": {}}"#.to_string(),
         ];
         for (i, listing) in cases.iter().enumerate() {
             assert_ne!(listing, LISTED, "case {i} must change something");
-            let e = r.verify_listing(listing).unwrap_err();
+            // Each case is a well-formed listing (but the empty one): refused for what it says.
+            assert_eq!(
+                json::parse(listing).is_ok(),
+                !listing.is_empty(),
+                "case {i}"
+            );
+            let e = r.verify_json(listing).unwrap_err();
             assert!(matches!(e, NftError::VerifyFailed { .. }), "case {i}");
-            assert!(e.to_string().contains("refusing to start"), "{e}");
+            assert!(e.to_string().contains("refusing to start"), "case {i}: {e}");
         }
     }
 

@@ -38,9 +38,8 @@
 //! mode refuses to start with that reason before anything else happens.
 
 use std::fmt;
-use std::io;
 
-use nix::errno::Errno;
+use crate::sys::{self, Errno};
 
 // <linux/filter.h> classic BPF opcodes.
 const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0x00) | BPF_W (0x00) | BPF_ABS (0x20)
@@ -74,9 +73,9 @@ const SOCK_DGRAM: u32 = 2;
 const SOCK_FLAGS: u32 = 0o4000 | 0o2000000; // SOCK_NONBLOCK | SOCK_CLOEXEC
 
 /// Errno for refused socket families and types.
-pub const SOCKET_ERRNO: Errno = Errno::EACCES;
+pub const SOCKET_ERRNO: Errno = Errno(libc::EACCES);
 /// Errno for the io_uring syscalls.
-pub const IO_URING_ERRNO: Errno = Errno::ENOSYS;
+pub const IO_URING_ERRNO: Errno = Errno(libc::ENOSYS);
 
 /// What a filter needs to know about an architecture: its `AUDIT_ARCH_*` value and the
 /// numbers of the syscalls it treats specially.
@@ -275,8 +274,8 @@ pub const fn build(arch: Arch, policy: Policy) -> Filter {
     }
     assert!(a.at == l.allow);
     a.stmt(BPF_RET_K, RET_ALLOW);
-    a.stmt(BPF_RET_K, RET_ERRNO | SOCKET_ERRNO as u32);
-    a.stmt(BPF_RET_K, RET_ERRNO | IO_URING_ERRNO as u32);
+    a.stmt(BPF_RET_K, RET_ERRNO | SOCKET_ERRNO.0 as u32);
+    a.stmt(BPF_RET_K, RET_ERRNO | IO_URING_ERRNO.0 as u32);
     a.stmt(BPF_RET_K, RET_KILL_PROCESS);
     assert!(a.at == l.len);
     Filter {
@@ -342,30 +341,23 @@ impl fmt::Display for Unsupported {
 
 /// What an errno from installing (or probing) a filter means, in words.
 pub fn explain(e: Errno) -> String {
-    match e {
-        Errno::ENOSYS => "seccomp is not available here: the seccomp(2) system call is \
-                          missing (ENOSYS); this kernel has no seccomp support, or the program \
-                          runs under an emulator such as qemu-user, which cannot install filters"
+    let (name, desc) = (e.name(), e.desc());
+    match e.0 {
+        libc::ENOSYS => "seccomp is not available here: the seccomp(2) system call is \
+                         missing (ENOSYS); this kernel has no seccomp support, or the program \
+                         runs under an emulator such as qemu-user, which cannot install filters"
             .to_string(),
-        Errno::EINVAL | Errno::EOPNOTSUPP => format!(
-            "seccomp filters are not supported by this kernel ({e:?}: {}); it needs \
-             CONFIG_SECCOMP_FILTER and Linux 4.14 or later",
-            e.desc()
+        libc::EINVAL | libc::EOPNOTSUPP => format!(
+            "seccomp filters are not supported by this kernel ({name}: {desc}); it needs \
+             CONFIG_SECCOMP_FILTER and Linux 4.14 or later"
         ),
-        Errno::EPERM | Errno::EACCES => format!(
-            "installing a seccomp filter was refused ({e:?}: {}); the container's own seccomp \
-             profile forbids seccomp(2): use Docker's default profile",
-            e.desc()
+        libc::EPERM | libc::EACCES => format!(
+            "installing a seccomp filter was refused ({name}: {desc}); the container's own \
+             seccomp profile forbids seccomp(2): use Docker's default profile"
         ),
-        other => format!(
-            "installing a seccomp filter failed ({other:?}: {})",
-            other.desc()
-        ),
+        _ => format!("installing a seccomp filter failed ({name}: {desc})"),
     }
 }
-
-// <linux/seccomp.h>
-const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
 
 /// Checks, without installing anything, that the kernel can install the filters: the
 /// seccomp(2) call exists and knows every action they use. For a locked mode's start-up, before
@@ -375,19 +367,7 @@ pub fn probe() -> Result<(), Unsupported> {
         return Err(Unsupported::Arch);
     }
     for action in [RET_KILL_PROCESS, RET_ERRNO, RET_ALLOW] {
-        // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 through the pointer, which points at
-        // a live local; it changes nothing in the process.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                SECCOMP_GET_ACTION_AVAIL,
-                0 as libc::c_ulong,
-                &action as *const u32,
-            )
-        };
-        if rc != 0 {
-            return Err(Unsupported::Kernel(Errno::last()));
-        }
+        sys::seccomp_action_available(action).map_err(Unsupported::Kernel)?;
     }
     Ok(())
 }
@@ -401,33 +381,11 @@ pub fn probe() -> Result<(), Unsupported> {
 pub fn install(filter: &Filter) -> Result<(), Errno> {
     if NATIVE.map(|a| a.audit) != Some(filter.arch.audit) {
         // A program for another architecture would kill the process at its first syscall.
-        return Err(Errno::ENOEXEC);
+        return Err(Errno(libc::ENOEXEC));
     }
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers; it only sets a flag
-    // on the calling thread, which seccomp(2) requires for unprivileged callers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    Errno::result(rc)?;
-    let prog = filter.instructions();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: `fprog` points at a well-formed program of `len` instructions that outlives the
-    // call; the kernel copies it during the call and never writes through the pointer.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0 as libc::c_ulong,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    Errno::result(rc).map(drop)
-}
-
-/// `install(&prepare())` with an `io::Error` (no allocation either: it wraps the errno).
-pub fn install_api_only_filter() -> io::Result<()> {
-    install(&prepare()).map_err(io::Error::from)
+    // seccomp(2) requires no_new_privs of an unprivileged caller.
+    sys::set_no_new_privs()?;
+    sys::seccomp_set_filter(filter.instructions())
 }
 
 #[cfg(test)]
@@ -748,7 +706,10 @@ mod tests {
     fn a_foreign_program_is_never_installed() {
         let native = NATIVE.unwrap();
         let other = if native == X86_64 { AARCH64 } else { X86_64 };
-        assert_eq!(install(&build(other, Policy::ApiOnly)), Err(Errno::ENOEXEC));
+        assert_eq!(
+            install(&build(other, Policy::ApiOnly)),
+            Err(Errno(libc::ENOEXEC))
+        );
     }
 
     /// Needs a real kernel: under qemu-user this is exactly what fails (ENOSYS).
@@ -759,11 +720,11 @@ mod tests {
 
     #[test]
     fn failures_are_explained() {
-        let m = explain(Errno::ENOSYS);
+        let m = explain(Errno(libc::ENOSYS));
         assert!(m.contains("qemu-user") && m.contains("ENOSYS"), "{m}");
         assert!(!m.contains("Docker"), "{m}");
-        assert!(explain(Errno::EINVAL).contains("CONFIG_SECCOMP_FILTER"));
-        assert!(explain(Errno::EPERM).contains("profile"));
+        assert!(explain(Errno(libc::EINVAL)).contains("CONFIG_SECCOMP_FILTER"));
+        assert!(explain(Errno(libc::EPERM)).contains("profile"));
         assert!(Unsupported::Arch.to_string().contains("AArch64"));
     }
 }

@@ -36,6 +36,7 @@ mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,45 +48,7 @@ use crate::secret::{Credential, Secret};
 #[cfg(feature = "test-hooks")]
 pub const TEST_PANIC_PATH: &str = "/v1/bottle-init-test-hooks/panic";
 
-/// Where requests go: always `https://host[:port]`; the client's Host header never changes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
-    pub host: String,
-    pub port: u16,
-}
-
-impl Upstream {
-    /// Parses `BOTTLE_UPSTREAM`: `https://host[:port]` with an optional trailing `/`.
-    /// Anything else (http, a path, user info, query) is refused with a message for a human.
-    pub fn parse(url: &str) -> Result<Upstream, String> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("BOTTLE_UPSTREAM must start with https:// (got {url:?})"))?;
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "BOTTLE_UPSTREAM must be https://host[:port] with no path, query or user (got {url:?})"
-            ));
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
-                let port = p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    format!("BOTTLE_UPSTREAM has an invalid port {p:?} (got {url:?})")
-                })?;
-                (h, port)
-            }
-            _ => (rest, 443),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("BOTTLE_UPSTREAM has no host (got {url:?})"));
-        }
-        Ok(Upstream {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
+pub use crate::config::Upstream;
 
 /// Everything the proxy needs; moved into the proxy thread by [`Proxy::spawn`].
 #[derive(Debug)]
@@ -306,8 +269,7 @@ impl Proxy {
         })?;
         // The largest backlog the kernel allows (somaxconn): when the proxy is at its limit it
         // stops accepting, and connections wait there rather than retrying their SYN.
-        if let Err(e) = nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
-        {
+        if let Err(e) = crate::sys::listen_max_backlog(listener.as_raw_fd()) {
             log::debug!("proxy: cannot enlarge the listen backlog: {e}");
         }
         let ProxyConfig {
@@ -411,7 +373,7 @@ impl Proxy {
 
 #[cfg(test)]
 mod tests {
-    use super::{Limits, Upstream};
+    use super::Limits;
 
     #[test]
     fn limits_fit_the_descriptors() {
@@ -447,42 +409,5 @@ mod tests {
             (tiny.max_connections, tiny.max_overflow, tiny.pool_max_idle),
             (1, 1, 0)
         );
-    }
-
-    #[test]
-    fn upstream_parse() {
-        let u = |s: &str| Upstream::parse(s);
-        assert_eq!(
-            u("https://api.anthropic.com").unwrap(),
-            Upstream {
-                host: "api.anthropic.com".into(),
-                port: 443
-            }
-        );
-        assert_eq!(
-            u("https://API.example:8443/").unwrap(),
-            Upstream {
-                host: "api.example".into(),
-                port: 8443
-            }
-        );
-        assert_eq!(
-            u("https://[::1]:9").unwrap(),
-            Upstream {
-                host: "::1".into(),
-                port: 9
-            }
-        );
-        for bad in [
-            "http://x",
-            "https://",
-            "https://x/v1",
-            "https://u@x",
-            "https://x:0",
-            "https://x:99999",
-            "x",
-        ] {
-            assert!(u(bad).is_err(), "{bad} accepted");
-        }
     }
 }
