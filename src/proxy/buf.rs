@@ -17,7 +17,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::Stats;
+use super::stats::Stats;
 
 /// First allocation of a buffer.
 pub(crate) const INITIAL: usize = 2 * 1024;

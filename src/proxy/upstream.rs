@@ -185,20 +185,6 @@ impl UpConn {
         self.tls.writer().write(bytes).map_err(UpError::Io)
     }
 
-    /// Reads decrypted response bytes. `Ok(None)`: nothing now. `Ok(Some(0))`: the upstream
-    /// ended the stream (close_notify or TCP EOF).
-    pub(crate) fn read_plain(
-        &mut self,
-        out: &mut super::buf::Buf,
-    ) -> Result<Option<usize>, UpError> {
-        match out.read_from(&mut self.tls.reader()) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
-            Err(e) => Err(UpError::Io(e)),
-        }
-    }
-
     /// Whether a pooled connection has gone bad: the upstream closed it, sent bytes we never
     /// asked for, or broke TLS. Used on readable events of idle pooled connections.
     pub(crate) fn idle_is_broken(&mut self, registry: &Registry) -> bool {
