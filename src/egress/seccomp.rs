@@ -446,7 +446,10 @@ mod tests {
             match i.code {
                 BPF_LD_W_ABS => {
                     let k = i.k as usize;
-                    assert!(k.is_multiple_of(4) && k + 4 <= SECCOMP_DATA_LEN, "load {k} at {at}");
+                    assert!(
+                        k.is_multiple_of(4) && k + 4 <= SECCOMP_DATA_LEN,
+                        "load {k} at {at}"
+                    );
                 }
                 BPF_JEQ_K | BPF_JGE_K => {
                     assert!(

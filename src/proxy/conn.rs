@@ -197,7 +197,7 @@ pub(crate) struct Client {
     /// Since when the connection has been idle between requests with empty buffers (the
     /// sweep releases its buffers after `Limits::buffer_release_after`).
     pub(crate) idle_since: Option<Instant>,
-    registered: Option<Interest>,
+    registered: bool,
     /// The exchange that was running when the client went away, kept for its log line.
     pub(crate) ended_exchange: Option<Box<Exchange>>,
     /// Accepted past the connection cap: only answered 503, with a short linger.
@@ -224,7 +224,7 @@ impl Client {
             sock_readable: true,
             deadline,
             idle_since: None,
-            registered: None,
+            registered: false,
             ended_exchange: None,
             overflow: false,
         }
@@ -375,32 +375,18 @@ impl Client {
         true
     }
 
-    /// Interest follows state: writable only while something is queued for the client.
-    pub(crate) fn update_interest(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-    ) -> std::io::Result<()> {
-        let interest = if self.outbuf.sendable().is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        match self.registered {
-            Some(i) if i == interest => Ok(()),
-            Some(_) => {
-                self.registered = Some(interest);
-                self.sock.reregister(registry, token, interest)
-            }
-            None => {
-                self.registered = Some(interest);
-                self.sock.register(registry, token, interest)
-            }
-        }
+    /// Registers the socket for readable and writable events, once: readiness is
+    /// edge-triggered and every step drains to WouldBlock (or a full buffer), so interest never
+    /// needs to change (each change would be a syscall).
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        self.sock
+            .register(registry, token, Interest::READABLE | Interest::WRITABLE)?;
+        self.registered = true;
+        Ok(())
     }
 
     pub(crate) fn deregister(&mut self, registry: &Registry) {
-        if self.registered.take().is_some() {
+        if std::mem::take(&mut self.registered) {
             let _ = self.sock.deregister(registry);
         }
     }

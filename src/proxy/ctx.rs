@@ -4,6 +4,7 @@
 //! upstream connections, the resolver, the CONNECT allowlist, and the two things every phase
 //! does the same way: refusing a request with a local answer, and the per-request log line.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,7 +68,10 @@ pub(crate) struct Ctx {
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<Stats>,
     /// Idle upstream connections, most recently used last.
-    pub(crate) pool: Vec<(u64, UpConn)>,
+    pub(crate) pool: Vec<UpConn>,
+    /// Which client uses which upstream connection (by `UpConn::id`), so an event on an
+    /// upstream token finds its client; kept by [`Ctx::attach`] and [`Ctx::detach`].
+    pub(crate) owners: HashMap<u64, u64>,
     next_id: u64,
     pub(crate) resolver: Resolver,
     /// `allowlist` mode: CONNECT tunnels to these hosts; `None`: CONNECT stays refused (405).
@@ -92,6 +96,7 @@ impl Ctx {
             limits,
             stats,
             pool: Vec::new(),
+            owners: HashMap::new(),
             next_id: 1,
             resolver,
             allow,
@@ -138,11 +143,19 @@ impl Ctx {
 
     /// Starts a new upstream connection to the first address that takes a connect attempt.
     pub(crate) fn connect_upstream(
-        &self,
+        &mut self,
         addrs: Vec<std::net::SocketAddr>,
     ) -> Result<UpConn, UpError> {
+        let id = self.next_id();
         let s = &self.settings;
-        let up = UpConn::connect(addrs, &s.tls, &s.server_name, self.limits.buffer_size)?;
+        let up = UpConn::connect(
+            addrs,
+            &s.tls,
+            &s.server_name,
+            self.limits.buffer_size,
+            (id, upstream_token(id)),
+            &self.registry,
+        )?;
         self.stats.upstream_connects.fetch_add(1, Ordering::Relaxed);
         self.stats.open_upstreams.fetch_add(1, Ordering::Relaxed);
         Ok(up)
@@ -150,16 +163,29 @@ impl Ctx {
 
     /// The most recently used pooled connection that is still healthy.
     pub(crate) fn take_pooled(&mut self) -> Option<UpConn> {
-        while let Some((_, mut up)) = self.pool.pop() {
+        while let Some(mut up) = self.pool.pop() {
             if up.idle_is_broken(&self.registry) {
                 self.drop_upstream(up);
                 continue;
             }
-            // Re-registered under the client's token next; read it at least once.
+            // Read it at least once for the new exchange.
             up.sock_readable = true;
             return Some(up);
         }
         None
+    }
+
+    /// Client `id` uses `up` from now on.
+    pub(crate) fn attach(&mut self, id: u64, c: &mut Client, up: UpConn) {
+        self.owners.insert(up.id, id);
+        c.up = Some(up);
+    }
+
+    /// Takes the client's upstream connection away from it (to pool or drop it).
+    pub(crate) fn detach(&mut self, c: &mut Client) -> Option<UpConn> {
+        let up = c.up.take()?;
+        self.owners.remove(&up.id);
+        Some(up)
     }
 
     pub(crate) fn pool_upstream(&mut self, mut up: UpConn) {
@@ -168,21 +194,15 @@ impl Ctx {
             return;
         }
         if self.pool.len() >= self.limits.pool_max_idle {
-            let (_, oldest) = self.pool.remove(0);
+            let oldest = self.pool.remove(0);
             self.drop_upstream(oldest);
         }
-        let id = self.next_id();
         up.idle_since = Instant::now();
-        match up.update_interest(&self.registry, upstream_token(id)) {
-            Ok(()) => self.pool.push((id, up)),
-            Err(e) => {
-                log::warn!("proxy: cannot pool an upstream connection: {e}");
-                self.drop_upstream(up);
-            }
-        }
+        self.pool.push(up);
     }
 
     pub(crate) fn drop_upstream(&mut self, mut up: UpConn) {
+        self.owners.remove(&up.id);
         up.deregister(&self.registry);
         self.stats.open_upstreams.fetch_sub(1, Ordering::Relaxed);
     }

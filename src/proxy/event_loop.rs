@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 
-use super::conn::{Client, Phase, client_token, token_owner, upstream_token};
+use super::conn::{Client, Phase, client_token, token_owner};
 use super::ctx::{Ctx, Settings};
 use super::exchange;
 use super::limits::Limits;
@@ -341,7 +341,10 @@ impl Server {
             self.ctx.stats.clone(),
         );
         self.ctx.stats.open_clients.fetch_add(1, Ordering::Relaxed);
-        if served >= limits.max_connections {
+        if let Err(e) = c.register(&self.ctx.registry, client_token(id)) {
+            log::warn!("proxy: cannot register a connection with the poller: {e}");
+            c.die();
+        } else if served >= limits.max_connections {
             // Past the cap: a 503 claude retries, then a short linger (see OVERFLOW_LINGER).
             c.overflow = true;
             self.overflow_open += 1;
@@ -358,26 +361,27 @@ impl Server {
 
     fn dispatch(&mut self, token: Token) {
         let (id, is_upstream) = token_owner(token);
-        if let Some(c) = self.clients.get_mut(&id) {
-            // Any event may mean new bytes: the socket is no longer known to be drained.
-            if !is_upstream {
+        if !is_upstream {
+            if let Some(c) = self.clients.get_mut(&id) {
+                // Any event may mean new bytes: the socket is no longer known to be drained.
                 c.sock_readable = true;
-            } else if let Some(up) = c.up.as_mut() {
+                self.pump(id);
+            }
+            return;
+        }
+        if let Some(&owner) = self.ctx.owners.get(&id) {
+            if let Some(up) = self.clients.get_mut(&owner).and_then(|c| c.up.as_mut()) {
                 up.sock_readable = true;
             }
+            self.pump(owner);
+        } else if self.clients.contains_key(&id) {
+            // A tunnel's target socket (under its client's id).
             self.pump(id);
-        } else if let Some(i) = self.ctx.pool.iter().position(|(pid, _)| *pid == id) {
-            self.ctx.pool[i].1.sock_readable = true;
-            let broken = self.ctx.pool[i].1.idle_is_broken(&self.ctx.registry);
-            if broken {
-                let (_, up) = self.ctx.pool.remove(i);
-                self.ctx.drop_upstream(up);
-            } else if let Err(e) = self.ctx.pool[i]
-                .1
-                .update_interest(&self.ctx.registry, token)
-            {
-                log::warn!("proxy: cannot re-register a pooled connection: {e}");
-                let (_, up) = self.ctx.pool.remove(i);
+        } else if let Some(i) = self.ctx.pool.iter().position(|up| up.id == id) {
+            let up = &mut self.ctx.pool[i];
+            up.sock_readable = true;
+            if up.idle_is_broken(&self.ctx.registry) {
+                let up = self.ctx.pool.remove(i);
                 self.ctx.drop_upstream(up);
             }
         }
@@ -393,47 +397,29 @@ impl Server {
         self.finish(id);
     }
 
-    /// The one teardown point, and where interest is derived from state.
+    /// The one teardown point.
     fn finish(&mut self, id: u64) {
         let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
-        if !c.is_dead() {
-            let registered = c
-                .update_interest(&self.ctx.registry, client_token(id))
-                .and_then(|()| match c.up.as_mut() {
-                    Some(up) => up.update_interest(&self.ctx.registry, upstream_token(id)),
-                    None => Ok(()),
-                });
-            match registered {
-                Ok(()) => {
-                    self.ctx
-                        .stats
-                        .peak_connection_buffered
-                        .fetch_max(c.buffered(), Ordering::Relaxed);
-                    // Buffers are kept across back-to-back requests (freeing and re-faulting
-                    // them per request was ~15% of the CPU under musl's allocator); the sweep
-                    // releases them once the connection has been quiet for a while.
-                    if !c.is_quiet() {
-                        c.idle_since = None;
-                    } else if c.idle_since.is_none() {
-                        c.idle_since = Some(Instant::now());
-                    }
-                    return;
-                }
-                Err(e) => {
-                    log::warn!("proxy: cannot register a connection with the poller: {e}");
-                    c.die();
-                }
-            }
-        }
-        let Some(mut c) = self.clients.remove(&id) else {
             return;
         };
         self.ctx
             .stats
             .peak_connection_buffered
             .fetch_max(c.buffered(), Ordering::Relaxed);
+        if !c.is_dead() {
+            // Buffers are kept across back-to-back requests (freeing and re-faulting them per
+            // request was ~15% of the CPU under musl's allocator); the sweep releases them
+            // once the connection has been quiet for a while.
+            if !c.is_quiet() {
+                c.idle_since = None;
+            } else if c.idle_since.is_none() {
+                c.idle_since = Some(Instant::now());
+            }
+            return;
+        }
+        let Some(mut c) = self.clients.remove(&id) else {
+            return;
+        };
         c.deregister(&self.ctx.registry);
         if c.overflow {
             self.overflow_open -= 1;
@@ -443,7 +429,7 @@ impl Server {
             self.ctx
                 .log_exchange(&ex, ex.status, "client closed the connection");
         }
-        if let Some(up) = c.up.take() {
+        if let Some(up) = self.ctx.detach(&mut c) {
             self.ctx.drop_upstream(up);
         }
         self.ctx.stats.open_clients.fetch_sub(1, Ordering::Relaxed);
@@ -459,7 +445,7 @@ impl Server {
                             continue;
                         };
                         if c.awaits_upstream() {
-                            exchange::upstream_resolved(&mut self.ctx, c, &result);
+                            exchange::upstream_resolved(&mut self.ctx, id, c, &result);
                             self.pump(id);
                         }
                     }
@@ -532,9 +518,9 @@ impl Server {
         let pool_idle = self.ctx.limits.pool_idle_timeout;
         let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ctx.pool)
             .into_iter()
-            .partition(|(_, up)| now.duration_since(up.idle_since) >= pool_idle);
+            .partition(|up| now.duration_since(up.idle_since) >= pool_idle);
         self.ctx.pool = fresh;
-        for (_, up) in stale {
+        for up in stale {
             self.ctx.drop_upstream(up);
         }
     }

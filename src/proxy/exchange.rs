@@ -119,7 +119,7 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
     if let Some(up) = ctx.take_pooled() {
         ex.reused = true;
         ctx.stats.upstream_reused.fetch_add(1, Ordering::Relaxed);
-        c.up = Some(up);
+        ctx.attach(id, c, up);
     } else {
         ctx.resolver.upstream(id);
     }
@@ -129,12 +129,13 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
 /// The resolver answered for an exchange that waits for the upstream's addresses.
 pub(crate) fn upstream_resolved(
     ctx: &mut Ctx,
+    id: u64,
     c: &mut Client,
     result: &Result<Vec<SocketAddr>, String>,
 ) {
     match result {
         Ok(addrs) => match ctx.connect_upstream(addrs.clone()) {
-            Ok(up) => c.up = Some(up),
+            Ok(up) => ctx.attach(id, c, up),
             Err(e) => fail(ctx, c, Fault::Upstream(e)),
         },
         Err(m) => fail(ctx, c, Fault::Dns(m.clone())),
@@ -280,7 +281,7 @@ fn finish(ctx: &mut Ctx, c: &mut Client) {
     };
     ctx.log_exchange(&ex, ex.status, "");
     let request_done = ex.up_head.is_none() && ex.req.is_done();
-    if let Some(up) = c.up.take() {
+    if let Some(up) = ctx.detach(c) {
         if request_done && !ex.up_close && up.is_ready() && !up.eof {
             ctx.pool_upstream(up);
         } else {
@@ -327,7 +328,7 @@ pub(crate) fn fail(ctx: &mut Ctx, c: &mut Client, fault: Fault) {
     // retries. A failure on a connection that worked (reused, mid-exchange) stays
     // retryable.
     let unreachable = !c.up.as_ref().is_some_and(UpConn::is_ready);
-    if let Some(up) = c.up.take() {
+    if let Some(up) = ctx.detach(c) {
         ctx.drop_upstream(up);
     }
     let Phase::Exchange(ex) = std::mem::replace(&mut c.phase, Phase::Dead) else {

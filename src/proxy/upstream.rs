@@ -45,7 +45,12 @@ pub(crate) struct UpConn {
     addrs: Vec<SocketAddr>,
     next_addr: usize,
     phase: Phase,
-    registered: Option<(Token, Interest)>,
+    /// Its own id (from the loop's counter): its poll token is `upstream_token(id)` for its
+    /// whole life, in use or pooled, so moving it between clients and the pool costs no
+    /// re-registration.
+    pub(crate) id: u64,
+    token: Token,
+    registered: bool,
     /// TCP end of stream seen from the upstream.
     pub(crate) eof: bool,
     /// False only after a socket read returned WouldBlock and no event for it has come since
@@ -58,60 +63,56 @@ pub(crate) struct UpConn {
 }
 
 impl UpConn {
-    /// Starts connecting to the first address that accepts a connect attempt.
+    /// Starts connecting to the first address that accepts a connect attempt, registered
+    /// under `token` (readable and writable, once: readiness is edge-triggered, and the loop
+    /// drains to WouldBlock, so interest never needs to change).
     pub(crate) fn connect(
         addrs: Vec<SocketAddr>,
         config: &Arc<rustls::ClientConfig>,
         name: &ServerName<'static>,
         buffer_limit: usize,
+        (id, token): (u64, Token),
+        registry: &Registry,
     ) -> Result<UpConn, UpError> {
         let mut tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
         // Bounds what rustls queues for sending (plaintext before the handshake, TLS records
         // after); received plaintext is bounded by reading records only while it is drained.
         tls.set_buffer_limit(Some(buffer_limit));
         let (sock, next_addr) = start_connect(&addrs, 0)?;
-        Ok(UpConn {
+        let mut up = UpConn {
             sock,
             tls,
             addrs,
             next_addr,
             phase: Phase::Connecting,
-            registered: None,
+            id,
+            token,
+            registered: false,
             eof: false,
             sock_readable: true,
             idle_since: Instant::now(),
             counted: false,
-        })
+        };
+        up.register(registry).map_err(UpError::Io)?;
+        Ok(up)
+    }
+
+    fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.register(
+            &mut self.sock,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.registered = true;
+        Ok(())
     }
 
     pub(crate) fn is_ready(&self) -> bool {
         self.phase == Phase::Ready
     }
 
-    /// Registers or re-registers with the interest the state calls for. Edge-triggered: the
-    /// loop drains to WouldBlock, and interest only says which edges we care about.
-    pub(crate) fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let wants_write = self.phase == Phase::Connecting || self.tls.wants_write();
-        let interest = if wants_write {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        match self.registered {
-            Some(r) if r == (token, interest) => Ok(()),
-            Some(_) => {
-                self.registered = Some((token, interest));
-                registry.reregister(&mut self.sock, token, interest)
-            }
-            None => {
-                self.registered = Some((token, interest));
-                registry.register(&mut self.sock, token, interest)
-            }
-        }
-    }
-
     pub(crate) fn deregister(&mut self, registry: &Registry) {
-        if self.registered.take().is_some() {
+        if std::mem::take(&mut self.registered) {
             // Failure means the fd is already gone from epoll; dropping the socket follows.
             let _ = registry.deregister(&mut self.sock);
         }
@@ -119,7 +120,7 @@ impl UpConn {
 
     /// Moves TLS bytes both ways as far as the socket allows. Returns whether anything moved.
     /// Reads TLS records only while rustls has no undelivered plaintext, which bounds what it
-    /// buffers; the caller drains plaintext with [`UpConn::read_plain`].
+    /// buffers; the caller drains plaintext from `tls.reader()` (through `pump::fill`).
     pub(crate) fn drive(&mut self, registry: &Registry) -> Result<bool, UpError> {
         let mut progress = false;
         if self.phase == Phase::Connecting {
@@ -218,15 +219,12 @@ impl UpConn {
             "proxy: connect to {} failed ({err}); trying the next address",
             self.addrs[self.next_addr - 1]
         );
-        let token = self.registered.map(|(t, _)| t);
         self.deregister(registry);
         let (sock, next) = start_connect(&self.addrs, self.next_addr)?;
         self.sock = sock;
         self.sock_readable = true;
         self.next_addr = next;
-        if let Some(t) = token {
-            self.update_interest(registry, t).map_err(UpError::Io)?;
-        }
+        self.register(registry).map_err(UpError::Io)?;
         Ok(false)
     }
 }
