@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::buf::Buf;
-use super::pump::{self, Stop};
+use super::pump::{self, Drained, Stop};
 use super::stats::Stats;
 use super::stream::ClientStream;
 use super::upstream::UpConn;
@@ -192,6 +192,9 @@ pub(crate) struct Client {
     /// has come since: with edge-triggered readiness, any new byte brings an event, so reading
     /// again before one would only cost a syscall that returns WouldBlock.
     pub(crate) sock_readable: bool,
+    /// The poller reported the peer's end of stream (or an error): read to WouldBlock or the
+    /// end from now on, never stopping at a short read.
+    pub(crate) peer_closed: bool,
     /// Meaning depends on the phase: idle/head deadline, linger end.
     pub(crate) deadline: Instant,
     /// Since when the connection has been idle between requests with empty buffers (the
@@ -222,6 +225,7 @@ impl Client {
             up: None,
             read_eof: false,
             sock_readable: true,
+            peer_closed: false,
             deadline,
             idle_since: None,
             registered: false,
@@ -301,7 +305,12 @@ impl Client {
             } => return self.discard_input(),
             _ => return false,
         }
-        let p = pump::fill(&mut self.inbuf, &mut self.sock);
+        let drained = if self.peer_closed {
+            Drained::AtWouldBlock
+        } else {
+            Drained::AtShortRead
+        };
+        let p = pump::fill(&mut self.inbuf, &mut self.sock, drained);
         self.inbuf.mark_scanned(p.moved);
         match p.stop {
             Stop::Blocked => self.sock_readable = false,
@@ -321,7 +330,7 @@ impl Client {
     /// closes. The request buffer is free by now; it is emptied after every fill.
     fn discard_input(&mut self) -> bool {
         loop {
-            let p = pump::fill(&mut self.inbuf, &mut self.sock);
+            let p = pump::fill(&mut self.inbuf, &mut self.sock, Drained::AtWouldBlock);
             self.inbuf.clear();
             match p.stop {
                 Stop::Full => continue,

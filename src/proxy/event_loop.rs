@@ -165,7 +165,7 @@ impl Server {
                     LISTENER => self.accept(false),
                     UNIX_LISTENER => self.accept(true),
                     WAKER => self.resolver_answers(),
-                    t => self.dispatch(t),
+                    t => self.dispatch(t, ev.is_read_closed() || ev.is_error()),
                 }
             }
             for id in std::mem::take(&mut self.again) {
@@ -359,12 +359,15 @@ impl Server {
         self.pump(id);
     }
 
-    fn dispatch(&mut self, token: Token) {
+    /// An event on a client or upstream socket. `closed`: the peer ended its stream (or the
+    /// socket failed), so reads go on to the end.
+    fn dispatch(&mut self, token: Token, closed: bool) {
         let (id, is_upstream) = token_owner(token);
         if !is_upstream {
             if let Some(c) = self.clients.get_mut(&id) {
                 // Any event may mean new bytes: the socket is no longer known to be drained.
                 c.sock_readable = true;
+                c.peer_closed |= closed;
                 self.pump(id);
             }
             return;
@@ -372,6 +375,7 @@ impl Server {
         if let Some(&owner) = self.ctx.owners.get(&id) {
             if let Some(up) = self.clients.get_mut(&owner).and_then(|c| c.up.as_mut()) {
                 up.sock_readable = true;
+                up.peer_closed |= closed;
             }
             self.pump(owner);
         } else if self.clients.contains_key(&id) {
@@ -380,6 +384,7 @@ impl Server {
         } else if let Some(i) = self.ctx.pool.iter().position(|up| up.id == id) {
             let up = &mut self.ctx.pool[i];
             up.sock_readable = true;
+            up.peer_closed |= closed;
             if up.idle_is_broken(&self.ctx.registry) {
                 let up = self.ctx.pool.remove(i);
                 self.ctx.drop_upstream(up);

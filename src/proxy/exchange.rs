@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::buf::Buf;
 use super::conn::{Client, Exchange, HeadBytes, Phase, Resp};
 use super::ctx::{Ctx, log_path};
-use super::pump::{self, Stop};
+use super::pump::{self, Drained, Stop};
 use super::upstream::{UpConn, UpError};
 use crate::http::{
     self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, parse_request_head,
@@ -232,7 +232,8 @@ fn move_bytes(ctx: &mut Ctx, c: &mut Client) -> Result<bool, Fault> {
     // Response bytes, as far as the client side has room; classified as they arrive, so
     // nothing past the end of the response is ever relayed.
     while ex.resp != Resp::Done {
-        let p = pump::fill(outbuf, &mut up.tls.reader());
+        // rustls' plaintext, not a socket: reading on to WouldBlock costs no syscall.
+        let p = pump::fill(outbuf, &mut up.tls.reader(), Drained::AtWouldBlock);
         if p.moved > 0 {
             progress = true;
             classify(ex, outbuf)?;

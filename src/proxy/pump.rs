@@ -11,7 +11,8 @@ use super::buf::Buf;
 /// Why a pump stopped.
 #[derive(Debug)]
 pub(crate) enum Stop {
-    /// The source or sink would block: wait for its next readiness event.
+    /// The source or sink would block (or, see [`Drained::AtShortRead`], the source just
+    /// emptied): wait for its next readiness event.
     Blocked,
     /// The source ended (read 0), or the sink took nothing (write 0).
     Eof,
@@ -36,8 +37,20 @@ impl Pumped {
     }
 }
 
+/// How [`fill`] may know that a stream socket has nothing more queued.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Only when a read says `WouldBlock`.
+    AtWouldBlock,
+    /// Also after a short read (fewer bytes than offered): the socket's queue was empty at
+    /// that instant, and any byte arriving later brings a new edge-triggered event, so the
+    /// read that would return `WouldBlock` is skipped. Only for a socket whose peer has not
+    /// half-closed (an end of stream that arrived with the last bytes brings no new event).
+    AtShortRead,
+}
+
 /// Reads from `src` into the free space of `buf` (new bytes are unscanned, see [`Buf`]).
-pub(crate) fn fill(buf: &mut Buf, src: &mut dyn Read) -> Pumped {
+pub(crate) fn fill(buf: &mut Buf, src: &mut dyn Read, drained: Drained) -> Pumped {
     let mut moved = 0;
     loop {
         if buf.is_full() {
@@ -46,11 +59,15 @@ pub(crate) fn fill(buf: &mut Buf, src: &mut dyn Read) -> Pumped {
                 stop: Stop::Full,
             };
         }
-        let stop = match buf.read_from(src) {
-            Ok(0) => Stop::Eof,
-            Ok(n) => {
+        let stop = match buf.read_some(src) {
+            Ok((0, _)) => Stop::Eof,
+            Ok((n, short)) => {
                 moved += n;
-                continue;
+                if short && drained == Drained::AtShortRead {
+                    Stop::Blocked
+                } else {
+                    continue;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Stop::Blocked,
@@ -144,28 +161,60 @@ mod tests {
         let p = fill(
             &mut b,
             &mut Script::new(vec![Ok(3), interrupted, Ok(4), would_block()]),
+            Drained::AtWouldBlock,
         );
         assert_eq!((p.moved, b.len()), (7, 7));
         assert!(matches!(p.stop, Stop::Blocked) && p.progress());
         assert_eq!(b.sendable(), b"", "filled bytes are unscanned");
 
-        let p = fill(&mut b, &mut Script::new(vec![Ok(2), Ok(0)]));
+        let p = fill(
+            &mut b,
+            &mut Script::new(vec![Ok(2), Ok(0)]),
+            Drained::AtWouldBlock,
+        );
         assert!(matches!(p.stop, Stop::Eof) && p.moved == 2);
         let p = fill(
             &mut b,
             &mut Script::new(vec![Err(io::ErrorKind::ConnectionReset.into())]),
+            Drained::AtWouldBlock,
         );
         assert!(matches!(p.stop, Stop::Failed(_)) && p.moved == 0 && p.progress());
-        let p = fill(&mut b, &mut Script::new(vec![would_block()]));
+        let p = fill(
+            &mut b,
+            &mut Script::new(vec![would_block()]),
+            Drained::AtWouldBlock,
+        );
         assert!(matches!(p.stop, Stop::Blocked) && !p.progress());
 
-        let p = fill(&mut b, &mut Script::new(vec![Ok(1000), Ok(1000)]));
+        let p = fill(
+            &mut b,
+            &mut Script::new(vec![Ok(1000), Ok(1000)]),
+            Drained::AtWouldBlock,
+        );
         assert!(matches!(p.stop, Stop::Full), "{p:?}");
         assert_eq!((p.moved, b.len()), (91, 100));
         // Full before any read: the source is not touched.
         let mut untouched = Script::new(vec![Ok(5)]);
-        let p = fill(&mut b, &mut untouched);
+        let p = fill(&mut b, &mut untouched, Drained::AtWouldBlock);
         assert!(matches!(p.stop, Stop::Full) && p.moved == 0 && untouched.steps.len() == 1);
+    }
+
+    /// A short read ends the fill only when the caller says a short read means drained.
+    #[test]
+    fn a_short_read_counts_as_drained_only_when_asked() {
+        let mut b = Buf::new(100, None);
+        let mut src = Script::new(vec![Ok(3), Ok(4)]);
+        let p = fill(&mut b, &mut src, Drained::AtShortRead);
+        assert!(matches!(p.stop, Stop::Blocked) && p.moved == 3);
+        assert_eq!(src.steps.len(), 1, "no read after the short one");
+        let p = fill(&mut b, &mut src, Drained::AtWouldBlock);
+        assert!(matches!(p.stop, Stop::Blocked) && p.moved == 4);
+        assert!(src.steps.is_empty(), "read on to WouldBlock");
+        // A read that fills all that was offered is not short: reading goes on.
+        let mut b = Buf::new(4, None);
+        let mut src = Script::new(vec![Ok(4), Ok(1)]);
+        let p = fill(&mut b, &mut src, Drained::AtShortRead);
+        assert!(matches!(p.stop, Stop::Full) && p.moved == 4);
     }
 
     #[test]
@@ -190,7 +239,7 @@ mod tests {
         assert!(b.is_empty() && sink.data == b"456789");
 
         // Unscanned bytes (a response not yet classified) never leave.
-        let _ = fill(&mut b, &mut Script::new(vec![Ok(5)]));
+        let _ = fill(&mut b, &mut Script::new(vec![Ok(5)]), Drained::AtWouldBlock);
         let mut sink = Script::new(vec![Ok(100)]);
         let p = drain(&mut b, &mut sink);
         assert!(matches!(p.stop, Stop::Empty) && p.moved == 0 && sink.data.is_empty());

@@ -33,7 +33,7 @@ use mio::net::TcpStream;
 
 use super::conn::{Client, Phase, Tunnel, TunnelState, upstream_token};
 use super::ctx::Ctx;
-use super::pump::{self, Stop};
+use super::pump::{self, Drained, Stop};
 use super::resolver::Refused;
 use crate::egress::policy::decide_connect;
 use crate::egress::resolve::{ResolveError, Resolved};
@@ -248,7 +248,7 @@ fn relay(c: &mut Client) -> Outcome {
     let mut progress = false;
     // client -> inbuf
     if !t.client_eof {
-        let p = pump::fill(&mut c.inbuf, &mut c.sock);
+        let p = pump::fill(&mut c.inbuf, &mut c.sock, Drained::AtWouldBlock);
         c.inbuf.mark_scanned(p.moved);
         t.bytes_up += p.moved as u64;
         progress |= p.progress();
@@ -271,7 +271,7 @@ fn relay(c: &mut Client) -> Outcome {
     }
     // target -> outbuf
     if !t.target_eof {
-        let p = pump::fill(&mut c.outbuf, sock);
+        let p = pump::fill(&mut c.outbuf, sock, Drained::AtWouldBlock);
         c.outbuf.mark_scanned(p.moved);
         t.bytes_down += p.moved as u64;
         progress |= p.progress();

@@ -56,6 +56,9 @@ pub(crate) struct UpConn {
     /// False only after a socket read returned WouldBlock and no event for it has come since
     /// (edge-triggered: new bytes bring an event), so no read is tried that cannot succeed.
     pub(crate) sock_readable: bool,
+    /// The poller reported the upstream's end of stream (or an error): read on to WouldBlock
+    /// or the end, never stopping at a short read.
+    pub(crate) peer_closed: bool,
     /// When it went idle (pooled connections).
     pub(crate) idle_since: Instant,
     /// Its completed handshake has been counted in the stats.
@@ -90,6 +93,7 @@ impl UpConn {
             registered: false,
             eof: false,
             sock_readable: true,
+            peer_closed: false,
             idle_since: Instant::now(),
             counted: false,
         };
@@ -144,13 +148,24 @@ impl UpConn {
                 }
             }
             while !self.eof && self.sock_readable && self.tls.wants_read() {
-                match self.tls.read_tls(&mut self.sock) {
+                let mut rd = ShortRead {
+                    sock: &mut self.sock,
+                    short: false,
+                };
+                let read = self.tls.read_tls(&mut rd);
+                let short = rd.short;
+                match read {
                     Ok(0) => {
                         self.eof = true;
                         moved = true;
                     }
                     Ok(_) => {
                         moved = true;
+                        // The socket's queue was empty at that instant; later bytes bring an
+                        // event (see `pump::Drained::AtShortRead`).
+                        if short && !self.peer_closed {
+                            self.sock_readable = false;
+                        }
                         self.tls.process_new_packets().map_err(|e| {
                             // Best effort: tell the server why (an alert), then fail.
                             let _ = self.tls.write_tls(&mut self.sock);
@@ -226,6 +241,20 @@ impl UpConn {
         self.next_addr = next;
         self.register(registry).map_err(UpError::Io)?;
         Ok(false)
+    }
+}
+
+/// The socket as rustls reads it, noting whether a read returned fewer bytes than offered.
+struct ShortRead<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
     }
 }
 
