@@ -164,12 +164,12 @@ impl Ctx {
     /// The most recently used pooled connection that is still healthy.
     pub(crate) fn take_pooled(&mut self) -> Option<UpConn> {
         while let Some(mut up) = self.pool.pop() {
+            // Costs a read only if an event came since it was last drained (its token and
+            // registration never change, so `sock_readable` is exact).
             if up.idle_is_broken(&self.registry) {
                 self.drop_upstream(up);
                 continue;
             }
-            // Read it at least once for the new exchange.
-            up.sock_readable = true;
             return Some(up);
         }
         None
