@@ -262,7 +262,8 @@ fn malformed_connect_heads_get_400_and_open_no_tunnel() {
     let t = target.to_string();
     let heads = [
         format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nHost: elsewhere:1\r\n\r\n"),
-        format!("CONNECT {t} HTTP/1.1\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.0\r\nHost: {t}\r\nHost: {t}\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: a b\r\n\r\n"),
         format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nContent-Length: 4\r\n\r\nabcd"),
         format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nX-A: 1\r\n folded\r\n\r\n"),

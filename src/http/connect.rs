@@ -8,13 +8,19 @@
 //!   `crate::egress::policy::decide_connect` on the returned target;
 //! - the header names pass the same look-alike rule; a CONNECT has no content, so framing is
 //!   refused (400) except a lone `Content-Length: 0`; no Upgrade, no Connection naming framing,
-//!   exactly one valid Host, as for every request.
+//!   and at most one Host, valid, as for every request.
+//!
+//! Two things are accepted here that an origin-form head may not do, because real tunnel
+//! clients do them and neither changes where a tunnel goes (the target alone decides):
+//! HTTP/1.0, and no Host. Python's `http.client` (pip, urllib) sends exactly
+//! `CONNECT host:port HTTP/1.0` and no header.
 //!
 //! [`request_form`] tells, from the request line alone, which parser a head is for.
 
 use super::rejection::Rejection;
 use super::request::{
-    Header, RequestLimits, check_fields, check_names, parse_content_length, parse_raw_head,
+    Header, HostRule, RequestLimits, Versions, check_fields, check_names, parse_content_length,
+    parse_raw_head,
 };
 
 /// A validated CONNECT head. `head_len` input bytes were used; tunnel bytes follow.
@@ -64,7 +70,7 @@ pub fn parse_connect_head(
     buf: &[u8],
     limits: &RequestLimits,
 ) -> Result<Option<ConnectHead>, Rejection> {
-    let Some(raw) = parse_raw_head(buf, limits)? else {
+    let Some(raw) = parse_raw_head(buf, limits, Versions::Http10And11)? else {
         return Ok(None);
     };
     if raw.method != "CONNECT" {
@@ -77,7 +83,7 @@ pub fn parse_connect_head(
     check_authority(&raw.target)?;
     check_names(&raw.headers)?;
     check_no_content(&raw.headers)?;
-    check_fields(&raw.headers)?;
+    check_fields(&raw.headers, HostRule::Optional)?;
     Ok(Some(ConnectHead {
         authority: raw.target,
         headers: raw.headers,
@@ -195,6 +201,18 @@ mod tests {
         }
         let cl0 = b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nContent-Length: 0\r\n\r\n";
         assert!(parse(cl0).unwrap().is_some());
+        // Python's http.client: HTTP/1.0, no Host. And HTTP/1.1 without Host.
+        for req in [
+            &b"CONNECT pypi.org:443 HTTP/1.0\r\n\r\n"[..],
+            b"CONNECT pypi.org:443 HTTP/1.1\r\n\r\n",
+            b"CONNECT pypi.org:443 HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n",
+        ] {
+            let h = parse(req).unwrap().unwrap();
+            assert_eq!(
+                (h.authority.as_str(), h.head_len),
+                ("pypi.org:443", req.len())
+            );
+        }
     }
 
     /// Byte by byte: every prefix is incomplete, never refused, never a different head.
@@ -225,7 +243,7 @@ mod tests {
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nX-A: a\x01b\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nX-A: a\x7fb\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nHost: b:1\r\n\r\n", 400),
-            (b"CONNECT a:1 HTTP/1.1\r\n\r\n", 400),
+            (b"CONNECT a:1 HTTP/1.0\r\nHost: a:1\r\nHost: a:1\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: user@a:1\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: \r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nContent-Length: 5\r\n\r\nhello", 400),
@@ -237,7 +255,7 @@ mod tests {
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nProxy_Authorization: x\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nUpgrade: h2c\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nConnection: host\r\n\r\n", 400),
-            (b"CONNECT a:1 HTTP/1.0\r\nHost: a:1\r\n\r\n", 505),
+            (b"CONNECT a:1 HTTP/0.9\r\nHost: a:1\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/2.0\r\nHost: a:1\r\n\r\n", 400),
             (b"CONNECT  a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n", 400),
             (b"CONNECT a:1 HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\nf: 1\r\ng: 1\r\nh: 1\r\ni: 1\r\n\r\n", 431),

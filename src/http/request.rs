@@ -86,14 +86,14 @@ pub fn parse_request_head(
     buf: &[u8],
     limits: &RequestLimits,
 ) -> Result<Option<RequestHead>, Rejection> {
-    let Some(raw) = parse_raw_head(buf, limits)? else {
+    let Some(raw) = parse_raw_head(buf, limits, Versions::Http11)? else {
         return Ok(None);
     };
     target::check_method(&raw.method)?;
     target::check_target(&raw.target)?;
     check_names(&raw.headers)?;
     let body = body_length(&raw.headers, limits)?;
-    check_fields(&raw.headers)?;
+    check_fields(&raw.headers, HostRule::Required)?;
     Ok(Some(RequestHead {
         method: raw.method,
         target: raw.target,
@@ -103,9 +103,28 @@ pub fn parse_request_head(
     }))
 }
 
+/// The HTTP versions a form accepts (others get 505).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Versions {
+    Http11,
+    /// HTTP/1.0 too: CONNECT from Python's `http.client` (pip, urllib) is
+    /// `CONNECT host:port HTTP/1.0` with no Host.
+    Http10And11,
+}
+
+/// Whether a request without a Host is refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostRule {
+    /// RFC 9112 section 3.2: every HTTP/1.1 request has one.
+    Required,
+    /// CONNECT: the target alone says where the tunnel goes (clients such as Python's omit
+    /// Host); one that is sent must still be single and valid.
+    Optional,
+}
+
 /// What every request head shares before its form's own rules: found by [`find_head_end`]
 /// (no bare CR or LF, within the size limit), no obs-fold, parsed by httparse to the last
-/// byte, HTTP/1.1, no control character in a value.
+/// byte, an accepted HTTP version, no control character in a value.
 pub(crate) struct RawHead {
     pub(crate) method: String,
     pub(crate) target: String,
@@ -118,6 +137,7 @@ pub(crate) struct RawHead {
 pub(crate) fn parse_raw_head(
     buf: &[u8],
     limits: &RequestLimits,
+    versions: Versions,
 ) -> Result<Option<RawHead>, Rejection> {
     let Some(head_len) = find_head_end(buf, limits.max_head)? else {
         return Ok(None);
@@ -148,7 +168,11 @@ pub(crate) fn parse_raw_head(
     }
     let method = req.method.unwrap_or_default().to_string();
     let target = req.path.unwrap_or_default().to_string();
-    if req.version != Some(1) {
+    let accepted = match versions {
+        Versions::Http11 => req.version == Some(1),
+        Versions::Http10And11 => matches!(req.version, Some(0 | 1)),
+    };
+    if !accepted {
         return Err(Rejection::new(
             505,
             "invalid_request_error",
@@ -185,8 +209,9 @@ pub(crate) fn check_names(headers: &[Header]) -> Result<(), Rejection> {
 }
 
 /// The field rules after framing, shared by every form: no Upgrade, no Connection naming a
-/// framing or routing header, exactly one valid Host (RFC 9112 section 3.2).
-pub(crate) fn check_fields(headers: &[Header]) -> Result<(), Rejection> {
+/// framing or routing header, exactly one valid Host (RFC 9112 section 3.2; at most one
+/// under [`HostRule::Optional`]).
+pub(crate) fn check_fields(headers: &[Header], host: HostRule) -> Result<(), Rejection> {
     if headers.iter().any(|h| h.is("upgrade")) {
         return Err(Rejection::bad_request(
             "protocol upgrades (Upgrade header, e.g. WebSocket or h2c) are not supported",
@@ -206,6 +231,7 @@ pub(crate) fn check_fields(headers: &[Header]) -> Result<(), Rejection> {
     }
     let mut hosts = headers.iter().filter(|h| h.is("host"));
     match (hosts.next(), hosts.next()) {
+        (None, _) if host == HostRule::Optional => Ok(()),
         (None, _) => Err(Rejection::bad_request(
             "the request has no Host header (RFC 9112 section 3.2)",
         )),
