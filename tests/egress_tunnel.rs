@@ -314,3 +314,25 @@ fn malformed_connect_heads_get_400_and_open_no_tunnel() {
         }
     }
 }
+
+/// A client may send its CONNECT head, the first tunnel bytes and its end of stream all at
+/// once: the tunnel opens half-closed, delivers the bytes, and the target's answer comes back.
+/// (Before, the end read between requests dropped the connection unanswered; the byte-by-byte
+/// test above hit that when the last head byte and the end arrived together.)
+#[test]
+fn connect_head_early_bytes_and_end_at_once_still_tunnel() {
+    let target = answer_after_eof();
+    let (p, _) = proxy(Some(&format!("127.0.0.1:{}/private", target.port())));
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(p).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nearly bytes");
+        s.write_all(msg.as_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let resp = read_body(&mut s);
+        assert_eq!(
+            resp,
+            "HTTP/1.1 200 Connection established\r\n\r\nearly bytes--trailer after EOF--"
+        );
+    }
+}

@@ -146,14 +146,15 @@ pub(crate) struct Tunnel {
 }
 
 impl Tunnel {
-    pub(crate) fn new(grant: Grant) -> Tunnel {
+    /// `client_eof`: the client already ended its side (after the head and first bytes).
+    pub(crate) fn new(grant: Grant, client_eof: bool) -> Tunnel {
         let now = Instant::now();
         Tunnel {
             grant,
             state: TunnelState::Resolving,
             started: now,
             last_activity: now,
-            client_eof: false,
+            client_eof,
             target_eof: false,
             shut_target: false,
             shut_client: false,
@@ -316,10 +317,14 @@ impl Client {
             Stop::Blocked => self.sock_readable = false,
             Stop::Full | Stop::Empty => {}
             // The client is gone (HTTP clients do not half-close): drop the exchange, and
-            // with it the upstream connection.
+            // with it the upstream connection. Between requests, what it sent before its end
+            // is still looked at: a CONNECT client may send its head, the first tunnel bytes
+            // and its end at once (the tunnel then starts half-closed).
             Stop::Eof => {
                 self.read_eof = true;
-                self.die();
+                if !matches!(self.phase, Phase::Idle { .. }) || self.inbuf.is_empty() {
+                    self.die();
+                }
             }
             Stop::Failed(_) => self.die(),
         }

@@ -568,6 +568,11 @@ fn next_request(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
     };
     match form {
         Some(Form::Connect) => tunnel::next_request(ctx, id, c),
+        // The client has ended its side: only a tunnel has a use for what it sent before.
+        _ if c.read_eof => {
+            c.die();
+            true
+        }
         Some(Form::AbsoluteHttp) => tunnel::refuse_plain_http(ctx, c),
         Some(Form::Other) | None => exchange::next_request(ctx, id, c),
     }

@@ -46,6 +46,11 @@ pub(crate) const TUNNEL_IDLE: Duration = Duration::from_secs(600);
 /// Between requests, a CONNECT head: parse it, decide, and queue the lookup.
 pub(crate) fn next_request(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
     let head = match parse_connect_head(c.inbuf.bytes(), &ctx.limits.request) {
+        // The client ended its side before its head was whole: nothing more will come.
+        Ok(None) if c.read_eof => {
+            c.die();
+            return true;
+        }
         Ok(None) => {
             c.head_incomplete(ctx.limits.head_timeout);
             return false;
@@ -72,7 +77,7 @@ pub(crate) fn next_request(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
         }
     };
     match ctx.resolver.connect(id, grant.clone()) {
-        Ok(()) => c.phase = Phase::Tunnel(Box::new(Tunnel::new(grant))),
+        Ok(()) => c.phase = Phase::Tunnel(Box::new(Tunnel::new(grant, c.read_eof))),
         Err(Refused::Full | Refused::NoTunnels) => {
             let msg = "bottle-init proxy: too many CONNECT lookups at once; retry shortly";
             ctx.refuse(c, None, Rejection::new(503, "overloaded_error", msg));
