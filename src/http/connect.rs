@@ -22,6 +22,7 @@ use super::request::{
     Header, HostRule, RequestLimits, Versions, check_fields, check_names, parse_content_length,
     parse_raw_head,
 };
+use super::target::{check_chars, is_sub_delim, is_unreserved};
 
 /// A validated CONNECT head. `head_len` input bytes were used; tunnel bytes follow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,58 +94,11 @@ pub fn parse_connect_head(
 
 /// RFC 3986 `authority` characters only (no user info: `@` is refused too).
 fn check_authority(target: &str) -> Result<(), Rejection> {
-    let b = target.as_bytes();
-    if b.is_empty() {
+    if target.is_empty() {
         return Err(Rejection::bad_request("the CONNECT target is empty"));
     }
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
-            if !hex {
-                return Err(Rejection::bad_request(
-                    "the CONNECT target has a malformed percent-encoding",
-                ));
-            }
-            i += 3;
-            continue;
-        }
-        let ok = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-            );
-        if !ok {
-            let shown = match c {
-                0x21..=0x7e => format!("the character {:?}", c as char),
-                _ => format!("the byte 0x{c:02x}"),
-            };
-            return Err(Rejection::bad_request(format!(
-                "the CONNECT target contains {shown}; it must be host:port (RFC 9112 section 3.2.3)"
-            )));
-        }
-        i += 1;
-    }
-    Ok(())
+    let ok = |b| is_unreserved(b) || is_sub_delim(b) || matches!(b, b':' | b'[' | b']');
+    check_chars(target.as_bytes(), ok, "CONNECT target")
 }
 
 /// A CONNECT request has no content (RFC 9110 section 9.3.6): no Transfer-Encoding, and at

@@ -39,11 +39,11 @@ pub fn check_method(method: &str) -> Result<(), Rejection> {
     ))
 }
 
-fn is_unreserved(b: u8) -> bool {
+pub(crate) fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn is_sub_delim(b: u8) -> bool {
+pub(crate) fn is_sub_delim(b: u8) -> bool {
     matches!(
         b,
         b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
@@ -56,7 +56,7 @@ fn is_pchar(b: u8) -> bool {
 }
 
 /// Checks the `%HH` sequences and that every other byte passes `ok`.
-fn check_chars(s: &[u8], ok: impl Fn(u8) -> bool, what: &str) -> Result<(), Rejection> {
+pub(crate) fn check_chars(s: &[u8], ok: impl Fn(u8) -> bool, what: &str) -> Result<(), Rejection> {
     let mut i = 0;
     while i < s.len() {
         let b = s[i];

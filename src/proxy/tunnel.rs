@@ -24,13 +24,14 @@
 //! tunnel gives nobody a reach they lack. Asking for `Proxy-Authorization` would put the
 //! session secret into `HTTPS_PROXY`, where many tools print it.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::Interest;
 use mio::net::TcpStream;
 
+use super::buf::Buf;
 use super::conn::{Client, Phase, Tunnel, TunnelState, upstream_token};
 use super::ctx::Ctx;
 use super::pump::{self, Drained, Stop};
@@ -253,14 +254,9 @@ fn relay(c: &mut Client) -> Outcome {
     let mut progress = false;
     // client -> inbuf
     if !t.client_eof {
-        let p = pump::fill(&mut c.inbuf, &mut c.sock, Drained::AtWouldBlock);
-        c.inbuf.mark_scanned(p.moved);
-        t.bytes_up += p.moved as u64;
-        progress |= p.progress();
-        match p.stop {
-            Stop::Eof => t.client_eof = true,
-            Stop::Failed(_) => return Outcome::Die,
-            Stop::Blocked | Stop::Full | Stop::Empty => {}
+        match take_in(&mut c.inbuf, &mut c.sock, &mut t.bytes_up) {
+            Ok((p, eof)) => (progress, t.client_eof) = (p, eof),
+            Err(()) => return Outcome::Die,
         }
     }
     // inbuf -> target
@@ -276,14 +272,12 @@ fn relay(c: &mut Client) -> Outcome {
     }
     // target -> outbuf
     if !t.target_eof {
-        let p = pump::fill(&mut c.outbuf, sock, Drained::AtWouldBlock);
-        c.outbuf.mark_scanned(p.moved);
-        t.bytes_down += p.moved as u64;
-        progress |= p.progress();
-        match p.stop {
-            Stop::Eof => t.target_eof = true,
-            Stop::Failed(_) => return Outcome::Die,
-            Stop::Blocked | Stop::Full | Stop::Empty => {}
+        match take_in(&mut c.outbuf, sock, &mut t.bytes_down) {
+            Ok((p, eof)) => {
+                progress |= p;
+                t.target_eof = eof;
+            }
+            Err(()) => return Outcome::Die,
         }
     }
     if t.target_eof && c.outbuf.is_empty() && !t.shut_client {
@@ -295,6 +289,19 @@ fn relay(c: &mut Client) -> Outcome {
         return Outcome::Die;
     }
     Outcome::Progress(progress)
+}
+
+/// One side's bytes into its buffer, all relayed as they are: `(progress, end of stream)`, or
+/// `Err` when the socket failed.
+fn take_in(buf: &mut Buf, src: &mut dyn Read, count: &mut u64) -> Result<(bool, bool), ()> {
+    let p = pump::fill(buf, src, Drained::AtWouldBlock);
+    buf.mark_scanned(p.moved);
+    *count += p.moved as u64;
+    match p.stop {
+        Stop::Eof => Ok((true, true)),
+        Stop::Failed(_) => Err(()),
+        Stop::Blocked | Stop::Full | Stop::Empty => Ok((p.moved > 0, false)),
+    }
 }
 
 /// Timeouts, from the loop's sweep: lookup+connect beyond the connect limit get 504, an idle
