@@ -1750,7 +1750,7 @@ fn voluntary_switches(tid: &str) -> u64 {
 /// wakes its thread (issue 11; before, the sweep woke it 5 times a second for nothing).
 #[test]
 fn an_idle_proxy_thread_is_not_woken() {
-    for _attempt in 0..5 {
+    for _attempt in 0..20 {
         let before = proxy_threads();
         let p = start_proxy(
             "https://localhost:1",
@@ -1758,14 +1758,28 @@ fn an_idle_proxy_thread_is_not_woken() {
             CredentialKind::OAuth,
             Limits::default(),
         );
-        let new: Vec<String> = proxy_threads()
-            .into_iter()
-            .filter(|t| !before.contains(t))
-            .collect();
+        // The thread names itself once it runs: wait for it to show up.
+        let mut new = Vec::new();
+        let start = Instant::now();
+        while new.is_empty() && start.elapsed() < Duration::from_secs(5) {
+            new = proxy_threads()
+                .into_iter()
+                .filter(|t| !before.contains(t))
+                .collect();
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // Another test may have started a proxy at the same moment: try again.
         let [tid] = new.as_slice() else { continue };
-        // Let it start up and settle, then watch it.
+        // Let it start up and settle, then watch it. By now every thread started before it
+        // has its name: if another new one shows up, which is ours is not known.
         std::thread::sleep(Duration::from_millis(300));
+        let now_new = proxy_threads()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .count();
+        if now_new != 1 {
+            continue;
+        }
         let start = voluntary_switches(tid);
         std::thread::sleep(Duration::from_millis(1500));
         let woken = voluntary_switches(tid) - start;

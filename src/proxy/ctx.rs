@@ -4,7 +4,7 @@
 //! upstream connections, the resolver, the CONNECT allowlist, and the two things every phase
 //! does the same way: refusing a request with a local answer, and the per-request log line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,8 +67,8 @@ pub(crate) struct Ctx {
     pub(crate) settings: Settings,
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<Stats>,
-    /// Idle upstream connections, most recently used last.
-    pub(crate) pool: Vec<UpConn>,
+    /// Idle upstream connections, in the order they went idle (most recently used last).
+    pub(crate) pool: VecDeque<UpConn>,
     /// Which client uses which upstream connection (by `UpConn::id`), so an event on an
     /// upstream token finds its client; kept by [`Ctx::attach`] and [`Ctx::detach`].
     pub(crate) owners: HashMap<u64, u64>,
@@ -95,7 +95,7 @@ impl Ctx {
             settings,
             limits,
             stats,
-            pool: Vec::new(),
+            pool: VecDeque::new(),
             owners: HashMap::new(),
             next_id: 1,
             resolver,
@@ -163,7 +163,7 @@ impl Ctx {
 
     /// The most recently used pooled connection that is still healthy.
     pub(crate) fn take_pooled(&mut self) -> Option<UpConn> {
-        while let Some(mut up) = self.pool.pop() {
+        while let Some(mut up) = self.pool.pop_back() {
             // Costs a read only if an event came since it was last drained (its token and
             // registration never change, so `sock_readable` is exact).
             if up.idle_is_broken(&self.registry) {
@@ -193,12 +193,13 @@ impl Ctx {
             self.drop_upstream(up);
             return;
         }
-        if self.pool.len() >= self.limits.pool_max_idle {
-            let oldest = self.pool.remove(0);
+        if self.pool.len() >= self.limits.pool_max_idle
+            && let Some(oldest) = self.pool.pop_front()
+        {
             self.drop_upstream(oldest);
         }
         up.idle_since = Instant::now();
-        self.pool.push(up);
+        self.pool.push_back(up);
     }
 
     pub(crate) fn drop_upstream(&mut self, mut up: UpConn) {
