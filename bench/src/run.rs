@@ -19,6 +19,9 @@ use crate::upstream;
 
 pub struct Config {
     pub quick: bool,
+    /// Only what issue 11's targets compare (concurrency 1, the 5-stream relay, 4 rounds):
+    /// short enough to alternate binaries on a shared machine while it is quiet.
+    pub focus: bool,
     pub bottle_init: Option<PathBuf>,
     pub static_binary: Option<PathBuf>,
     pub results: PathBuf,
@@ -119,7 +122,24 @@ fn raise_fd_limit() {
 
 pub fn run(cfg: Config) -> Result<bool, String> {
     raise_fd_limit();
-    let plan = if cfg.quick {
+    let plan = if cfg.focus {
+        Plan {
+            warm: Duration::from_secs(1),
+            dur: Duration::from_secs(3),
+            concs: vec![1],
+            sse_conc: 1,
+            sse_rounds: 1,
+            sse_events: 5,
+            pace_ms: 20,
+            mem_streams: 1,
+            mem_events: 5,
+            relay_streams: 5,
+            relay_events: 20,
+            relay_pace_ms: 50,
+            relay_rounds: 4,
+            startup_runs: 0,
+        }
+    } else if cfg.quick {
         Plan {
             warm: Duration::from_millis(300),
             dur: Duration::from_secs(1),
@@ -248,8 +268,8 @@ pub fn run(cfg: Config) -> Result<bool, String> {
     println!("{}", md.table);
     println!("{}", md.targets);
     let name = report::file_name(&machine, cfg.label.as_deref(), cfg.quick);
-    // Smoke runs go to results/tmp/ (git-ignored): they are not for comparison over time.
-    let results = if cfg.quick {
+    // Smoke and focused runs go to results/tmp/ (git-ignored): not for comparison over time.
+    let results = if cfg.quick || cfg.focus {
         cfg.results.join("tmp")
     } else {
         cfg.results.clone()
