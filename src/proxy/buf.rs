@@ -125,8 +125,9 @@ impl Buf {
         self.read_some(r).map(|(n, _)| n)
     }
 
-    /// [`Buf::read_from`], also saying whether the read was short (fewer bytes than offered,
-    /// more than none): a stream socket then had nothing more queued at that instant.
+    /// One `read` into the free space (new bytes count as unscanned; `0` is end of stream),
+    /// and whether it was short (fewer bytes than offered, more than none): a stream socket
+    /// then had nothing more queued at that instant. Callers only call it when `!is_full()`.
     pub(crate) fn read_some(&mut self, r: &mut dyn Read) -> io::Result<(usize, bool)> {
         if self.end == self.data.len() {
             self.compact();
