@@ -248,3 +248,91 @@ fn connect_head_sent_byte_by_byte_still_tunnels() {
         "HTTP/1.1 200 Connection established\r\n\r\nearly bytes--trailer after EOF--"
     );
 }
+
+/// CONNECT heads go through the same strict parser as every other request head (issue 11):
+/// each shape the origin-form parser refuses, and content on a CONNECT, gets 400 and the
+/// target never sees a connection. (The old tunnel code parsed them with bare httparse and
+/// opened every one of these tunnels.)
+#[test]
+fn malformed_connect_heads_get_400_and_open_no_tunnel() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    let (p, _) = proxy(Some(&format!("127.0.0.1:{}/private", target.port())));
+    let t = target.to_string();
+    let heads = [
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nHost: elsewhere:1\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.0\r\nHost: {t}\r\nHost: {t}\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nContent-Length: 4\r\n\r\nabcd"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nX-A: 1\r\n folded\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\nX-A: 1\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nX-A: a\x01b\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nProxy_Authorization: {SESSION}\r\n\r\n"),
+        format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nUpgrade: h2c\r\n\r\n"),
+        format!("CONNECT user@{t} HTTP/1.1\r\nHost: {t}\r\n\r\n"),
+        format!("CONNECT {t}/x HTTP/1.1\r\nHost: {t}\r\n\r\n"),
+    ];
+    for head in &heads {
+        let mut s = TcpStream::connect(p).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let resp = read_body(&mut s);
+        assert!(
+            resp.starts_with("HTTP/1.1 400 "),
+            "{head:?} was answered: {resp}"
+        );
+        assert!(resp.contains("invalid_request_error"), "{resp}");
+        assert_no_leak("a CONNECT refusal", resp.as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    match l.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a refused CONNECT reached its target: {other:?}"),
+    }
+    // The same target with a well-formed head (and a lone Content-Length: 0) tunnels.
+    let mut s = TcpStream::connect(p).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "CONNECT {t} HTTP/1.1\r\nHost: {t}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 39];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 Connection established\r\n\r\n");
+    let start = Instant::now();
+    loop {
+        match l.accept() {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(start.elapsed() < Duration::from_secs(5), "no connection");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A client may send its CONNECT head, the first tunnel bytes and its end of stream all at
+/// once: the tunnel opens half-closed, delivers the bytes, and the target's answer comes back.
+/// (Before, the end read between requests dropped the connection unanswered; the byte-by-byte
+/// test above hit that when the last head byte and the end arrived together.)
+#[test]
+fn connect_head_early_bytes_and_end_at_once_still_tunnel() {
+    let target = answer_after_eof();
+    let (p, _) = proxy(Some(&format!("127.0.0.1:{}/private", target.port())));
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(p).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nearly bytes");
+        s.write_all(msg.as_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let resp = read_body(&mut s);
+        assert_eq!(
+            resp,
+            "HTTP/1.1 200 Connection established\r\n\r\nearly bytes--trailer after EOF--"
+        );
+    }
+}

@@ -1724,3 +1724,73 @@ fn after_the_credential_is_wiped_requests_get_503_and_nothing_is_forwarded() {
         assert_no_leak("log line", line.as_bytes());
     }
 }
+
+/// Kernel thread ids of this process's threads named `proxy`.
+fn proxy_threads() -> Vec<String> {
+    let mut tids = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "proxy" {
+            tids.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    tids
+}
+
+fn voluntary_switches(tid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in status")
+}
+
+/// An idle proxy (no connection, nothing pooled) sleeps until something happens: no timer
+/// wakes its thread (issue 11; before, the sweep woke it 5 times a second for nothing).
+#[test]
+fn an_idle_proxy_thread_is_not_woken() {
+    for _attempt in 0..20 {
+        let before = proxy_threads();
+        let p = start_proxy(
+            "https://localhost:1",
+            None,
+            CredentialKind::OAuth,
+            Limits::default(),
+        );
+        // The thread names itself once it runs: wait for it to show up.
+        let mut new = Vec::new();
+        let start = Instant::now();
+        while new.is_empty() && start.elapsed() < Duration::from_secs(5) {
+            new = proxy_threads()
+                .into_iter()
+                .filter(|t| !before.contains(t))
+                .collect();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Another test may have started a proxy at the same moment: try again.
+        let [tid] = new.as_slice() else { continue };
+        // Let it start up and settle, then watch it. By now every thread started before it
+        // has its name: if another new one shows up, which is ours is not known.
+        std::thread::sleep(Duration::from_millis(300));
+        let now_new = proxy_threads()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .count();
+        if now_new != 1 {
+            continue;
+        }
+        let start = voluntary_switches(tid);
+        std::thread::sleep(Duration::from_millis(1500));
+        let woken = voluntary_switches(tid) - start;
+        assert!(
+            woken <= 1,
+            "the idle proxy thread was woken {woken} times in 1.5 s"
+        );
+        // And it still serves: a connection wakes it.
+        let resp = roundtrip(p.addr, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(resp.status, 200);
+        return;
+    }
+    panic!("could not tell this test's proxy thread from the others'");
+}

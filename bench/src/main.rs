@@ -1,7 +1,7 @@
 //! bottle-bench: the harness behind `scripts/bench` (issue 6).
 //!
 //! Subcommands:
-//! - `run [--quick] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR]
+//! - `run [--quick|--focus] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR]
 //!   [--only direct,bottle-init,nginx,haproxy,startup] [--label TEXT]`: the whole benchmark.
 //! - `upstream ...`: the TLS upstream (started by `run` as a separate process).
 //! - `stamp FILE`: the start-up child (writes CLOCK_MONOTONIC ns to FILE).
@@ -26,7 +26,7 @@ use peers::Kind;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bottle-bench run [--quick] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR] [--only direct,bottle-init,nginx,haproxy,startup] [--label TEXT]\n       bottle-bench upstream --listen ADDR... --control ADDR --cert PEM --key PEM --expect-auth VALUE\n       bottle-bench stamp FILE\n       bottle-bench standin -- CMD [ARGS...]"
+        "usage: bottle-bench run [--quick|--focus] [--bottle-init PATH|standin] [--static-binary PATH] [--results DIR] [--only direct,bottle-init,nginx,haproxy,startup] [--label TEXT]\n       bottle-bench upstream --listen ADDR... --control ADDR --cert PEM --key PEM --expect-auth VALUE\n       bottle-bench stamp FILE\n       bottle-bench standin -- CMD [ARGS...]"
     );
     ExitCode::from(2)
 }
@@ -88,6 +88,7 @@ fn cmd_upstream(args: &[String]) -> ExitCode {
 fn cmd_run(args: &[String]) -> ExitCode {
     let mut cfg = run::Config {
         quick: false,
+        focus: false,
         bottle_init: None,
         static_binary: None,
         results: PathBuf::from("bench/results"),
@@ -99,6 +100,10 @@ fn cmd_run(args: &[String]) -> ExitCode {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => cfg.quick = true,
+            "--focus" => {
+                cfg.focus = true;
+                cfg.startup = false;
+            }
             "--bottle-init" | "--static-binary" | "--results" | "--only" | "--label" => {
                 let Some(v) = it.next() else { return usage() };
                 match a.as_str() {

@@ -19,6 +19,9 @@ use crate::upstream;
 
 pub struct Config {
     pub quick: bool,
+    /// Only what issue 11's targets compare (concurrency 1, the 5-stream relay, 4 rounds):
+    /// short enough to alternate binaries on a shared machine while it is quiet.
+    pub focus: bool,
     pub bottle_init: Option<PathBuf>,
     pub static_binary: Option<PathBuf>,
     pub results: PathBuf,
@@ -38,6 +41,12 @@ struct Plan {
     pace_ms: u64,
     mem_streams: usize,
     mem_events: u64,
+    /// Issue 11's relay scenario: `relay_streams` concurrent streams of `relay_events` events
+    /// `relay_pace_ms` apart, repeated `relay_rounds` times on the same connections.
+    relay_streams: usize,
+    relay_events: u64,
+    relay_pace_ms: u64,
+    relay_rounds: usize,
     startup_runs: usize,
 }
 
@@ -113,7 +122,24 @@ fn raise_fd_limit() {
 
 pub fn run(cfg: Config) -> Result<bool, String> {
     raise_fd_limit();
-    let plan = if cfg.quick {
+    let plan = if cfg.focus {
+        Plan {
+            warm: Duration::from_secs(1),
+            dur: Duration::from_secs(3),
+            concs: vec![1],
+            sse_conc: 1,
+            sse_rounds: 1,
+            sse_events: 5,
+            pace_ms: 20,
+            mem_streams: 1,
+            mem_events: 5,
+            relay_streams: 5,
+            relay_events: 20,
+            relay_pace_ms: 50,
+            relay_rounds: 4,
+            startup_runs: 0,
+        }
+    } else if cfg.quick {
         Plan {
             warm: Duration::from_millis(300),
             dur: Duration::from_secs(1),
@@ -124,6 +150,10 @@ pub fn run(cfg: Config) -> Result<bool, String> {
             pace_ms: 20,
             mem_streams: 256,
             mem_events: 30,
+            relay_streams: 5,
+            relay_events: 20,
+            relay_pace_ms: 50,
+            relay_rounds: 1,
             startup_runs: 20,
         }
     } else {
@@ -137,6 +167,10 @@ pub fn run(cfg: Config) -> Result<bool, String> {
             pace_ms: 20,
             mem_streams: 256,
             mem_events: 100,
+            relay_streams: 5,
+            relay_events: 20,
+            relay_pace_ms: 50,
+            relay_rounds: 3,
             startup_runs: 200,
         }
     };
@@ -234,8 +268,8 @@ pub fn run(cfg: Config) -> Result<bool, String> {
     println!("{}", md.table);
     println!("{}", md.targets);
     let name = report::file_name(&machine, cfg.label.as_deref(), cfg.quick);
-    // Smoke runs go to results/tmp/ (git-ignored): they are not for comparison over time.
-    let results = if cfg.quick {
+    // Smoke and focused runs go to results/tmp/ (git-ignored): not for comparison over time.
+    let results = if cfg.quick || cfg.focus {
         cfg.results.join("tmp")
     } else {
         cfg.results.clone()
@@ -252,7 +286,7 @@ pub fn run(cfg: Config) -> Result<bool, String> {
 fn plan_text(p: &Plan) -> String {
     format!(
         "throughput: {} s warm-up + {} s measured per cell, concurrency {:?}, 100 KB POST body, ~{} B SSE answer; \
-         SSE relay: {} streams x {} rounds x {} events {} ms apart; memory: {} streams x {} events; start-up: {} runs each",
+         SSE relay: {} streams x {} rounds x {} events {} ms apart; issue 11 relay: {} streams x {} events {} ms apart, {} rounds; memory: {} streams x {} events; start-up: {} runs each",
         p.warm.as_secs_f64(),
         p.dur.as_secs_f64(),
         p.concs,
@@ -261,6 +295,10 @@ fn plan_text(p: &Plan) -> String {
         p.sse_rounds,
         p.sse_events,
         p.pace_ms,
+        p.relay_streams,
+        p.relay_events,
+        p.relay_pace_ms,
+        p.relay_rounds,
         p.mem_streams,
         p.mem_events,
         p.startup_runs
@@ -410,6 +448,36 @@ fn measure_system(
         sse.samples.len()
     );
 
+    // Issue 11's figure: a few concurrent streams of events far apart, the shape of claude's
+    // own streams (the relay delay is the proxy's wake-up and forwarding cost per event).
+    let relay_req = Arc::new(load::build_request(
+        &format!(
+            "/v1/messages?beta=true&pace={}&events={}",
+            plan.relay_pace_ms, plan.relay_events
+        ),
+        &running.client_auth,
+        2048,
+    ));
+    let relay = load::sse(
+        target.clone(),
+        relay_req,
+        plan.relay_streams,
+        plan.relay_rounds,
+        plan.relay_events,
+        &mut || {},
+    );
+    errors += relay.errors;
+    first_error = first_error.or(relay.first_error.clone());
+    eprintln!(
+        "bench:   relay ({} streams x {} events {} ms apart) p50 {:.3} ms p99 {:.3} ms over {} events",
+        plan.relay_streams,
+        plan.relay_events,
+        plan.relay_pace_ms,
+        relay.pct(50.0) / 1e6,
+        relay.pct(99.0) / 1e6,
+        relay.samples.len()
+    );
+
     let mem_req = Arc::new(load::build_request(
         &format!(
             "/v1/messages?beta=true&pace={}&events={}",
@@ -447,6 +515,7 @@ fn measure_system(
         idle_rss_kib: idle_rss,
         cells,
         sse: summary(&sse),
+        relay: summary(&relay),
         mem_sse: summary(&mem),
         peak_rss_kib: peak,
         errors,

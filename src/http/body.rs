@@ -1,6 +1,8 @@
 //! Body framing: a state machine that tracks where a message body ends while the caller
 //! forwards the original bytes unchanged. It never produces decoded bytes.
 
+use super::request::BodyLength;
+
 /// A malformed or oversized body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FramingError {
@@ -226,11 +228,11 @@ impl BodyFramer {
         self
     }
 
-    pub fn from_request(body: super::BodyLength, max: u64) -> BodyFramer {
+    pub fn from_request(body: BodyLength, max: u64) -> BodyFramer {
         match body {
-            super::BodyLength::None => BodyFramer::none(),
-            super::BodyLength::Length(n) => BodyFramer::length(n),
-            super::BodyLength::Chunked => BodyFramer::chunked().with_max(max),
+            BodyLength::None => BodyFramer::none(),
+            BodyLength::Length(n) => BodyFramer::length(n),
+            BodyLength::Chunked => BodyFramer::chunked().with_max(max),
         }
     }
 

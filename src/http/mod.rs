@@ -1,6 +1,11 @@
-//! Pure HTTP/1.1 logic for the proxy: request-head parsing and validation, header rewriting,
-//! body framing, response-head parsing and locally generated responses. No I/O here:
-//! everything is fed bytes and tested whole, byte by byte and in random splits.
+//! Pure HTTP/1.1 logic for the proxy: request-head parsing and validation (origin-form
+//! requests in [`request`], CONNECT's authority-form in [`connect`], one shared strict core),
+//! header rewriting, body framing, response-head parsing, the usage scanner and locally
+//! generated responses. No I/O here, and nothing from `crate::proxy`: everything is fed bytes
+//! and tested whole, byte by byte and in random splits.
+//!
+//! Layering (checked by `scripts/import-graph`): `rejection` and `target` are leaves;
+//! `request` < `body`, `connect`, `response`, `rewrite`; `mod.rs` only re-exports.
 //!
 //! Invariants:
 //! - a request head is accepted only in one unambiguous shape (no smuggling: one framing,
@@ -13,9 +18,14 @@
 //!   sent by a client can never be echoed back or logged).
 
 pub mod body;
+pub mod connect;
+/// The fuzz harness (cargo-fuzz's `--cfg fuzzing`, and the bounded CI test that integration
+/// tests build with the `test-hooks` feature); never in a release build.
+#[cfg(any(fuzzing, feature = "test-hooks"))]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod local;
+pub mod rejection;
 pub mod request;
 pub mod response;
 pub mod rewrite;
@@ -23,35 +33,13 @@ pub mod target;
 pub mod usage;
 
 pub use body::{BodyFramer, FramingError};
+pub use connect::{ConnectHead, Form, parse_connect_head, request_form};
 pub use local::{error_response, final_error_response, warmup_response};
+pub use rejection::Rejection;
 pub use request::{BodyLength, Header, RequestHead, RequestLimits, parse_request_head};
 pub use response::{ResponseHead, parse_response_head};
 pub use rewrite::{AuthCheck, check_session_secret, upstream_request_head};
 pub use usage::{Outcome, ScanMode, Tokens, UnscannedReason, Usage, UsageScanner};
-
-/// Why a request is refused, and what to tell the client. `message` is for a human and never
-/// contains client-supplied header values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    /// The Anthropic error type: `invalid_request_error`, `authentication_error`, ...
-    pub error_type: &'static str,
-    pub message: String,
-}
-
-impl Rejection {
-    pub fn new(status: u16, error_type: &'static str, message: impl Into<String>) -> Rejection {
-        Rejection {
-            status,
-            error_type,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Rejection {
-        Rejection::new(400, "invalid_request_error", message)
-    }
-}
 
 #[cfg(test)]
 mod props {

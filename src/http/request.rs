@@ -4,7 +4,8 @@
 //! httparse, which is lenient about line endings, sees it), then parsed by httparse, then
 //! checked for the shapes that let two HTTP parsers disagree about where a request ends.
 
-use super::{Rejection, target};
+use super::rejection::Rejection;
+use super::target;
 
 /// Size limits for a request. Defaults suit Claude Code (heads of a few KiB, bodies of a few
 /// MiB with images).
@@ -77,7 +78,7 @@ impl RequestHead {
     }
 }
 
-/// Parses and validates a request head at the start of `buf`.
+/// Parses and validates an origin-form request head at the start of `buf`.
 ///
 /// `Ok(None)`: the head is incomplete and still within limits (read more bytes).
 /// `Err`: the request must be refused with that status; the connection should close.
@@ -85,6 +86,59 @@ pub fn parse_request_head(
     buf: &[u8],
     limits: &RequestLimits,
 ) -> Result<Option<RequestHead>, Rejection> {
+    let Some(raw) = parse_raw_head(buf, limits, Versions::Http11)? else {
+        return Ok(None);
+    };
+    target::check_method(&raw.method)?;
+    target::check_target(&raw.target)?;
+    check_names(&raw.headers)?;
+    let body = body_length(&raw.headers, limits)?;
+    check_fields(&raw.headers, HostRule::Required)?;
+    Ok(Some(RequestHead {
+        method: raw.method,
+        target: raw.target,
+        headers: raw.headers,
+        head_len: raw.head_len,
+        body,
+    }))
+}
+
+/// The HTTP versions a form accepts (others get 505).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Versions {
+    Http11,
+    /// HTTP/1.0 too: CONNECT from Python's `http.client` (pip, urllib) is
+    /// `CONNECT host:port HTTP/1.0` with no Host.
+    Http10And11,
+}
+
+/// Whether a request without a Host is refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostRule {
+    /// RFC 9112 section 3.2: every HTTP/1.1 request has one.
+    Required,
+    /// CONNECT: the target alone says where the tunnel goes (clients such as Python's omit
+    /// Host); one that is sent must still be single and valid.
+    Optional,
+}
+
+/// What every request head shares before its form's own rules: found by [`find_head_end`]
+/// (no bare CR or LF, within the size limit), no obs-fold, parsed by httparse to the last
+/// byte, an accepted HTTP version, no control character in a value.
+pub(crate) struct RawHead {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<Header>,
+    pub(crate) head_len: usize,
+}
+
+/// The strict core shared by [`parse_request_head`] and `super::connect`; the checks run in
+/// this order, so each malformed shape gets the same status whatever the form.
+pub(crate) fn parse_raw_head(
+    buf: &[u8],
+    limits: &RequestLimits,
+    versions: Versions,
+) -> Result<Option<RawHead>, Rejection> {
     let Some(head_len) = find_head_end(buf, limits.max_head)? else {
         return Ok(None);
     };
@@ -114,7 +168,11 @@ pub fn parse_request_head(
     }
     let method = req.method.unwrap_or_default().to_string();
     let target = req.path.unwrap_or_default().to_string();
-    if req.version != Some(1) {
+    let accepted = match versions {
+        Versions::Http11 => req.version == Some(1),
+        Versions::Http10And11 => matches!(req.version, Some(0 | 1)),
+    };
+    if !accepted {
         return Err(Rejection::new(
             505,
             "invalid_request_error",
@@ -137,13 +195,23 @@ pub fn parse_request_head(
             value: h.value.to_vec(),
         });
     }
+    Ok(Some(RawHead {
+        method,
+        target,
+        headers,
+        head_len,
+    }))
+}
 
-    target::check_method(&method)?;
-    target::check_target(&target)?;
-    for h in &headers {
-        reject_look_alike(&h.name)?;
-    }
-    let body = body_length(&headers, limits)?;
+/// No header name that folds onto a special one ([`reject_look_alike`]).
+pub(crate) fn check_names(headers: &[Header]) -> Result<(), Rejection> {
+    headers.iter().try_for_each(|h| reject_look_alike(&h.name))
+}
+
+/// The field rules after framing, shared by every form: no Upgrade, no Connection naming a
+/// framing or routing header, exactly one valid Host (RFC 9112 section 3.2; at most one
+/// under [`HostRule::Optional`]).
+pub(crate) fn check_fields(headers: &[Header], host: HostRule) -> Result<(), Rejection> {
     if headers.iter().any(|h| h.is("upgrade")) {
         return Err(Rejection::bad_request(
             "protocol upgrades (Upgrade header, e.g. WebSocket or h2c) are not supported",
@@ -163,25 +231,15 @@ pub fn parse_request_head(
     }
     let mut hosts = headers.iter().filter(|h| h.is("host"));
     match (hosts.next(), hosts.next()) {
-        (None, _) => {
-            return Err(Rejection::bad_request(
-                "the request has no Host header (RFC 9112 section 3.2)",
-            ));
-        }
-        (Some(_), Some(_)) => {
-            return Err(Rejection::bad_request(
-                "the request has more than one Host header",
-            ));
-        }
-        (Some(h), None) => target::check_host(&h.value)?,
+        (None, _) if host == HostRule::Optional => Ok(()),
+        (None, _) => Err(Rejection::bad_request(
+            "the request has no Host header (RFC 9112 section 3.2)",
+        )),
+        (Some(_), Some(_)) => Err(Rejection::bad_request(
+            "the request has more than one Host header",
+        )),
+        (Some(h), None) => target::check_host(&h.value),
     }
-    Ok(Some(RequestHead {
-        method,
-        target,
-        headers,
-        head_len,
-        body,
-    }))
 }
 
 /// Finds the end of the head (just past the empty line). Refuses a bare CR or LF before it and
@@ -278,7 +336,10 @@ fn reject_look_alike(name: &str) -> Result<(), Rejection> {
 }
 
 /// Works out the body framing, refusing every ambiguous combination.
-fn body_length(headers: &[Header], limits: &RequestLimits) -> Result<BodyLength, Rejection> {
+pub(crate) fn body_length(
+    headers: &[Header],
+    limits: &RequestLimits,
+) -> Result<BodyLength, Rejection> {
     let te: Vec<&Header> = headers
         .iter()
         .filter(|h| h.is("transfer-encoding"))

@@ -2,8 +2,8 @@
 //! is forwarded byte for byte to a server whose own parser we do not control.
 //!
 //! - [`check_method`]: `GET`, `HEAD`, `POST`, `DELETE` (the methods of the Messages API
-//!   family), case-sensitive; anything else is 405. (`CONNECT` in `allowlist` mode is taken
-//!   over before parsing, see `proxy/tunnel.rs`.)
+//!   family), case-sensitive; anything else is 405. (`CONNECT` in `allowlist` mode is parsed
+//!   by `super::connect` instead.)
 //! - [`check_target`] (400): origin-form, made only of RFC 3986 path and query characters
 //!   (`unreserved`, `sub-delims`, `:`, `@`, `/`, a `?` before the query, and `%HH` with two
 //!   hex digits); so no fragment (`#`), no backslash, no `"`, `|`, `{`, `}`, space, control or
@@ -18,7 +18,7 @@
 //!   info (`@`), path, space or empty value. Its value is never forwarded (the upstream's
 //!   name replaces it), but a request with a bad one is not a request we understand.
 
-use super::Rejection;
+use super::rejection::Rejection;
 
 /// The methods the proxy forwards.
 pub const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "DELETE"];
@@ -39,11 +39,11 @@ pub fn check_method(method: &str) -> Result<(), Rejection> {
     ))
 }
 
-fn is_unreserved(b: u8) -> bool {
+pub(crate) fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn is_sub_delim(b: u8) -> bool {
+pub(crate) fn is_sub_delim(b: u8) -> bool {
     matches!(
         b,
         b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
@@ -56,7 +56,7 @@ fn is_pchar(b: u8) -> bool {
 }
 
 /// Checks the `%HH` sequences and that every other byte passes `ok`.
-fn check_chars(s: &[u8], ok: impl Fn(u8) -> bool, what: &str) -> Result<(), Rejection> {
+pub(crate) fn check_chars(s: &[u8], ok: impl Fn(u8) -> bool, what: &str) -> Result<(), Rejection> {
     let mut i = 0;
     while i < s.len() {
         let b = s[i];

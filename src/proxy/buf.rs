@@ -17,7 +17,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::Stats;
+use super::stats::Stats;
 
 /// First allocation of a buffer.
 pub(crate) const INITIAL: usize = 2 * 1024;
@@ -120,7 +120,15 @@ impl Buf {
 
     /// One `read` into the free space; new bytes count as unscanned. `Ok(0)` is end of stream
     /// (callers only call this when there is space, that is when `!is_full()`).
+    #[cfg(test)]
     pub(crate) fn read_from(&mut self, r: &mut dyn Read) -> io::Result<usize> {
+        self.read_some(r).map(|(n, _)| n)
+    }
+
+    /// One `read` into the free space (new bytes count as unscanned; `0` is end of stream),
+    /// and whether it was short (fewer bytes than offered, more than none): a stream socket
+    /// then had nothing more queued at that instant. Callers only call it when `!is_full()`.
+    pub(crate) fn read_some(&mut self, r: &mut dyn Read) -> io::Result<(usize, bool)> {
         if self.end == self.data.len() {
             self.compact();
         }
@@ -131,11 +139,12 @@ impl Buf {
         }
         // Never more than the cap held (the allocation may be larger after a `push`).
         let limit = (self.start + self.cap).min(self.data.len()).max(self.end);
+        let offered = limit - self.end;
         let n = r.read(&mut self.data[self.end..limit])?;
         self.end += n;
         self.unscanned += n;
         self.dirty = self.dirty.max(self.end);
-        Ok(n)
+        Ok((n, n > 0 && n < offered))
     }
 
     /// Gives the allocation back (wiped) if nothing is held; returns whether it did.

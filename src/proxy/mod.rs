@@ -19,16 +19,30 @@
 //! - one info log line per request: method, path (no query), status, body bytes each way,
 //!   duration, whether the upstream connection was new or reused. Never a header value.
 //!
-//! Layout: `event_loop` (poll, accept, dispatch, DNS answers, timeouts, teardown), `exchange`
-//! (the request policy and the exchange state machine), `conn` (client
-//! state), `upstream` (TCP connect + rustls), `buf` (bounded buffers), `dns` (resolver
-//! thread), `stream` (client socket kinds), `tls` (the shared rustls config).
+//! Layout, in layers (a module imports only from layers below it; `scripts/import-graph
+//! src/proxy src/http` checks there is no cycle):
+//! 1. leaves: `buf` (bounded buffers), `pump` (the one buffer pump every byte moves through),
+//!    `stats`, `limits`, `stream` (client socket kinds), `tls` + `tickets` (the shared rustls
+//!    config), `upstream` (TCP connect + rustls), `resolver` (the one resolver: upstream and
+//!    CONNECT lookups off the loop);
+//! 2. `conn`: a client connection's state (its phase: between requests, an exchange, a
+//!    tunnel, closing), the poll tokens, and the client-generic steps (read, flush, close);
+//! 3. `ctx`: the loop's shared services (settings and secrets, limits, counters, the upstream
+//!    pool, the resolver, the allowlist, refusals and the log line);
+//! 4. the phase handlers, siblings that never import each other: `exchange` (the request
+//!    policy and the exchange state machine) and `tunnel` (CONNECT, `allowlist` mode);
+//! 5. `event_loop`: poll, accept, dispatch by phase, resolver answers, timeouts, teardown;
+//! 6. this module: the public API.
 
 mod buf;
 mod conn;
-mod dns;
+mod ctx;
 mod event_loop;
 mod exchange;
+mod limits;
+mod pump;
+mod resolver;
+mod stats;
 mod stream;
 mod tickets;
 mod tls;
@@ -37,16 +51,15 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+
+pub use ctx::CredentialSlot;
+#[cfg(feature = "test-hooks")]
+pub use exchange::TEST_PANIC_PATH;
+pub use limits::Limits;
+pub use stats::Stats;
 
 use crate::secret::{Credential, Secret};
-
-/// Test builds only (feature `test-hooks`, never in release builds): an authenticated request
-/// to this path panics the proxy thread, so tests can check what PID 1 does when it dies.
-#[cfg(feature = "test-hooks")]
-pub const TEST_PANIC_PATH: &str = "/v1/bottle-init-test-hooks/panic";
 
 pub use crate::config::Upstream;
 
@@ -91,158 +104,18 @@ impl std::fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
-/// Tunables of the proxy. [`Limits::default`] is what bottle-init runs with; tests shorten
-/// the timeouts.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Client connections served at once; beyond it a connection is answered 503.
-    pub max_connections: usize,
-    /// Connections past `max_connections` being answered 503 at once (each holds its
-    /// descriptor until the client has read the answer, or briefly). Beyond this the proxy
-    /// stops accepting: new connections wait in the kernel's backlog, never reset.
-    pub max_overflow: usize,
-    /// The RLIMIT_NOFILE soft limit these limits were fitted to ([`Limits::fit_to_fds`]).
-    pub fd_limit: Option<u64>,
-    /// Descriptors left for connections under that limit: the proxy accepts only while the
-    /// worst case (two per served client, one per pooled upstream and per overflow answer)
-    /// stays within it, so accept never meets EMFILE. Overflow answers may then use what the
-    /// pool does not (more than `max_overflow` at a time).
-    pub fd_budget: Option<usize>,
-    /// Request head size, header count and body size (431 / 431 / 413).
-    pub request: crate::http::RequestLimits,
-    /// Bytes buffered per direction per connection (backpressure beyond it).
-    pub buffer_size: usize,
-    /// A request head must be complete this long after its first byte (slowloris): 408.
-    pub head_timeout: Duration,
-    /// An idle keep-alive client connection is closed after this long.
-    pub idle_timeout: Duration,
-    /// DNS + TCP connect + TLS handshake to the upstream: 504 beyond it.
-    pub connect_timeout: Duration,
-    /// Longest silence (no byte either way) inside one exchange. At least claude's own 600 s.
-    pub stream_idle_timeout: Duration,
-    /// Idle upstream connections kept for reuse: as many as there are concurrent clients,
-    /// so that steady use at that concurrency costs no handshakes.
-    pub pool_max_idle: usize,
-    /// An idle pooled upstream connection is closed after this long.
-    pub pool_idle_timeout: Duration,
-    /// A keep-alive client connection idle this long gives its buffers back (wiped); they
-    /// are kept across back-to-back requests, so that busy connections do not reallocate.
-    pub buffer_release_after: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: 1024,
-            max_overflow: 256,
-            fd_limit: None,
-            fd_budget: None,
-            request: crate::http::RequestLimits::default(),
-            buffer_size: 64 * 1024,
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(10),
-            stream_idle_timeout: Duration::from_secs(610),
-            pool_max_idle: 256,
-            pool_idle_timeout: Duration::from_secs(30),
-            buffer_release_after: Duration::from_secs(3),
-        }
-    }
-}
-
-/// Descriptors the proxy keeps free for everything that is not a connection: the DNS
-/// helper's lookups, files rustls or the resolver open, a second socket while a connect moves
-/// on to the next address.
-const FD_MARGIN: usize = 16;
-/// Descriptors of the proxy itself beyond those open when it is fitted: the poller, its
-/// waker and the reserve descriptor (kept to answer one connection when accept hits EMFILE).
-const FD_OWN: usize = 3;
-
-impl Limits {
-    /// Sizes the connection cap, the overflow answers and the upstream pool so that they fit
-    /// in `soft` descriptors with `in_use` already open: each served client can hold its socket
-    /// and an upstream connection (or a tunnel's), each overflow connection its socket, each
-    /// pooled upstream one; `tunnels` reserves two per concurrent CONNECT lookup. Never raises
-    /// a configured limit.
-    pub fn fit_to_fds(mut self, soft: u64, in_use: usize, tunnels: bool) -> Limits {
-        let soft = usize::try_from(soft).unwrap_or(usize::MAX);
-        let lookups = if tunnels { 2 * tunnel::MAX_LOOKUPS } else { 0 };
-        let avail = soft.saturating_sub(in_use + FD_OWN + FD_MARGIN + lookups);
-        self.max_overflow = (avail / 8).clamp(1, self.max_overflow.max(1));
-        self.pool_max_idle = (avail / 4).min(self.pool_max_idle);
-        let for_clients = avail.saturating_sub(self.max_overflow + self.pool_max_idle);
-        self.max_connections = (for_clients / 2).clamp(1, self.max_connections.max(1));
-        self.fd_limit = Some(soft as u64);
-        self.fd_budget = Some(avail);
-        self
-    }
-}
-
-/// Counters the event loop publishes; read by tests and diagnostics. Never holds request data.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// TCP connections opened to the upstream (each one costs a TLS handshake).
-    pub upstream_connects: AtomicU64,
-    /// TLS handshakes with the upstream that completed.
-    pub upstream_handshakes: AtomicU64,
-    /// Requests that reused a pooled upstream connection.
-    pub upstream_reused: AtomicU64,
-    /// Requests answered (forwarded or refused), as logged.
-    pub requests: AtomicU64,
-    /// Client connections currently open.
-    pub open_clients: AtomicUsize,
-    /// Upstream connections currently open (in use or pooled).
-    pub open_upstreams: AtomicUsize,
-    /// Largest number of bytes one connection ever held in its proxy buffers.
-    pub peak_connection_buffered: AtomicUsize,
-    /// Bytes allocated right now for the client connections' buffers (both directions, all
-    /// connections): grows with the data actually relayed, not with the buffer cap.
-    pub buffer_capacity: AtomicUsize,
-    /// Idle client connections whose buffers were released.
-    pub buffers_released: AtomicU64,
-    /// Connections answered 503 because the cap was reached.
-    pub overflow_answered: AtomicU64,
-    /// Of those, answered through the reserve descriptor after accept failed with EMFILE.
-    pub reserve_answered: AtomicU64,
-}
-
-/// What the event loop keeps of a [`ProxyConfig`] once it is validated.
-pub(crate) struct Settings {
-    pub(crate) upstream: Upstream,
-    pub(crate) session_secret: Secret,
-    pub(crate) credential: CredentialSlot,
-}
-
-/// The real credential, shared by the proxy thread (which reads it once per request to build
-/// the upstream head) and the init loop (which empties it, so the bytes are zeroed, before
-/// PID 1 exits). A mutex rather than a plain shared reference: zeroing bytes that another
-/// thread may be copying at that moment would be a data race. The lock is held only while
-/// one request head is built.
-#[derive(Clone, Debug)]
-pub struct CredentialSlot(Arc<Mutex<Option<Credential>>>);
-
-impl CredentialSlot {
-    /// Runs `f` with the credential, or returns `None` once it has been wiped.
-    pub fn with<R>(&self, f: impl FnOnce(&Credential) -> R) -> Option<R> {
-        // A poisoned lock only means a panic elsewhere while it was held; the credential
-        // itself is still intact (it is never mutated in place).
-        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().map(f)
-    }
-
-    /// Takes the credential out and drops it: [`Secret`]'s `Drop` zeroes its bytes. Every
-    /// request after this is refused with 503.
-    pub fn wipe(&self) {
-        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(taken);
+fn setup_error(e: tls::SetupError) -> ProxyError {
+    match e {
+        tls::SetupError::BadCa(m) => ProxyError::BadCa(m),
+        tls::SetupError::Config(m) => ProxyError::Tls(m),
     }
 }
 
 /// A bound, validated proxy that has not started serving yet.
 pub struct Proxy {
     listener: std::net::TcpListener,
-    settings: Settings,
-    tls: Arc<rustls::ClientConfig>,
+    upstream: Upstream,
+    settings: ctx::Settings,
     limits: Limits,
     stats: Arc<Stats>,
     egress: EgressOptions,
@@ -250,7 +123,7 @@ pub struct Proxy {
 
 /// What the egress modes add to the proxy (issue 5); empty in `open` mode.
 #[derive(Debug, Default)]
-pub(crate) struct EgressOptions {
+struct EgressOptions {
     /// `api-only`: the API Unix socket and the only uid that may connect to it.
     unix_listener: Option<(std::os::unix::net::UnixListener, u32)>,
     /// `allowlist`: serve HTTP CONNECT to these hosts.
@@ -261,8 +134,8 @@ impl Proxy {
     /// Validates the configuration (upstream name usable for SNI, CA PEM, TLS config) and
     /// binds the listener. No upstream traffic, no DNS.
     pub fn bind(listen: SocketAddr, config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let tls = tls::client_config(config.extra_roots_pem.as_deref())?;
-        tls::server_name(&config.upstream.host)?;
+        let tls = tls::client_config(config.extra_roots_pem.as_deref()).map_err(setup_error)?;
+        let server_name = tls::server_name(&config.upstream.host).map_err(setup_error)?;
         let listener = std::net::TcpListener::bind(listen).map_err(|source| ProxyError::Bind {
             addr: listen,
             source,
@@ -278,14 +151,17 @@ impl Proxy {
             credential,
             session_secret,
         } = config;
+        let host_header = crate::http::rewrite::host_header(&upstream.host, upstream.port);
         Ok(Proxy {
             listener,
-            settings: Settings {
-                upstream,
+            upstream,
+            settings: ctx::Settings {
                 session_secret,
-                credential: CredentialSlot(Arc::new(Mutex::new(Some(credential)))),
+                credential: CredentialSlot::new(credential),
+                tls,
+                server_name,
+                host_header,
             },
-            tls,
             limits: Limits::default(),
             stats: Arc::default(),
             egress: EgressOptions::default(),
@@ -349,65 +225,32 @@ impl Proxy {
         self.stats.clone()
     }
 
-    /// Starts the event loop on its own thread (plus a small DNS helper thread). The calling
+    /// Starts the event loop on its own thread (plus the resolver's helper threads). The calling
     /// thread's signal mask (all blocked) and capability sets are inherited by both.
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
         let Proxy {
             listener,
+            upstream,
             settings,
-            tls,
             limits,
             stats,
             egress,
         } = self;
         listener.set_nonblocking(true)?;
-        let server = event_loop::Server::new(listener, settings, tls, limits, stats, egress)?;
+        let server = event_loop::Server::new(
+            listener,
+            (upstream.host, upstream.port),
+            settings,
+            limits,
+            stats,
+            egress.unix_listener,
+            egress.connect_allow,
+        )?;
         std::thread::Builder::new()
             .name("proxy".into())
             .spawn(move || {
                 crate::sys::block_signals_in_thread();
                 server.run()
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Limits;
-
-    #[test]
-    fn limits_fit_the_descriptors() {
-        let d = Limits::default();
-        // Docker's default soft limit with no higher hard limit: 10 fds already open.
-        let l = d.clone().fit_to_fds(1024, 10, false);
-        let avail = 1024 - 10 - 3 - 16;
-        assert_eq!(l.max_overflow, avail / 8);
-        assert_eq!(l.pool_max_idle, avail / 4);
-        assert_eq!(l.max_connections, (avail - avail / 8 - avail / 4) / 2);
-        assert_eq!(
-            (l.max_connections, l.max_overflow, l.pool_max_idle),
-            (311, 124, 248)
-        );
-        // Everything fits, counting two fds per served client.
-        let worst = 10 + 3 + 16 + 2 * l.max_connections + l.max_overflow + l.pool_max_idle;
-        assert!(worst <= 1024, "{worst}");
-        assert_eq!((l.fd_limit, l.fd_budget), (Some(1024), Some(avail)));
-        // CONNECT lookups take their share.
-        let t = d.clone().fit_to_fds(1024, 10, true);
-        assert!(t.max_connections < l.max_connections);
-        let worst = 10 + 3 + 16 + 128 + 2 * t.max_connections + t.max_overflow + t.pool_max_idle;
-        assert!(worst <= 1024, "{worst}");
-        // A large limit keeps the configured values.
-        let big = d.clone().fit_to_fds(1 << 20, 10, true);
-        assert_eq!(
-            (big.max_connections, big.max_overflow, big.pool_max_idle),
-            (d.max_connections, d.max_overflow, d.pool_max_idle)
-        );
-        // Tiny or exhausted: still at least one connection and one overflow answer.
-        let tiny = d.clone().fit_to_fds(20, 30, false);
-        assert_eq!(
-            (tiny.max_connections, tiny.max_overflow, tiny.pool_max_idle),
-            (1, 1, 0)
-        );
     }
 }

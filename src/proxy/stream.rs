@@ -80,13 +80,6 @@ impl ClientStream {
         }
     }
 
-    pub(crate) fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            ClientStream::Tcp(s) => r.reregister(s, t, i),
-            ClientStream::Unix(s) => r.reregister(s, t, i),
-        }
-    }
-
     pub(crate) fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => r.deregister(s),

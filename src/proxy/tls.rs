@@ -6,13 +6,19 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::ProxyError;
+/// Why the TLS configuration cannot be built (`ProxyError` says it to the user).
+#[derive(Debug)]
+pub(crate) enum SetupError {
+    /// `BOTTLE_UPSTREAM_CA` is not usable PEM.
+    BadCa(String),
+    Config(String),
+}
 
 /// Web PKI roots (compiled in, so slim and distroless images work) plus the PEM roots from
 /// `BOTTLE_UPSTREAM_CA`; full verification; ALPN http/1.1; an in-memory session cache (tickets.rs).
 pub(crate) fn client_config(
     extra_roots_pem: Option<&[u8]>,
-) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
+) -> Result<Arc<rustls::ClientConfig>, SetupError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -20,10 +26,10 @@ pub(crate) fn client_config(
         let mut added = 0;
         for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
             let cert = cert.map_err(|e| {
-                ProxyError::BadCa(format!("certificate #{} is not valid PEM: {e}", i + 1))
+                SetupError::BadCa(format!("certificate #{} is not valid PEM: {e}", i + 1))
             })?;
             roots.add(cert).map_err(|e| {
-                ProxyError::BadCa(format!(
+                SetupError::BadCa(format!(
                     "certificate #{} is not a usable CA certificate: {e}",
                     i + 1
                 ))
@@ -31,7 +37,7 @@ pub(crate) fn client_config(
             added += 1;
         }
         if added == 0 {
-            return Err(ProxyError::BadCa(
+            return Err(SetupError::BadCa(
                 "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
             ));
         }
@@ -39,7 +45,7 @@ pub(crate) fn client_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .map_err(|e| SetupError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -52,9 +58,9 @@ pub(crate) fn client_config(
 }
 
 /// The SNI name (or IP address) the upstream certificate must match.
-pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, ProxyError> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, SetupError> {
     ServerName::try_from(host.to_string()).map_err(|e| {
-        ProxyError::Tls(format!(
+        SetupError::Config(format!(
             "upstream host {host:?} is not a valid TLS server name: {e}"
         ))
     })
@@ -69,12 +75,12 @@ mod tests {
         assert!(client_config(None).is_ok());
         assert!(matches!(
             client_config(Some(b"not pem")),
-            Err(ProxyError::BadCa(_))
+            Err(SetupError::BadCa(_))
         ));
         let bad = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             client_config(Some(bad)),
-            Err(ProxyError::BadCa(_))
+            Err(SetupError::BadCa(_))
         ));
         assert!(server_name("api.anthropic.com").is_ok());
         assert!(server_name("::1").is_ok());

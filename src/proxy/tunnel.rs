@@ -1,10 +1,14 @@
-//! HTTP CONNECT tunnels for `BOTTLE_EGRESS=allowlist` (issue 5).
+//! HTTP CONNECT tunnels for `BOTTLE_EGRESS=allowlist` (issue 5): the tunnel phase of a client
+//! connection, a sibling of `exchange` (neither imports the other).
 //!
-//! Only when the proxy was given an allowlist ([`super::Proxy::with_connect_allowlist`]);
-//! otherwise CONNECT keeps its 405 from the request parser. Per tunnel:
-//! 1. [`decide_connect`] on the request-target: a refusal is logged and answered 403;
-//! 2. the name is resolved NOW, on a short-lived thread (`getaddrinfo` blocks, the loop must
-//!    not), and every address is checked with `check_resolved` ([`resolve_grant`]);
+//! Only when the proxy was given an allowlist (`Proxy::with_connect_allowlist`); otherwise
+//! CONNECT keeps its 405 from the request parser. Per tunnel:
+//! 1. the head is parsed by `crate::http::connect` (as strict as every other head), then
+//!    `crate::egress::policy::decide_connect` judges its target: a refusal is logged and
+//!    answered 403;
+//! 2. the name is resolved NOW by the proxy's resolver (off the loop; at most
+//!    `resolver::MAX_LOOKUPS` at once, beyond that 503), and every address is checked with
+//!    `check_resolved` (`crate::egress::resolve::resolve_grant`);
 //! 3. the proxy connects only to an address that passed, in resolver order, and never looks
 //!    the name up again for this tunnel (what was checked is what is reached);
 //! 4. `200 Connection established`, then bytes both ways unchanged, through the client's two
@@ -20,242 +24,108 @@
 //! tunnel gives nobody a reach they lack. Asking for `Proxy-Authorization` would put the
 //! session secret into `HTTPS_PROXY`, where many tools print it.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
+use mio::Interest;
 use mio::net::TcpStream;
-use mio::{Interest, Waker};
 
-use super::conn::{Client, Phase};
-use super::event_loop::upstream_token;
-use super::exchange::Ctx;
-use crate::egress::mode::AllowList;
-use crate::egress::policy::{Grant, decide_connect};
-use crate::egress::resolve::{ResolveError, Resolved, resolve_grant};
-use crate::http::Rejection;
+use super::buf::Buf;
+use super::conn::{Client, Phase, Tunnel, TunnelState, upstream_token};
+use super::ctx::Ctx;
+use super::pump::{self, Drained, Stop};
+use super::resolver::Refused;
+use crate::egress::policy::decide_connect;
+use crate::egress::resolve::{ResolveError, Resolved};
+use crate::http::{Rejection, parse_connect_head};
 
-/// Lookups running at once; one more CONNECT is answered 503.
-pub(crate) const MAX_LOOKUPS: usize = 64;
 /// An open tunnel with no byte either way for this long is closed (>= 300 s, the issue's
 /// floor; long-lived git/npm transfers stay well within it while bytes move).
 pub(crate) const TUNNEL_IDLE: Duration = Duration::from_secs(600);
-/// Headers in a CONNECT head we are willing to parse (we use none of them).
-const MAX_HEADERS: usize = 64;
 
-type Answer = (u64, Result<Resolved, ResolveError>);
-
-/// The CONNECT side of the proxy: the list and the lookup plumbing.
-pub(crate) struct Egress {
-    allow: Arc<AllowList>,
-    answers_tx: Sender<Answer>,
-    answers: Receiver<Answer>,
-    waker: Arc<Waker>,
-    lookups: usize,
-}
-
-impl Egress {
-    pub(crate) fn new(allow: AllowList, waker: Arc<Waker>) -> Egress {
-        let (answers_tx, answers) = channel();
-        Egress {
-            allow: Arc::new(allow),
-            answers_tx,
-            answers,
-            waker,
-            lookups: 0,
+/// Between requests, a CONNECT head: parse it, decide, and queue the lookup.
+pub(crate) fn next_request(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
+    let head = match parse_connect_head(c.inbuf.bytes(), &ctx.limits.request) {
+        // The client ended its side before its head was whole: nothing more will come.
+        Ok(None) if c.read_eof => {
+            c.die();
+            return true;
         }
-    }
-}
-
-enum State {
-    Resolving,
-    Connecting {
-        sock: TcpStream,
-        addr: SocketAddr,
-        rest: Vec<SocketAddr>,
-    },
-    Open {
-        sock: TcpStream,
-    },
-}
-
-/// One tunnel, held in the client's [`Phase::Tunnel`].
-pub(crate) struct Tunnel {
-    grant: Grant,
-    state: State,
-    started: Instant,
-    last_activity: Instant,
-    client_eof: bool,
-    target_eof: bool,
-    shut_target: bool,
-    shut_client: bool,
-    bytes_up: u64,
-    bytes_down: u64,
-    addr: Option<SocketAddr>,
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        if let Some(addr) = self.addr {
-            log::info!(
-                "proxy: egress tunnel {} -> {addr} closed: up={} down={} {}s",
-                self.grant,
-                self.bytes_up,
-                self.bytes_down,
-                self.started.elapsed().as_secs()
-            );
+        Ok(None) => {
+            c.head_incomplete(ctx.limits.head_timeout);
+            return false;
         }
-    }
-}
-
-/// Called by the request parser's caller before parsing a head: takes over CONNECT and
-/// absolute-form requests when CONNECT is enabled. `None`: not ours, parse as usual.
-pub(crate) fn intercept(ctx: &mut Ctx, id: u64, c: &mut Client) -> Option<bool> {
-    ctx.egress.as_ref()?;
-    let bytes = c.inbuf.bytes();
-    let line_end = bytes.iter().position(|&b| b == b'\n')?;
-    let line = &bytes[..line_end];
-    let mut words = line.split(|&b| b == b' ');
-    let method = words.next()?;
-    let target = words.next()?;
-    let is_connect = method == b"CONNECT";
-    let absolute_http = target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://");
-    if !is_connect && !absolute_http {
-        return None;
-    }
-    let head_len = find_head_end(bytes)?;
-    if head_len > ctx.limits.request.max_head {
-        return None; // the parser answers 431
-    }
-    if absolute_http {
-        let msg = "bottle-init proxy: plain http:// is not proxied; use https:// (HTTPS_PROXY tunnels to BOTTLE_ALLOW_HOSTS)";
-        log::warn!("proxy: egress denied: a plain http:// request through the proxy");
-        ctx.refuse(c, None, Rejection::new(403, "permission_error", msg));
-        return Some(true);
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let target = match req.parse(&bytes[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => req.path.unwrap_or("").to_string(),
-        _ => {
-            ctx.refuse(
-                c,
-                None,
-                Rejection::bad_request("bottle-init proxy: malformed CONNECT request"),
-            );
-            return Some(true);
+        Err(r) => {
+            ctx.refuse(c, None, r);
+            return true;
         }
+        Ok(Some(head)) => head,
     };
-    c.inbuf.consume(head_len);
-    start(ctx, id, c, &target);
-    Some(true)
-}
-
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-fn start(ctx: &mut Ctx, id: u64, c: &mut Client, target: &str) {
-    let Some(eg) = ctx.egress.as_mut() else {
-        return;
+    c.inbuf.consume(head.head_len);
+    let Some(allow) = &ctx.allow else {
+        let r = Rejection::new(405, "invalid_request_error", "CONNECT is not enabled");
+        ctx.refuse(c, None, r);
+        return true;
     };
-    let grant = match decide_connect(target, &eg.allow) {
+    let grant = match decide_connect(&head.authority, allow) {
         Ok(g) => g,
         Err(d) => {
             log::warn!("proxy: {d}");
-            ctx.refuse(
-                c,
-                None,
-                Rejection::new(403, "permission_error", d.to_string()),
-            );
-            return;
+            let r = Rejection::new(403, "permission_error", d.to_string());
+            ctx.refuse(c, None, r);
+            return true;
         }
     };
-    if eg.lookups >= MAX_LOOKUPS {
-        let msg = "bottle-init proxy: too many CONNECT lookups at once; retry shortly";
-        ctx.refuse(c, None, Rejection::new(503, "overloaded_error", msg));
-        return;
+    match ctx.resolver.connect(id, grant.clone()) {
+        Ok(()) => c.phase = Phase::Tunnel(Box::new(Tunnel::new(grant, c.read_eof))),
+        Err(Refused::Full | Refused::NoTunnels) => {
+            let msg = "bottle-init proxy: too many CONNECT lookups at once; retry shortly";
+            ctx.refuse(c, None, Rejection::new(503, "overloaded_error", msg));
+        }
     }
-    let (tx, waker, g) = (eg.answers_tx.clone(), eg.waker.clone(), grant.clone());
-    let spawned = std::thread::Builder::new()
-        .name("proxy-connect-dns".into())
-        .spawn(move || {
-            crate::sys::block_signals_in_thread();
-            let answer = resolve_grant(&g);
-            if tx.send((id, answer)).is_ok()
-                && let Err(e) = waker.wake()
-            {
-                log::error!("proxy: cannot wake the event loop after a CONNECT lookup: {e}");
-            }
-        });
-    if let Err(e) = spawned {
-        let msg = format!("bottle-init proxy: cannot start a lookup for {grant}: {e}");
-        ctx.refuse(c, None, Rejection::new(503, "overloaded_error", msg));
-        return;
-    }
-    eg.lookups += 1;
-    let now = Instant::now();
-    c.phase = Phase::Tunnel(Box::new(Tunnel {
-        grant,
-        state: State::Resolving,
-        started: now,
-        last_activity: now,
-        client_eof: false,
-        target_eof: false,
-        shut_target: false,
-        shut_client: false,
-        bytes_up: 0,
-        bytes_down: 0,
-        addr: None,
-    }));
+    true
 }
 
-/// Lookup answers that arrived: connect or refuse. Returns the clients to pump.
-pub(crate) fn take_answers(ctx: &mut Ctx, clients: &mut HashMap<u64, Client>) -> Vec<u64> {
-    let mut touched = Vec::new();
-    loop {
-        let Some(eg) = ctx.egress.as_mut() else {
-            return touched;
-        };
-        let Ok((id, answer)) = eg.answers.try_recv() else {
-            return touched;
-        };
-        eg.lookups = eg.lookups.saturating_sub(1);
-        let Some(c) = clients.get_mut(&id) else {
-            continue;
-        };
-        let Phase::Tunnel(t) = &mut c.phase else {
-            continue;
-        };
-        if !matches!(t.state, State::Resolving) {
-            continue;
+/// Between requests, an absolute-form `http://` request: refused, plain HTTP is not proxied.
+pub(crate) fn refuse_plain_http(ctx: &mut Ctx, c: &mut Client) -> bool {
+    let msg = "bottle-init proxy: plain http:// is not proxied; use https:// (HTTPS_PROXY tunnels to BOTTLE_ALLOW_HOSTS)";
+    log::warn!("proxy: egress denied: a plain http:// request through the proxy");
+    ctx.refuse(c, None, Rejection::new(403, "permission_error", msg));
+    true
+}
+
+/// The resolver answered for a tunnel that waits for its lookup: connect, or refuse.
+pub(crate) fn resolved(
+    ctx: &mut Ctx,
+    id: u64,
+    c: &mut Client,
+    result: Result<Resolved, ResolveError>,
+) {
+    let Phase::Tunnel(t) = &mut c.phase else {
+        return;
+    };
+    let refusal = match result {
+        Err(ResolveError::Denied(d)) => {
+            log::warn!("proxy: {d}");
+            Some(Rejection::new(403, "permission_error", d.to_string()))
         }
-        touched.push(id);
-        let refusal = match answer {
-            Err(ResolveError::Denied(d)) => {
-                log::warn!("proxy: {d}");
-                Some(Rejection::new(403, "permission_error", d.to_string()))
-            }
-            Err(e) => {
-                log::warn!("proxy: CONNECT {}: {e}", t.grant);
-                let msg = format!("bottle-init proxy: {e}");
-                Some(Rejection::new(502, "api_error", msg))
-            }
-            Ok(resolved) => {
-                for d in &resolved.denied {
-                    log::warn!("proxy: {d} (skipped; other addresses are allowed)");
-                }
-                let mut addrs = resolved.allowed;
-                addrs.reverse(); // popped from the end: resolver order
-                connect_next(ctx, id, t, addrs).map(|m| Rejection::new(502, "api_error", m))
-            }
-        };
-        if let Some(r) = refusal {
-            ctx.refuse(c, None, r);
+        Err(e) => {
+            log::warn!("proxy: CONNECT {}: {e}", t.grant);
+            let msg = format!("bottle-init proxy: {e}");
+            Some(Rejection::new(502, "api_error", msg))
         }
+        Ok(resolved) => {
+            for d in &resolved.denied {
+                log::warn!("proxy: {d} (skipped; other addresses are allowed)");
+            }
+            let mut addrs = resolved.allowed;
+            addrs.reverse(); // popped from the end: resolver order
+            connect_next(ctx, id, t, addrs).map(|m| Rejection::new(502, "api_error", m))
+        }
+    };
+    if let Some(r) = refusal {
+        ctx.refuse(c, None, r);
     }
 }
 
@@ -276,7 +146,7 @@ fn connect_next(
                     last = format!("cannot register with the poller: {e}");
                     continue;
                 }
-                t.state = State::Connecting { sock, addr, rest };
+                t.state = TunnelState::Connecting { sock, addr, rest };
                 return None;
             }
             Err(e) => {
@@ -298,9 +168,9 @@ enum Outcome {
     Die,
 }
 
-/// One step of a tunnel: finish connecting, or move bytes. Called from `Ctx::pump`.
+/// One step of a tunnel: finish connecting, or move bytes. Called by the loop's pump.
 pub(crate) fn step(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
-    let open = matches!(&c.phase, Phase::Tunnel(t) if matches!(t.state, State::Open { .. }));
+    let open = matches!(&c.phase, Phase::Tunnel(t) if matches!(t.state, TunnelState::Open { .. }));
     let outcome = if open {
         relay(c)
     } else {
@@ -308,18 +178,18 @@ pub(crate) fn step(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
             return false;
         };
         match &mut t.state {
-            State::Resolving => Outcome::Progress(false),
-            State::Connecting { sock, addr, rest } => match connected(sock) {
+            TunnelState::Resolving => Outcome::Progress(false),
+            TunnelState::Connecting { sock, addr, rest } => match connected(sock) {
                 Ok(false) => Outcome::Progress(false),
                 Ok(true) => {
                     let addr = *addr;
-                    let State::Connecting { sock, .. } =
-                        std::mem::replace(&mut t.state, State::Resolving)
+                    let TunnelState::Connecting { sock, .. } =
+                        std::mem::replace(&mut t.state, TunnelState::Resolving)
                     else {
                         unreachable!("matched above");
                     };
                     let _ = sock.set_nodelay(true);
-                    t.state = State::Open { sock };
+                    t.state = TunnelState::Open { sock };
                     t.addr = Some(addr);
                     log::info!("proxy: egress allowed: {} -> {addr}", t.grant);
                     c.outbuf
@@ -329,8 +199,8 @@ pub(crate) fn step(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
                 Err(e) => {
                     log::warn!("proxy: CONNECT {} -> {addr}: {e}", t.grant);
                     let rest = std::mem::take(rest);
-                    let old = std::mem::replace(&mut t.state, State::Resolving);
-                    if let State::Connecting { mut sock, .. } = old {
+                    let old = std::mem::replace(&mut t.state, TunnelState::Resolving);
+                    if let TunnelState::Connecting { mut sock, .. } = old {
                         let _ = ctx.registry.deregister(&mut sock);
                     }
                     match connect_next(ctx, id, t, rest) {
@@ -339,7 +209,7 @@ pub(crate) fn step(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
                     }
                 }
             },
-            State::Open { .. } => Outcome::Progress(false),
+            TunnelState::Open { .. } => Outcome::Progress(false),
         }
     };
     match outcome {
@@ -372,70 +242,42 @@ fn connected(sock: &TcpStream) -> io::Result<bool> {
     }
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
 /// Moves bytes both ways as far as the buffers allow; half-close is passed on once the
-/// bytes before it are delivered.
+/// bytes before it are delivered. The loop's flush writes `outbuf` to the client.
 fn relay(c: &mut Client) -> Outcome {
     let Phase::Tunnel(t) = &mut c.phase else {
         return Outcome::Progress(false);
     };
-    let State::Open { sock } = &mut t.state else {
+    let TunnelState::Open { sock } = &mut t.state else {
         return Outcome::Progress(false);
     };
     let mut progress = false;
     // client -> inbuf
-    while !t.client_eof && !c.inbuf.is_full() {
-        match c.inbuf.read_from(&mut c.sock) {
-            Ok(0) => {
-                t.client_eof = true;
-                progress = true;
-            }
-            Ok(n) => {
-                c.inbuf.mark_scanned(n);
-                t.bytes_up += n as u64;
-                progress = true;
-            }
-            Err(e) if would_block(&e) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Die,
+    if !t.client_eof {
+        match take_in(&mut c.inbuf, &mut c.sock, &mut t.bytes_up) {
+            Ok((p, eof)) => (progress, t.client_eof) = (p, eof),
+            Err(()) => return Outcome::Die,
         }
     }
     // inbuf -> target
-    while !c.inbuf.is_empty() {
-        match sock.write(c.inbuf.bytes()) {
-            Ok(0) => return Outcome::Die,
-            Ok(n) => {
-                c.inbuf.consume(n);
-                progress = true;
-            }
-            Err(e) if would_block(&e) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Die,
-        }
+    let p = pump::drain(&mut c.inbuf, sock);
+    progress |= p.progress();
+    if matches!(p.stop, Stop::Eof | Stop::Failed(_)) {
+        return Outcome::Die;
     }
     if t.client_eof && c.inbuf.is_empty() && !t.shut_target {
         let _ = sock.shutdown(Shutdown::Write);
         t.shut_target = true;
         progress = true;
     }
-    // target -> outbuf (the loop's flush writes it to the client)
-    while !t.target_eof && !c.outbuf.is_full() {
-        match c.outbuf.read_from(&mut *sock as &mut dyn Read) {
-            Ok(0) => {
-                t.target_eof = true;
-                progress = true;
+    // target -> outbuf
+    if !t.target_eof {
+        match take_in(&mut c.outbuf, sock, &mut t.bytes_down) {
+            Ok((p, eof)) => {
+                progress |= p;
+                t.target_eof = eof;
             }
-            Ok(n) => {
-                c.outbuf.mark_scanned(n);
-                t.bytes_down += n as u64;
-                progress = true;
-            }
-            Err(e) if would_block(&e) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Die,
+            Err(()) => return Outcome::Die,
         }
     }
     if t.target_eof && c.outbuf.is_empty() && !t.shut_client {
@@ -449,6 +291,19 @@ fn relay(c: &mut Client) -> Outcome {
     Outcome::Progress(progress)
 }
 
+/// One side's bytes into its buffer, all relayed as they are: `(progress, end of stream)`, or
+/// `Err` when the socket failed.
+fn take_in(buf: &mut Buf, src: &mut dyn Read, count: &mut u64) -> Result<(bool, bool), ()> {
+    let p = pump::fill(buf, src, Drained::AtWouldBlock);
+    buf.mark_scanned(p.moved);
+    *count += p.moved as u64;
+    match p.stop {
+        Stop::Eof => Ok((true, true)),
+        Stop::Failed(_) => Err(()),
+        Stop::Blocked | Stop::Full | Stop::Empty => Ok((p.moved > 0, false)),
+    }
+}
+
 /// Timeouts, from the loop's sweep: lookup+connect beyond the connect limit get 504, an idle
 /// open tunnel is closed. True when the client changed.
 pub(crate) fn sweep(ctx: &mut Ctx, c: &mut Client, now: Instant) -> bool {
@@ -456,7 +311,7 @@ pub(crate) fn sweep(ctx: &mut Ctx, c: &mut Client, now: Instant) -> bool {
         return false;
     };
     match t.state {
-        State::Open { .. } => {
+        TunnelState::Open { .. } => {
             if now.duration_since(t.last_activity) >= TUNNEL_IDLE {
                 log::info!(
                     "proxy: egress tunnel {} idle for {} s",
@@ -468,7 +323,7 @@ pub(crate) fn sweep(ctx: &mut Ctx, c: &mut Client, now: Instant) -> bool {
             }
             false
         }
-        State::Resolving | State::Connecting { .. } => {
+        TunnelState::Resolving | TunnelState::Connecting { .. } => {
             let limit = ctx.limits.connect_timeout;
             if now.duration_since(t.started) < limit {
                 return false;
@@ -479,7 +334,7 @@ pub(crate) fn sweep(ctx: &mut Ctx, c: &mut Client, now: Instant) -> bool {
                 limit.as_secs()
             );
             log::warn!("proxy: CONNECT {}: timed out", t.grant);
-            if let State::Connecting { sock, .. } = &mut t.state {
+            if let TunnelState::Connecting { sock, .. } = &mut t.state {
                 let _ = ctx.registry.deregister(sock);
             }
             ctx.refuse(c, None, Rejection::new(504, "api_error", msg));

@@ -45,12 +45,20 @@ pub(crate) struct UpConn {
     addrs: Vec<SocketAddr>,
     next_addr: usize,
     phase: Phase,
-    registered: Option<(Token, Interest)>,
+    /// Its own id (from the loop's counter): its poll token is `upstream_token(id)` for its
+    /// whole life, in use or pooled, so moving it between clients and the pool costs no
+    /// re-registration.
+    pub(crate) id: u64,
+    token: Token,
+    registered: bool,
     /// TCP end of stream seen from the upstream.
     pub(crate) eof: bool,
     /// False only after a socket read returned WouldBlock and no event for it has come since
     /// (edge-triggered: new bytes bring an event), so no read is tried that cannot succeed.
     pub(crate) sock_readable: bool,
+    /// The poller reported the upstream's end of stream (or an error): read on to WouldBlock
+    /// or the end, never stopping at a short read.
+    pub(crate) peer_closed: bool,
     /// When it went idle (pooled connections).
     pub(crate) idle_since: Instant,
     /// Its completed handshake has been counted in the stats.
@@ -58,60 +66,57 @@ pub(crate) struct UpConn {
 }
 
 impl UpConn {
-    /// Starts connecting to the first address that accepts a connect attempt.
+    /// Starts connecting to the first address that accepts a connect attempt, registered
+    /// under `token` (readable and writable, once: readiness is edge-triggered, and the loop
+    /// drains to WouldBlock, so interest never needs to change).
     pub(crate) fn connect(
         addrs: Vec<SocketAddr>,
         config: &Arc<rustls::ClientConfig>,
         name: &ServerName<'static>,
         buffer_limit: usize,
+        (id, token): (u64, Token),
+        registry: &Registry,
     ) -> Result<UpConn, UpError> {
         let mut tls = ClientConnection::new(config.clone(), name.clone()).map_err(UpError::Tls)?;
         // Bounds what rustls queues for sending (plaintext before the handshake, TLS records
         // after); received plaintext is bounded by reading records only while it is drained.
         tls.set_buffer_limit(Some(buffer_limit));
         let (sock, next_addr) = start_connect(&addrs, 0)?;
-        Ok(UpConn {
+        let mut up = UpConn {
             sock,
             tls,
             addrs,
             next_addr,
             phase: Phase::Connecting,
-            registered: None,
+            id,
+            token,
+            registered: false,
             eof: false,
             sock_readable: true,
+            peer_closed: false,
             idle_since: Instant::now(),
             counted: false,
-        })
+        };
+        up.register(registry).map_err(UpError::Io)?;
+        Ok(up)
+    }
+
+    fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.register(
+            &mut self.sock,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.registered = true;
+        Ok(())
     }
 
     pub(crate) fn is_ready(&self) -> bool {
         self.phase == Phase::Ready
     }
 
-    /// Registers or re-registers with the interest the state calls for. Edge-triggered: the
-    /// loop drains to WouldBlock, and interest only says which edges we care about.
-    pub(crate) fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let wants_write = self.phase == Phase::Connecting || self.tls.wants_write();
-        let interest = if wants_write {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        match self.registered {
-            Some(r) if r == (token, interest) => Ok(()),
-            Some(_) => {
-                self.registered = Some((token, interest));
-                registry.reregister(&mut self.sock, token, interest)
-            }
-            None => {
-                self.registered = Some((token, interest));
-                registry.register(&mut self.sock, token, interest)
-            }
-        }
-    }
-
     pub(crate) fn deregister(&mut self, registry: &Registry) {
-        if self.registered.take().is_some() {
+        if std::mem::take(&mut self.registered) {
             // Failure means the fd is already gone from epoll; dropping the socket follows.
             let _ = registry.deregister(&mut self.sock);
         }
@@ -119,7 +124,7 @@ impl UpConn {
 
     /// Moves TLS bytes both ways as far as the socket allows. Returns whether anything moved.
     /// Reads TLS records only while rustls has no undelivered plaintext, which bounds what it
-    /// buffers; the caller drains plaintext with [`UpConn::read_plain`].
+    /// buffers; the caller drains plaintext from `tls.reader()` (through `pump::fill`).
     pub(crate) fn drive(&mut self, registry: &Registry) -> Result<bool, UpError> {
         let mut progress = false;
         if self.phase == Phase::Connecting {
@@ -143,13 +148,24 @@ impl UpConn {
                 }
             }
             while !self.eof && self.sock_readable && self.tls.wants_read() {
-                match self.tls.read_tls(&mut self.sock) {
+                let mut rd = ShortRead {
+                    sock: &mut self.sock,
+                    short: false,
+                };
+                let read = self.tls.read_tls(&mut rd);
+                let short = rd.short;
+                match read {
                     Ok(0) => {
                         self.eof = true;
                         moved = true;
                     }
                     Ok(_) => {
                         moved = true;
+                        // The socket's queue was empty at that instant; later bytes bring an
+                        // event (see `pump::Drained::AtShortRead`).
+                        if short && !self.peer_closed {
+                            self.sock_readable = false;
+                        }
                         self.tls.process_new_packets().map_err(|e| {
                             // Best effort: tell the server why (an alert), then fail.
                             let _ = self.tls.write_tls(&mut self.sock);
@@ -185,20 +201,6 @@ impl UpConn {
         self.tls.writer().write(bytes).map_err(UpError::Io)
     }
 
-    /// Reads decrypted response bytes. `Ok(None)`: nothing now. `Ok(Some(0))`: the upstream
-    /// ended the stream (close_notify or TCP EOF).
-    pub(crate) fn read_plain(
-        &mut self,
-        out: &mut super::buf::Buf,
-    ) -> Result<Option<usize>, UpError> {
-        match out.read_from(&mut self.tls.reader()) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
-            Err(e) => Err(UpError::Io(e)),
-        }
-    }
-
     /// Whether a pooled connection has gone bad: the upstream closed it, sent bytes we never
     /// asked for, or broke TLS. Used on readable events of idle pooled connections.
     pub(crate) fn idle_is_broken(&mut self, registry: &Registry) -> bool {
@@ -232,16 +234,27 @@ impl UpConn {
             "proxy: connect to {} failed ({err}); trying the next address",
             self.addrs[self.next_addr - 1]
         );
-        let token = self.registered.map(|(t, _)| t);
         self.deregister(registry);
         let (sock, next) = start_connect(&self.addrs, self.next_addr)?;
         self.sock = sock;
         self.sock_readable = true;
         self.next_addr = next;
-        if let Some(t) = token {
-            self.update_interest(registry, t).map_err(UpError::Io)?;
-        }
+        self.register(registry).map_err(UpError::Io)?;
         Ok(false)
+    }
+}
+
+/// The socket as rustls reads it, noting whether a read returned fewer bytes than offered.
+struct ShortRead<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
     }
 }
 
