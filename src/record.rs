@@ -48,7 +48,10 @@ pub struct Identity {
 impl Identity {
     /// The identity of `pid` now, if it runs.
     pub fn of(pid: i32) -> Option<Identity> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "/proc/./PID": the kernel resolves it like /proc/PID, but qemu-user (emulated arm64
+        // images) fakes its own process's /proc/PID/stat (start time 0) when the path is
+        // spelled /proc/PID or /proc/self, and PID 1's record would then never match.
+        let stat = fs::read_to_string(format!("/proc/./{pid}/stat")).ok()?;
         parse_identity(pid, &stat)
     }
 

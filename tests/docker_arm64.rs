@@ -137,6 +137,21 @@ fn arm64_real_claude_answers_through_the_proxy() {
         text(&o)
     );
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    // `docker exec C /bottle-init exec` joins PID 1 under emulation too (PID 1 reads its own
+    // identity through a /proc path qemu-user does not answer itself; it exited 69 before):
+    // the command runs as uid 1000 with the placeholder, though `docker exec` handed the token.
+    let o = m.c.exec(&[
+        "/bottle-init",
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "id -u; printf '%.7s\\n' \"$CLAUDE_CODE_OAUTH_TOKEN\"",
+    ]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert_eq!(stdout(&o), "1000\nbottle-", "{all}");
+    assert_absent(&all, &token, "bottle-init exec under emulation");
 }
 
 /// What the README says differs under emulation: with `--cap-add SYS_PTRACE` root finds the

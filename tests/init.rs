@@ -1813,7 +1813,8 @@ echo main-done
             .collect();
         assert_eq!(f[0], f[1], "the command leads its own process group: {l}");
         lines.expect("ready", Duration::from_secs(5));
-        let init = if pid1 {
+        // opts.pid1, not pid1: scripts/test-aarch64 runs every case as PID 1.
+        let init = if opts.pid1 {
             wait_for_child(child.id(), "bottle-init", Duration::from_secs(5))
         } else {
             child.id()
@@ -1862,7 +1863,8 @@ fn sigterm_ignored_by_the_command_ends_in_sigkill_after_the_grace() {
         let mut lines = Lines::new(child.stdout.take().unwrap());
         let err = reader(child.stderr.take().unwrap());
         lines.expect("ready", Duration::from_secs(10));
-        let init = if pid1 {
+        // opts.pid1, not pid1: scripts/test-aarch64 runs every case as PID 1.
+        let init = if opts.pid1 {
             wait_for_child(child.id(), "bottle-init", Duration::from_secs(5))
         } else {
             child.id()
