@@ -10,7 +10,7 @@
 //! `--network host` (the private dockerd has no bridge for RUN steps).
 
 mod e2e_support;
-mod skip_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

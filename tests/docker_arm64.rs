@@ -6,7 +6,7 @@
 //! profile, `--network none`. Inputs as tests/docker.rs.
 
 mod e2e_support;
-mod skip_support;
+mod support;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! tests/docker.rs.
 
 mod e2e_support;
-mod skip_support;
+mod support;
 
 use std::process::Command;
 use std::sync::OnceLock;

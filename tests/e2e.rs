@@ -11,7 +11,7 @@
 //! prerequisites fail; otherwise the tests skip with a loud message.
 
 mod e2e_support;
-mod skip_support;
+mod support;
 
 use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use e2e_support::mock::{Expect, Mock, MockConfig};
 use e2e_support::*;
 
-const INIT: &str = env!("CARGO_BIN_EXE_bottle-init");
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -171,7 +170,7 @@ impl Sandbox {
         ])
         .arg(self.dir.path().join("ns-wrapper.sh"))
         .arg(self.dir.path())
-        .arg(INIT)
+        .arg(support::bin())
         .args(init_args)
         .env_clear()
         .env("PATH", PATH)
@@ -841,7 +840,7 @@ fn exec_runs_real_claude_through_the_running_pid1() {
             "--pid",
             "--mount",
             "--",
-            INIT,
+            support::bin(),
             "exec",
             "--",
             &claude,
@@ -928,7 +927,7 @@ fn interactive_exec_on_a_pty_works_through_the_relay() {
     exec.arg(format!("--target={pid1}"))
         .args(["--pid", "--mount"])
         .arg(format!("--wd={}", sb.work.display()))
-        .args(["--", INIT, "exec", "--"])
+        .args(["--", support::bin(), "exec", "--"])
         .arg(&sb.claude)
         .env_clear()
         .env("PATH", PATH)

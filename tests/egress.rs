@@ -5,7 +5,7 @@
 //! without the mechanism, so a broken lab cannot pass for a working lockdown.
 
 mod egress_support;
-mod skip_support;
+mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

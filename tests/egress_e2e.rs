@@ -17,7 +17,7 @@
 
 mod e2e_support;
 mod egress_support;
-mod skip_support;
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,7 +34,6 @@ use egress_support::{
     dns_query_for, root_or_fail,
 };
 
-const INIT: &str = env!("CARGO_BIN_EXE_bottle-init");
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const DOCKER_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 /// Another loopback service in the child's namespace (a local dev server, say).
@@ -605,7 +604,7 @@ fn run_init_with(
     cmd.args(["netns", "exec", &env.lab.client.name])
         .args(["unshare", "--pid", "--fork", "--mount-proc"])
         .args(prefix)
-        .arg(INIT)
+        .arg(support::bin())
         .arg("--")
         .arg(&probe)
         .args([
@@ -723,7 +722,7 @@ fn exec_probe(env: &Env, pid1: u32, mode: &str) -> InitRun {
     let probe = std::env::current_exe().expect("current_exe");
     let out = Command::new("nsenter")
         .args(["-t", &pid1.to_string(), "-p", "-m", "-n"])
-        .arg(INIT)
+        .arg(support::bin())
         .args(["exec", "--"])
         .arg(&probe)
         .args([
@@ -1356,7 +1355,7 @@ fn claude_run(env: &Env, claude: &std::path::Path, mode: &str, extra: &[(&str, &
             wrapper,
         ])
         .arg(d)
-        .arg(INIT)
+        .arg(support::bin())
         .arg("--")
         .arg(claude)
         .args(["-p", "egress prompt"])

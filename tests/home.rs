@@ -4,7 +4,7 @@
 //! attacks are what another uid could have left there. Under CI=true missing root fails.
 
 mod init_support;
-mod skip_support;
+mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

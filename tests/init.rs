@@ -3,7 +3,7 @@
 //! Under CI=true a missing requirement (root, unshare, strace...) fails instead of skipping.
 
 mod init_support;
-mod skip_support;
+mod support;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1154,7 +1154,7 @@ fn require_strace() -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "strace missing and CI=true"
     );
-    skip_support::skipped("strace missing (apt-get install strace)");
+    support::skipped("strace missing (apt-get install strace)");
     false
 }
 

@@ -9,7 +9,7 @@
 //! TLS mock upstream of `e2e_support`. Fails instead of skipping under CI=true.
 
 mod e2e_support;
-mod skip_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use e2e_support::mock::{Expect, Mock, MockConfig};
 use e2e_support::{NetNs, fake_secret, have_tool, is_root, require};
 
-const INIT: &str = env!("CARGO_BIN_EXE_bottle-init");
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const FLOOD: usize = 1100;
 
@@ -87,7 +86,7 @@ impl Running {
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nofile={soft}:{hard}"))
             .arg("--")
-            .arg(INIT)
+            .arg(support::bin())
             .args(["--", "sh", "-c", script])
             .arg(&out)
             .env_clear()

@@ -7,7 +7,7 @@
 //!   release is refused without touching the file, and no argument pins the registry's latest.
 
 mod e2e_support;
-mod skip_support;
+mod support;
 
 use std::path::Path;
 use std::process::Command;

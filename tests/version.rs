@@ -1,6 +1,8 @@
 //! `bottle-init --version` names the commit it was built from (build.rs reads git when cargo
 //! builds from a clone). Runs the binary cargo built for this test run.
 
+mod support;
+
 use std::process::Command;
 
 fn git_head() -> Option<String> {
@@ -20,7 +22,7 @@ fn git_head() -> Option<String> {
 
 #[test]
 fn version_names_the_head_commit() {
-    let o = Command::new(env!("CARGO_BIN_EXE_bottle-init"))
+    let o = Command::new(support::bin())
         .arg("--version")
         .output()
         .expect("run bottle-init --version");

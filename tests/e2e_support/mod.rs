@@ -22,22 +22,7 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Under CI=true a missing prerequisite is a failure; otherwise the test skips, loudly.
-/// Returns false when the caller should return (skip).
-pub fn require(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0") {
-        panic!("prerequisite missing under CI: {what}");
-    }
-    crate::skip_support::skipped(what);
-    false
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+pub use crate::support::{is_root, require};
 
 pub fn have_tool(name: &str) -> bool {
     Command::new("sh")

@@ -41,16 +41,12 @@ pub const QUERY_NAME: &str = "outside.egress.test";
 /// The child's uid in every test.
 pub const CHILD_UID: u32 = 1000;
 
-/// True when the tests may run. As root: true. Not root: fail under CI=true, else skip loudly.
+/// True when the tests may run (the one gate: tests/support).
 pub fn root_or_fail(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (network namespaces, nftables, setresuid); CI=true");
-    }
-    crate::skip_support::skipped(&format!("{test}: needs root"));
-    false
+    crate::support::require_root_with(
+        &[],
+        &format!("{test}: network namespaces, nftables, setresuid"),
+    )
 }
 
 fn run(cmd: &str, args: &[&str]) {

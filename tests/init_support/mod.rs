@@ -14,48 +14,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test: `BOTTLE_INIT_TEST_BIN` (e.g. the static release build) or the one
-/// cargo built for this test run.
-pub fn bin() -> &'static str {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::var("BOTTLE_INIT_TEST_BIN")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_bottle-init").to_string())
-    })
-}
+#[allow(unused_imports)] // not every test binary uses both
+pub use crate::support::{bin, which};
+
 pub const TEST_UID: u32 = 1000;
 
-/// Root and the tools are required; outside CI a missing requirement skips (returns false),
-/// under CI=true it fails.
+/// Root and the tools the namespace set-up uses (the one gate: tests/support).
 pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["unshare", "ip", "mount", "sh"]
-        .iter()
-        .all(|t| which(t).is_some());
-    if root && tools {
-        return true;
-    }
-    let why = if root {
-        "unshare, ip, mount or sh missing"
-    } else {
-        "not root"
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test needs root and util-linux/iproute2 ({why}) and CI=true forbids skipping");
-    }
-    crate::skip_support::skipped(why);
-    false
-}
-
-pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
+    crate::support::require_root_with(
+        &["unshare", "ip", "mount", "sh"],
+        "namespaces; util-linux and iproute2",
+    )
 }
 
 /// A fresh fake OAuth token, unique per test.
