@@ -4,6 +4,7 @@
 //! The kernel side (nftables, the child's uid) is in tests/egress.rs and tests/egress_e2e.rs.
 
 mod proxy_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

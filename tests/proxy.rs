@@ -4,6 +4,7 @@
 //! in any log line.
 
 mod proxy_support;
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::atomic::Ordering;

@@ -11,9 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
 /// Which credential the mock accepts; anything else gets the API's 401.
 #[derive(Clone, Debug)]
 pub enum Expect {
@@ -235,56 +232,12 @@ pub struct MockIdentity {
 
 impl MockIdentity {
     pub fn generate() -> io::Result<MockIdentity> {
-        let (server, ca_pem) = tls_config().map_err(io::Error::other)?;
+        let ca = crate::support::tls::TestCa::new("bottle-init test mock CA");
         Ok(MockIdentity {
-            server: Arc::new(server),
-            ca_pem,
+            server: ca.server_config(),
+            ca_pem: ca.pem,
         })
     }
-}
-
-/// A fresh CA and a leaf for `localhost` / `127.0.0.1` signed by it.
-fn tls_config() -> Result<(rustls::ServerConfig, String), String> {
-    let e = |what: &str| {
-        let what = what.to_string();
-        move |err: rcgen::Error| format!("{what}: {err}")
-    };
-    let ca_key = KeyPair::generate().map_err(e("CA key"))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e("CA params"))?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "bottle-init test mock CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(e("CA cert"))?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let leaf_key = KeyPair::generate().map_err(e("leaf key"))?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .map_err(e("leaf params"))?;
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &issuer)
-        .map_err(e("leaf cert"))?;
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| format!("protocol versions: {err}"))?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![
-                CertificateDer::from(leaf.der().to_vec()),
-                CertificateDer::from(ca_cert.der().to_vec()),
-            ],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .map_err(|err| format!("server cert: {err}"))?;
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((server, ca_cert.pem()))
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

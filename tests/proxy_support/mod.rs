@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use bottle_init::proxy::{Limits, Proxy, ProxyConfig, Stats, Upstream};
 use bottle_init::secret::{Credential, CredentialKind, Secret};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub const REAL_TOKEN: &str = "sk-ant-oat01-REALTOKEN-must-never-leave-the-proxy";
 pub const SESSION: &str = "bottle-SESSIONSECRET0123456789abcdef0123456789abcdef0123456789abcd";
@@ -80,43 +78,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------
 // Certificates
 
-pub struct TestCa {
-    pub pem: String,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        TestCa {
-            pem: issuer.pem(),
-            issuer,
-        }
-    }
-
-    /// A server config with a `localhost` certificate signed by this CA.
-    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let chain = vec![CertificateDer::from(cert.der().to_vec())];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
-    }
-}
+pub use crate::support::tls::TestCa;
 
 // ---------------------------------------------------------------------------------------
 // The mock upstream

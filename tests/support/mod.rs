@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
