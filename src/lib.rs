@@ -15,7 +15,8 @@
 //! 4. `config`, `egress::resolve`, `egress::lock`;
 //! 5. `recipe`, `http`;
 //! 6. `record`, `proxy`;
-//! 7. `failure`;
+//! 7. `failure`, `check` (its pure `check::report` and `check::verdict`, the probe it runs
+//!    as the child user, `check::probe`);
 //! 8. `start`, then the binary.
 //!
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
@@ -25,6 +26,7 @@
 
 #![deny(unsafe_code)]
 
+mod check;
 mod child;
 mod cli;
 mod config;
