@@ -1,8 +1,8 @@
 //! Every raw system call of the crate: signal masks, prctl, capabilities, ids, fds,
 //! fork/exec, waitpid, sessions and terminals (pty, termios, window size), signalfd and poll
 //! for `exec`'s relay, extended attributes (ACLs), mlock and getrandom (secrets), the fd
-//! limit, seccomp, socket options. `libc` is the only crate underneath; [`Errno`] is the one
-//! error type for a failed call.
+//! limit, seccomp, socket options, and `check`'s probes (ptrace, process_vm_readv, socket).
+//! `libc` is the only crate underneath; [`Errno`] is the one error type for a failed call.
 //!
 //! `unsafe` is denied in the rest of the crate (lib.rs), with exactly two exceptions, each
 //! because its safety condition is one this module cannot check:
