@@ -15,9 +15,10 @@
 //! 4. `config`, `egress::resolve`, `egress::lock`;
 //! 5. `recipe`, `http`;
 //! 6. `record`, `proxy`;
-//! 7. `failure`, `check` (its pure `check::report` and `check::verdict`, the probe it runs
-//!    as the child user, `check::probe`);
-//! 8. `start`, then the binary.
+//! 7. `failure`;
+//! 8. `check` (its pure `check::report` and `check::verdict`, and `check::probe`, which it
+//!    runs as the child user);
+//! 9. `start`, then the binary.
 //!
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
 //! module doc names: `scrub` (the environment block) and `child::spawn`'s call of `sys::fork`

@@ -1519,8 +1519,23 @@ fn lab_probe() -> String {
 
 /// `docker exec CONTAINER /bottle-init check ARGS`.
 fn check_run(env: &Env, pid1: u32, args: &[&str]) -> InitRun {
+    check_run_with(env, pid1, &[], args)
+}
+
+/// Root that cannot open a uid-1000 process's environment (mode 0400, its owner's): without
+/// CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE. Only the child-user probe can
+/// read it then, so the credential check must rely on the probe's report.
+const ROOT_BLIND: [&str; 3] = [
+    "setpriv",
+    "--bounding-set",
+    "-sys_ptrace,-dac_override,-dac_read_search",
+];
+
+/// [`check_run`] with a wrapper command ([`ROOT_BLIND`]).
+fn check_run_with(env: &Env, pid1: u32, prefix: &[&str], args: &[&str]) -> InitRun {
     let out = Command::new("nsenter")
         .args(["-t", &pid1.to_string(), "-p", "-m", "-n"])
+        .args(prefix)
         .arg(INIT)
         .arg("check")
         .args(args)
@@ -1661,7 +1676,12 @@ fn check_passes_in_every_mode_and_prints_no_secret() {
             let pid1 = init_pid(spawned);
             session = session_secret_of(&env);
             human = Some(check_run(&env, pid1, &["--probe", &probe]));
-            json = Some(check_run(&env, pid1, &["--json", "--probe", &probe]));
+            json = Some(check_run_with(
+                &env,
+                pid1,
+                &ROOT_BLIND,
+                &["--json", "--probe", &probe],
+            ));
         });
         assert_eq!(r.code, Some(0), "{}", r.describe());
         let human = human.expect("check ran");
@@ -1723,6 +1743,7 @@ fn check_passes_in_every_mode_and_prints_no_secret() {
 fn check_names_a_child_uid_process_that_holds_the_token() {
     let Some(env) = setup() else { return };
     let (mut run, mut pid, mut session) = (None, 0, String::new());
+    let mut root_blind = None;
     let r = run_init(
         &env,
         "api-only",
@@ -1740,9 +1761,21 @@ fn check_names_a_child_uid_process_that_holds_the_token() {
             );
             pid = ns_pid(host);
             run = Some(check_run(&env, pid1, &[]));
+            root_blind = Some(check_run_with(&env, pid1, &ROOT_BLIND, &[]));
         },
     );
     assert_eq!(r.code, Some(0), "{}", r.describe());
+    // When root cannot open that environment, the probe (uid 1000) can: the check still finds
+    // the token there.
+    let root_blind = root_blind.expect("check ran");
+    assert_eq!(root_blind.code, Some(1), "{}", root_blind.describe());
+    let lines = check_lines(&root_blind);
+    let (ok, _, detail) = line(&lines, "credential out of reach");
+    assert!(
+        !ok && detail.contains(&format!("pid {pid} (sleep, uid 1000)")),
+        "{detail}"
+    );
+    assert_check_keeps_secrets(&root_blind, &env, &session);
     let run = run.expect("check ran");
     assert_eq!(run.code, Some(1), "{}", run.describe());
     let lines = check_lines(&run);
@@ -1925,6 +1958,44 @@ fn check_without_a_running_bottle_init_exits_69_and_a_bad_probe_64() {
     // An unknown option too.
     let (code, _, err) = check(&["--verbose"], &run);
     assert_eq!(code, Some(64), "{err}");
+    // Not root: 77 (the probe needs the drop's capabilities). The internal probe half refuses
+    // root: its report would carry root's environment, the token included.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            INIT,
+            "check",
+        ])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("BOTTLE_RUN_DIR", &run)
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(
+        err.starts_with("bottle-init: error: bottle-init check must run as root"),
+        "{err}"
+    );
+    let out = Command::new(INIT)
+        .args(["check", "--child", "open", "-"])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token)
+        .output()
+        .expect("run check --child");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(64), "{o}{e}");
+    assert!(o.is_empty(), "{o}");
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(!o.contains(&hex) && !e.contains(&hex) && !e.contains(&token));
 }
 
 /// allowlist with its nftables table deleted after start: the direct connection to the lab's

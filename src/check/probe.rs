@@ -29,6 +29,15 @@ const SOME_ADDRESS: usize = 0x10000;
 /// Runs every probe for `mode` and prints the report; `probe`: the resolved `--probe`
 /// address (`-` when there is none). Exit status 0: the report says the rest.
 pub fn run(env: &EnvSnapshot, mode: &str, probe: &str) -> u8 {
+    // The report carries this process's own environment: as root (someone typing the
+    // internal command in a `docker exec` shell) that would print the real credential.
+    if sys::geteuid() == 0 {
+        crate::logging::error_line(
+            "`check --child` is the probe `bottle-init check` runs as the child user; it \
+             refuses to run as root; run `bottle-init check`",
+        );
+        return crate::failure::EX_USAGE;
+    }
     let mut out = String::new();
     let mut put = |k: &str, v: &str| {
         let _ = writeln!(out, "{k} {v}");
