@@ -993,8 +993,8 @@ fn check_exec_gets_its_own_terminal(img: &str) {
 }
 
 /// `docker exec C /bottle-init check` in the real image, with Docker's default capabilities
-/// and seccomp profile (root there has no CAP_SYS_PTRACE, so the child user's probe reads the
-/// uid-1000 environments): every line passes; a bare `docker exec -u claude -e
+/// and seccomp profile (no CAP_SYS_PTRACE: PID 1's environ is closed even to root): every
+/// line passes; a bare `docker exec -u claude -e
 /// CLAUDE_CODE_OAUTH_TOKEN=... C sleep` turns the credential line ✘ naming its pid, exit 1.
 #[test]
 fn bottle_init_check_passes_and_names_a_docker_exec_as_claude() {
@@ -1014,6 +1014,7 @@ fn bottle_init_check_passes_and_names_a_docker_exec_as_claude() {
     let o = c.exec(&["/bottle-init", "check"]);
     keeps_secrets(&o, "check's output");
     let out = stdout(&o);
+    eprintln!("check in the container:\n{out}");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(out.lines().count(), 5, "{out}");
     assert!(
@@ -1048,6 +1049,7 @@ fn bottle_init_check_passes_and_names_a_docker_exec_as_claude() {
     keeps_secrets(&o, "check's output");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = stdout(&o);
+    eprintln!("check with a `docker exec -u claude` (pid {pid}) running:\n{out}");
     let cred = out
         .lines()
         .find(|l| l.starts_with("✘ credential out of reach — "))

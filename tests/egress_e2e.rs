@@ -573,6 +573,20 @@ impl InitRun {
         )
     }
 
+    /// A finished command without probes (`EGRESS_E2E_SHOW` prints it as `what`).
+    fn finished(out: &std::process::Output, what: std::fmt::Arguments) -> InitRun {
+        let run = InitRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            probes: HashMap::new(),
+        };
+        if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
+            eprintln!("=== {what}\n{}", run.describe());
+        }
+        run
+    }
+
     fn assert_no_token(&self, token: &str) {
         assert!(!self.stdout.contains(token), "token in stdout");
         assert!(!self.stderr.contains(token), "token in stderr");
@@ -1380,16 +1394,7 @@ fn claude_run(env: &Env, claude: &std::path::Path, mode: &str, extra: &[(&str, &
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run claude under bottle-init");
-    let run = InitRun {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        probes: HashMap::new(),
-    };
-    if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
-        eprintln!("=== claude, BOTTLE_EGRESS={mode}\n{}", run.describe());
-    }
-    run
+    InitRun::finished(&out, format_args!("claude, BOTTLE_EGRESS={mode}"))
 }
 
 #[test]
@@ -1546,16 +1551,7 @@ fn check_run_with(env: &Env, pid1: u32, prefix: &[&str], args: &[&str]) -> InitR
         .stdin(Stdio::null())
         .output()
         .expect("run nsenter");
-    let run = InitRun {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        probes: HashMap::new(),
-    };
-    if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
-        eprintln!("=== bottle-init check {args:?}\n{}", run.describe());
-    }
-    run
+    InitRun::finished(&out, format_args!("bottle-init check {args:?}"))
 }
 
 /// This run's session secret, from PID 1's record (root reads it).
