@@ -1667,6 +1667,7 @@ fn check_passes_in_every_mode_and_prints_no_secret() {
             extra.push(("BOTTLE_ALLOW_HOSTS", allow.as_str()));
         }
         let (mut human, mut json, mut session) = (None, None, String::new());
+        let mut quiet = None;
         let probe = lab_probe();
         let r = run_init(&env, mode, &extra, &[], |spawned| {
             let pid1 = init_pid(spawned);
@@ -1678,8 +1679,17 @@ fn check_passes_in_every_mode_and_prints_no_secret() {
                 &ROOT_BLIND,
                 &["--json", "--probe", &probe],
             ));
+            // With stdout and stderr closed (the pipe then lands on fds 1 and 2): the report
+            // still ends, at once, and every check passes.
+            let closed = ["sh", "-c", "exec \"$@\" >&- 2>&-", "sh"];
+            let t0 = std::time::Instant::now();
+            let r = check_run_with(&env, pid1, &closed, &["--probe", &probe]);
+            quiet = Some((r.code, t0.elapsed()));
         });
         assert_eq!(r.code, Some(0), "{}", r.describe());
+        let (code, took) = quiet.expect("check ran without stdout");
+        assert_eq!(code, Some(0), "{mode}: check with stdout closed");
+        assert!(took < Duration::from_secs(10), "{mode}: {took:?}");
         let human = human.expect("check ran");
         assert_eq!(human.code, Some(0), "{mode}: {}", human.describe());
         let lines = check_lines(&human);

@@ -185,9 +185,14 @@ fn run_probe(record: &RunRecord, plain: &[(Vec<u8>, Vec<u8>)], probe: &str) -> O
     let _ = sys::dup2(w, 2);
     let spawned = child::spawn(&prepared);
     for (fd, s) in saved.iter().enumerate() {
-        if let Some(s) = *s {
-            let _ = sys::dup2(s, fd as i32);
-            sys::close(s);
+        match *s {
+            Some(s) => {
+                let _ = sys::dup2(s, fd as i32);
+                sys::close(s);
+            }
+            // Closed before (or not copyable): close it, or our copy of the pipe would keep
+            // the report from ending.
+            None => sys::close(fd as i32),
         }
     }
     sys::close(w);
