@@ -546,6 +546,21 @@ fn egress_modes_in_the_container() {
             "{mode}: {}",
             text(&o)
         );
+        // `bottle-init check` proves the mode from inside (its direct attempt aims at the
+        // mock's port in this container, which only the proxy may reach).
+        let target = format!("127.0.0.1:{PORT}");
+        let o = c.exec(&["/bottle-init", "check", "--probe", &target]);
+        let all = text(&o);
+        assert_absent(&all, &token, "check's output");
+        eprintln!("check in the {mode} container:\n{all}");
+        assert_eq!(o.status.code(), Some(0), "{mode}: {all}");
+        let out = stdout(&o);
+        assert_eq!(out.lines().count(), 5, "{mode}: {all}");
+        assert!(out.lines().all(|l| l.starts_with("✔ ")), "{mode}: {all}");
+        assert!(
+            out.contains(&format!("✔ egress — {mode}: ")),
+            "{mode}: {all}"
+        );
         let logs = c.logs();
         assert_absent(&logs, &token, "container logs");
         let want = match mode {
