@@ -11,13 +11,30 @@ pub enum Mode {
     Run,
     /// `bottle-init exec`: join a running bottle-init (for `docker exec`).
     Exec,
+    /// `bottle-init check`: prove the running bottle-init's isolation.
+    Check,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cli {
     Help,
     Version,
-    Start { mode: Mode, command: Vec<OsString> },
+    Start {
+        mode: Mode,
+        command: Vec<OsString>,
+    },
+    /// `bottle-init check [--json] [--probe HOST:PORT]`. `probe` is the text as given (an
+    /// empty one when `--probe` had no value); `crate::check` parses it.
+    Check {
+        json: bool,
+        probe: Option<String>,
+    },
+    /// Internal: `bottle-init check --child MODE PROBE`, the probe half of `check`, which
+    /// `check` itself runs as the child user (see `crate::check::probe`).
+    CheckChild {
+        mode: String,
+        probe: String,
+    },
 }
 
 /// An unknown option, with the text to show.
@@ -46,6 +63,12 @@ Usage:
                                                        a terminal its own pty; never use
                                                        `docker exec -u claude`, which hands
                                                        claude's uid the real token)
+  bottle-init check [--json] [--probe HOST:PORT]       prove the running bottle-init's isolation
+                                                       (`docker exec C /bottle-init check`): one
+                                                       line per check, ✔ or ✘; exit 0 iff all
+                                                       pass, 1 if one fails; --probe: the
+                                                       address allowlist mode must refuse
+                                                       (default 192.0.2.1:443)
 Options:
   -h, --help       print this help
   -V, --version    print the version
@@ -78,7 +101,7 @@ Environment (set exactly one credential):
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
 126 not executable; 64 usage, or a bottle-init already runs here (use `bottle-init exec`);
-69 `exec` found no running bottle-init; 70 the proxy thread stopped (the command was
+69 `exec` or `check` found no running bottle-init; 70 the proxy thread stopped (the command was
 stopped: SIGTERM, SIGKILL after BOTTLE_GRACE); 71 system error; 77 not root / missing
 capability; 78 configuration error.
 ";
@@ -98,6 +121,9 @@ fn version_line(pkg: &str, commit: Option<&str>) -> String {
 
 /// Parses the arguments after argv[0].
 pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
+    if args.first().is_some_and(|a| a == "check") {
+        return parse_check(&args[1..]);
+    }
     let (mode, rest) = match args.first() {
         Some(a) if a == "exec" => (Mode::Exec, &args[1..]),
         _ => (Mode::Run, args),
@@ -123,9 +149,88 @@ pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
     Ok(Cli::Start { mode, command })
 }
 
+/// `check`'s options (it takes no command).
+fn parse_check(args: &[OsString]) -> Result<Cli, UsageError> {
+    let text = |a: &OsString| a.to_string_lossy().into_owned();
+    if args.first().is_some_and(|a| a == "--child") {
+        return match args {
+            [_, mode, probe] => Ok(Cli::CheckChild {
+                mode: text(mode),
+                probe: text(probe),
+            }),
+            _ => Err(UsageError("--child".into())),
+        };
+    }
+    let (mut json, mut probe) = (false, None);
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match a.to_str() {
+            Some("--json") => json = true,
+            Some("-h") | Some("--help") => return Ok(Cli::Help),
+            Some("--probe") => probe = Some(rest.next().map(text).unwrap_or_default()),
+            Some(s) if s.starts_with("--probe=") => probe = Some(s["--probe=".len()..].into()),
+            _ => return Err(UsageError(text(a))),
+        }
+    }
+    Ok(Cli::Check { json, probe })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_takes_json_and_probe() {
+        assert_eq!(
+            p(&["check"]).unwrap(),
+            Cli::Check {
+                json: false,
+                probe: None
+            }
+        );
+        assert_eq!(
+            p(&["check", "--probe", "192.0.2.2:7", "--json"]).unwrap(),
+            Cli::Check {
+                json: true,
+                probe: Some("192.0.2.2:7".into())
+            }
+        );
+        assert_eq!(
+            p(&["check", "--probe=[2001:db8::2]:7"]).unwrap(),
+            Cli::Check {
+                json: false,
+                probe: Some("[2001:db8::2]:7".into())
+            }
+        );
+        // A missing value is left for check to refuse with its own message.
+        assert_eq!(
+            p(&["check", "--probe"]).unwrap(),
+            Cli::Check {
+                json: false,
+                probe: Some(String::new())
+            }
+        );
+        assert_eq!(p(&["check", "--help"]).unwrap(), Cli::Help);
+        assert_eq!(
+            p(&["check", "claude"]).unwrap_err(),
+            UsageError("claude".into())
+        );
+        assert_eq!(
+            p(&["check", "--child", "open", "-"]).unwrap(),
+            Cli::CheckChild {
+                mode: "open".into(),
+                probe: "-".into()
+            }
+        );
+        assert!(p(&["check", "--child", "open"]).is_err());
+        // `exec check` and `-- check` run a command named check.
+        assert_eq!(p(&["--", "check"]).unwrap(), start(Mode::Run, &["check"]));
+        assert_eq!(
+            p(&["exec", "check"]).unwrap(),
+            start(Mode::Exec, &["check"])
+        );
+        assert!(HELP.contains("bottle-init check [--json] [--probe HOST:PORT]"));
+    }
 
     fn p(args: &[&str]) -> Result<Cli, UsageError> {
         parse(&args.iter().map(OsString::from).collect::<Vec<_>>())

@@ -41,6 +41,8 @@ pub enum Exit {
     Child(ChildEnd),
     /// The proxy thread stopped while the command ran (bottle-init's own failure): 70.
     ProxyStopped,
+    /// `bottle-init check` ran every check: 0 when all passed, 1 when one failed.
+    Checked { all_ok: bool },
 }
 
 impl Exit {
@@ -49,6 +51,7 @@ impl Exit {
             Exit::Child(ChildEnd::Exited(c)) => (c & 0xff) as u8,
             Exit::Child(ChildEnd::Signaled(n)) => (128 + n).clamp(0, 255) as u8,
             Exit::ProxyStopped => EX_SOFTWARE,
+            Exit::Checked { all_ok } => u8::from(!all_ok),
         }
     }
 }
@@ -57,6 +60,8 @@ impl Exit {
 #[derive(Debug)]
 pub enum Failure {
     Usage(UsageError),
+    /// `check --probe` is not `HOST:PORT` (the reason).
+    BadProbe(String),
     /// A bottle-init already runs here (its record names a live bottle-init that is not us):
     /// most likely `docker exec C /bottle-init CMD` without the word `exec`.
     AlreadyRunning {
@@ -147,7 +152,7 @@ impl Failure {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::Usage(_) | Failure::AlreadyRunning { .. } => EX_USAGE,
+            Failure::Usage(_) | Failure::BadProbe(_) | Failure::AlreadyRunning { .. } => EX_USAGE,
             Failure::NotRoot { .. } | Failure::MissingCaps(_) => EX_NOPERM,
             Failure::Config(_)
             | Failure::User(_)
@@ -177,6 +182,9 @@ impl Failure {
     pub fn message(&self) -> String {
         match self {
             Failure::Usage(e) => e.to_string(),
+            Failure::BadProbe(why) => format!(
+                "--probe {why}; give the address allowlist mode must refuse as HOST:PORT, e.g. --probe 192.0.2.1:443 or --probe [2001:db8::1]:443"
+            ),
             Failure::AlreadyRunning { pid, dir } => format!(
                 "a bottle-init is already running here (pid {pid}, state in {}); to run a command in it use `bottle-init exec COMMAND`, e.g. `docker exec -it CONTAINER /bottle-init exec claude`",
                 dir.display()
@@ -195,6 +203,12 @@ impl Failure {
                 mode: Mode::Exec,
             } => format!(
                 "bottle-init exec must start as root (running as uid {euid}); run `docker exec` without --user: it drops to the child user itself"
+            ),
+            Failure::NotRoot {
+                euid,
+                mode: Mode::Check,
+            } => format!(
+                "bottle-init check must run as root (running as uid {euid}); run `docker exec C /bottle-init check` without --user: it probes as the child user itself"
             ),
             Failure::MissingCaps(caps) => format!(
                 "missing capabilities {}; keep Docker's default capabilities (do not --cap-drop them)",
@@ -248,7 +262,7 @@ impl Failure {
                 "cannot open a new terminal (/dev/ptmx) for the command: {e}; run `docker exec` without -t, or mount devpts"
             ),
             Failure::NoInit { dir, reason } => format!(
-                "no running bottle-init found ({reason}); `bottle-init exec` only works in a container whose PID 1 is bottle-init, with the same BOTTLE_RUN_DIR (here {}, default {DEFAULT_RUN_DIR})",
+                "no running bottle-init found ({reason}); `bottle-init exec` and `check` only work in a container whose PID 1 is bottle-init, with the same BOTTLE_RUN_DIR (here {}, default {DEFAULT_RUN_DIR})",
                 dir.display(),
             ),
             Failure::InitGone { pid } => format!(
@@ -315,6 +329,11 @@ mod tests {
         assert_eq!(Exit::Child(ChildEnd::Signaled(libc::SIGINT)).code(), 130);
         assert_eq!(Exit::Child(ChildEnd::Signaled(libc::SIGKILL)).code(), 137);
         assert_eq!(Exit::ProxyStopped.code(), 70);
+        assert_eq!(Exit::Checked { all_ok: true }.code(), 0);
+        assert_eq!(Exit::Checked { all_ok: false }.code(), 1);
+        let f = Failure::BadProbe("\"x\" has no :PORT".into());
+        assert_eq!(f.exit_code(), 64);
+        assert!(f.message().starts_with("--probe \"x\" has no :PORT; "));
     }
 
     fn exec_failure(step: Step, errno: i32) -> Failure {

@@ -16,7 +16,9 @@
 //! 5. `recipe`, `http`;
 //! 6. `record`, `proxy`;
 //! 7. `failure`;
-//! 8. `start`, then the binary.
+//! 8. `check` (its pure `check::report` and `check::verdict`, and `check::probe`, which it
+//!    runs as the child user);
+//! 9. `start`, then the binary.
 //!
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
 //! module doc names: `scrub` (the environment block) and `child::spawn`'s call of `sys::fork`
@@ -25,6 +27,7 @@
 
 #![deny(unsafe_code)]
 
+mod check;
 mod child;
 mod cli;
 mod config;

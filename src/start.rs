@@ -22,7 +22,7 @@ use crate::relay::{self, Pty};
 use crate::scrub::{self, EnvSnapshot};
 use crate::secret::{Credential, Secret};
 use crate::user::ChildUser;
-use crate::{home, init, logging, privilege, secretfile, sys, user};
+use crate::{check, home, init, logging, privilege, secretfile, sys, user};
 
 /// The proxy thread's name (the panic hook and the init loop's watch use it).
 const PROXY_THREAD: &str = "proxy";
@@ -65,8 +65,13 @@ pub fn main() -> ExitCode {
         }
         Ok(Cli::Start { mode, command }) => match mode {
             Mode::Run => run(env, &common, &command),
-            Mode::Exec => exec(env, &common, &command),
+            // (cli::parse never makes a `Start` in `Mode::Check`: `check` is `Cli::Check`.)
+            Mode::Exec | Mode::Check => exec(env, &common, &command),
         },
+        Ok(Cli::Check { json, probe }) => check(env, &common, json, probe.as_deref()),
+        Ok(Cli::CheckChild { mode, probe }) => {
+            return ExitCode::from(check::probe::run(&env, &mode, &probe));
+        }
     };
     let code = match result {
         Ok(exit) => ExitCode::from(exit.code()),
@@ -228,6 +233,30 @@ fn exec(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<E
     let _ = sys::chdir(c"/");
     // Relay until the command exits; its status is ours.
     Ok(Exit::Child(relay::supervise(child.release(), sigfd, pty)))
+}
+
+/// `bottle-init check`: validate `--probe`, root, join PID 1's record as `exec` does (69 when
+/// there is none), run every check (`crate::check`) and print the report; 1 if one failed.
+fn check(
+    mut env: EnvSnapshot,
+    common: &Common,
+    json: bool,
+    probe: Option<&str>,
+) -> Result<Exit, Failure> {
+    let target = check::parse_probe(probe).map_err(Failure::BadProbe)?;
+    check_privileges(Mode::Check)?;
+    let run_dir = record::run_dir(&common.run_dir);
+    let record = record::read(&run_dir).map_err(|e| Failure::join(e, run_dir))?;
+    // A short-lived command, not an init: Ctrl-C and SIGTERM end it as usual.
+    let _ = sys::set_sigmask(sys::NO_SIGNALS);
+    let report = check::run(&record, &mut env, &target);
+    let text = if json { report.json() } else { report.lines() };
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, text.as_bytes());
+    let _ = std::io::Write::flush(&mut out);
+    Ok(Exit::Checked {
+        all_ok: report.ok(),
+    })
 }
 
 fn report(f: Failure) -> ExitCode {

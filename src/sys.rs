@@ -1,8 +1,8 @@
 //! Every raw system call of the crate: signal masks, prctl, capabilities, ids, fds,
 //! fork/exec, waitpid, sessions and terminals (pty, termios, window size), signalfd and poll
 //! for `exec`'s relay, extended attributes (ACLs), mlock and getrandom (secrets), the fd
-//! limit, seccomp, socket options. `libc` is the only crate underneath; [`Errno`] is the one
-//! error type for a failed call.
+//! limit, seccomp, socket options, and `check`'s probes (ptrace, process_vm_readv, socket).
+//! `libc` is the only crate underneath; [`Errno`] is the one error type for a failed call.
 //!
 //! `unsafe` is denied in the rest of the crate (lib.rs), with exactly two exceptions, each
 //! because its safety condition is one this module cannot check:
@@ -63,6 +63,11 @@ impl Errno {
             (libc::ELOOP, "ELOOP"),
             (libc::ENODATA, "ENODATA"),
             (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+            (libc::EAFNOSUPPORT, "EAFNOSUPPORT"),
+            (libc::ENETUNREACH, "ENETUNREACH"),
+            (libc::ETIMEDOUT, "ETIMEDOUT"),
+            (libc::ECONNREFUSED, "ECONNREFUSED"),
+            (libc::EHOSTUNREACH, "EHOSTUNREACH"),
         ];
         known
             .iter()
@@ -280,6 +285,12 @@ pub fn set_controlling_tty(fd: i32) -> Result<(), Errno> {
 pub fn dup2(old: i32, new: i32) -> Result<(), Errno> {
     // SAFETY: plain integer arguments.
     check(unsafe { libc::dup2(old, new) } as libc::c_long).map(drop)
+}
+
+/// fcntl(F_DUPFD_CLOEXEC): a close-on-exec copy of `fd` (to put a standard fd back later).
+pub fn dup_cloexec(fd: i32) -> Result<i32, Errno> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long).map(|f| f as i32)
 }
 
 /// chdir(2).
@@ -1008,6 +1019,64 @@ pub fn peer_uid(fd: i32) -> Result<u32, Errno> {
         )
     } as libc::c_long)?;
     Ok(cred.uid)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `bottle-init check`'s probes: what an attacker of the child's uid would try on PID 1
+// ---------------------------------------------------------------------------------------------
+
+/// `ptrace(PTRACE_ATTACH, pid)`: `Ok` means the kernel allowed the attach (which must never
+/// happen for PID 1); then the tracee is collected in its attach stop and detached at once,
+/// so it is not left stopped.
+pub fn ptrace_attach_probe(pid: i32) -> Result<(), Errno> {
+    // SAFETY: PTRACE_ATTACH takes no pointers (addr and data are ignored).
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_ATTACH,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    })?;
+    let mut status = 0;
+    // SAFETY: `status` is a live local; __WALL waits for the tracee that is not our child.
+    let _ = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    // SAFETY: PTRACE_DETACH with signal 0 takes no pointers.
+    let _ = unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    Ok(())
+}
+
+/// `process_vm_readv` of `buf.len()` bytes at `addr` in `pid`. The kernel checks the
+/// permission (PTRACE_MODE_ATTACH) before the address, so EPERM means refused and EFAULT means
+/// allowed (at a bad address).
+pub fn process_vm_read(pid: i32, addr: usize, buf: &mut [u8]) -> Result<usize, Errno> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, which is live and writable for its length; the remote
+    // iovec is only read by the kernel, which checks that address itself.
+    check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)
+        .map(|n| n as usize)
+}
+
+/// socket(2) of `domain`/`ty`, closed at once: whether this process may create one.
+pub fn try_socket(domain: i32, ty: i32) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments.
+    let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) } as libc::c_long)?;
+    close(fd as i32);
+    Ok(())
 }
 
 #[cfg(test)]

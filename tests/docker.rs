@@ -546,6 +546,21 @@ fn egress_modes_in_the_container() {
             "{mode}: {}",
             text(&o)
         );
+        // `bottle-init check` proves the mode from inside (its direct attempt aims at the
+        // mock's port in this container, which only the proxy may reach).
+        let target = format!("127.0.0.1:{PORT}");
+        let o = c.exec(&["/bottle-init", "check", "--probe", &target]);
+        let all = text(&o);
+        assert_absent(&all, &token, "check's output");
+        eprintln!("check in the {mode} container:\n{all}");
+        assert_eq!(o.status.code(), Some(0), "{mode}: {all}");
+        let out = stdout(&o);
+        assert_eq!(out.lines().count(), 5, "{mode}: {all}");
+        assert!(out.lines().all(|l| l.starts_with("✔ ")), "{mode}: {all}");
+        assert!(
+            out.contains(&format!("✔ egress — {mode}: ")),
+            "{mode}: {all}"
+        );
         let logs = c.logs();
         assert_absent(&logs, &token, "container logs");
         let want = match mode {
@@ -990,6 +1005,91 @@ fn check_exec_gets_its_own_terminal(img: &str) {
     assert_ne!(outer, inner, "the command got the caller's terminal: {all}");
     assert_eq!(get("uid="), "1000");
     assert_eq!(get("sid="), get("pid="), "own session: {all}");
+}
+
+/// `docker exec C /bottle-init check` in the real image, with Docker's default capabilities
+/// and seccomp profile (no CAP_SYS_PTRACE: PID 1's environ is closed even to root): every
+/// line passes; a bare `docker exec -u claude -e
+/// CLAUDE_CODE_OAUTH_TOKEN=... C sleep` turns the credential line ✘ naming its pid, exit 1.
+#[test]
+fn bottle_init_check_passes_and_names_a_docker_exec_as_claude() {
+    let _g = heavy();
+    let Some(img) = image() else { return };
+    let token = fake_secret("sk-ant-oat01-check-");
+    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    c.wait_for_process("sleep", Duration::from_secs(30));
+    let session = stdout(&c.exec(&["sed", "-n", "s/^session=//p", "/run/bottle-init/state"]));
+    assert!(session.starts_with("bottle-"), "no session secret read");
+    let keeps_secrets = |o: &Output, what: &str| {
+        let all = text(o);
+        assert_absent(&all, &token, what);
+        assert_absent(&all, &session, what);
+    };
+    let o = c.exec(&["/bottle-init", "check"]);
+    keeps_secrets(&o, "check's output");
+    let out = stdout(&o);
+    eprintln!("check in the container:\n{out}");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.starts_with("✔ ") && l.contains(" — ")),
+        "{out}"
+    );
+    assert!(out.contains("✔ egress — not restricted"), "{out}");
+    assert!(
+        out.contains("PID 1's environ cannot be read even by root (EACCES)"),
+        "{out}"
+    );
+
+    let o = docker(&[
+        "exec", "-d", "-u", "claude", "-e", &env, &c.0, "sleep", "171",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let find = "for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline)\" = 'sleep 171 ' ] && echo ${p#/proc/}; done; true";
+    let t0 = Instant::now();
+    let pid = loop {
+        let pid = stdout(&c.exec(&["sh", "-c", find]));
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the docker exec -u claude never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let o = c.exec(&["/bottle-init", "check"]);
+    keeps_secrets(&o, "check's output");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = stdout(&o);
+    eprintln!("check with a `docker exec -u claude` (pid {pid}) running:\n{out}");
+    let cred = out
+        .lines()
+        .find(|l| l.starts_with("✘ credential out of reach — "))
+        .unwrap_or_else(|| panic!("the credential line did not fail: {out}"));
+    assert!(
+        cred.contains(&format!("pid {pid} (sleep, uid 1000)")),
+        "{cred}"
+    );
+    let o = c.exec(&["/bottle-init", "check", "--json"]);
+    keeps_secrets(&o, "check --json's output");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("check --json is JSON");
+    assert_eq!(v["ok"], serde_json::Value::Bool(false));
+    let checks = v["checks"].as_array().expect("checks");
+    let cred = checks
+        .iter()
+        .find(|c| c["name"] == "credential out of reach")
+        .expect("the credential check");
+    assert_eq!(cred["ok"], serde_json::Value::Bool(false));
+    assert!(
+        cred["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {pid} "))
+    );
 }
 
 #[test]

@@ -50,6 +50,12 @@ fn probe_child() {
     let Ok(which) = std::env::var("EGRESS_PROBE") else {
         panic!("probe_child is a helper: run by the egress_e2e tests with EGRESS_PROBE set");
     };
+    if which == "hold" {
+        // The `check` tests: only a running child, no probes of its own.
+        say("done", 1);
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        return;
+    }
     probes(&which);
 }
 
@@ -564,6 +570,20 @@ impl InitRun {
             "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
             self.code, self.stdout, self.stderr
         )
+    }
+
+    /// A finished command without probes (`EGRESS_E2E_SHOW` prints it as `what`).
+    fn finished(out: &std::process::Output, what: std::fmt::Arguments) -> InitRun {
+        let run = InitRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            probes: HashMap::new(),
+        };
+        if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
+            eprintln!("=== {what}\n{}", run.describe());
+        }
+        run
     }
 
     fn assert_no_token(&self, token: &str) {
@@ -1373,16 +1393,7 @@ fn claude_run(env: &Env, claude: &std::path::Path, mode: &str, extra: &[(&str, &
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run claude under bottle-init");
-    let run = InitRun {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        probes: HashMap::new(),
-    };
-    if std::env::var_os("EGRESS_E2E_SHOW").is_some() {
-        eprintln!("=== claude, BOTTLE_EGRESS={mode}\n{}", run.describe());
-    }
-    run
+    InitRun::finished(&out, format_args!("claude, BOTTLE_EGRESS={mode}"))
 }
 
 #[test]
@@ -1498,4 +1509,550 @@ fn api_only_filter_is_the_last_step_before_execve() {
             "the token appears in a traced syscall"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `bottle-init check` (issue 12): run as `docker exec C /bottle-init check` would be (nsenter
+// into PID 1's namespaces, with the container's environment, the token included), against
+// good set-ups in each mode and against broken ones made on purpose.
+
+/// The lab's outside host: what `--probe` aims at (never an address outside the lab).
+fn lab_probe() -> String {
+    format!("{OUTSIDE_V4}:{ECHO_PORT}")
+}
+
+/// `docker exec CONTAINER /bottle-init check ARGS`.
+fn check_run(env: &Env, pid1: u32, args: &[&str]) -> InitRun {
+    check_run_with(env, pid1, &[], args)
+}
+
+/// Root that cannot open a uid-1000 process's environment (mode 0400, its owner's): without
+/// CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE. Only the child-user probe can
+/// read it then, so the credential check must rely on the probe's report.
+const ROOT_BLIND: [&str; 3] = [
+    "setpriv",
+    "--bounding-set",
+    "-sys_ptrace,-dac_override,-dac_read_search",
+];
+
+/// [`check_run`] with a wrapper command ([`ROOT_BLIND`]).
+fn check_run_with(env: &Env, pid1: u32, prefix: &[&str], args: &[&str]) -> InitRun {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid1.to_string(), "-p", "-m", "-n"])
+        .args(prefix)
+        .arg(INIT)
+        .arg("check")
+        .args(args)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &env.token)
+        .env("BOTTLE_RUN_DIR", run_dir(env))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsenter");
+    InitRun::finished(&out, format_args!("bottle-init check {args:?}"))
+}
+
+/// This run's session secret, from PID 1's record (root reads it).
+fn session_secret_of(env: &Env) -> String {
+    let state = std::fs::read_to_string(run_dir(env).join("state")).expect("read state");
+    let s = state
+        .lines()
+        .find_map(|l| l.strip_prefix("session="))
+        .expect("session line")
+        .to_string();
+    assert!(s.starts_with("bottle-") && s.len() > 40, "{s}");
+    s
+}
+
+/// The report's lines as `(ok, name, detail)`; every line must have the fixed format.
+fn check_lines(r: &InitRun) -> Vec<(bool, String, String)> {
+    r.stdout
+        .lines()
+        .map(|l| {
+            let (ok, rest) = if let Some(rest) = l.strip_prefix("✔ ") {
+                (true, rest)
+            } else if let Some(rest) = l.strip_prefix("✘ ") {
+                (false, rest)
+            } else {
+                panic!("not a check line: {l:?}\n{}", r.describe())
+            };
+            let (name, detail) = rest
+                .split_once(" — ")
+                .unwrap_or_else(|| panic!("no ` — ` in {l:?}"));
+            (ok, name.to_string(), detail.to_string())
+        })
+        .collect()
+}
+
+const CHECK_NAMES: [&str; 5] = [
+    "credential out of reach",
+    "child user",
+    "child processes",
+    "proxy",
+    "egress",
+];
+
+/// The line called `name`.
+fn line<'a>(lines: &'a [(bool, String, String)], name: &str) -> &'a (bool, String, String) {
+    lines
+        .iter()
+        .find(|(_, n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name} line in {lines:?}"))
+}
+
+/// Neither the token nor the session secret in any output of the check.
+fn assert_check_keeps_secrets(r: &InitRun, env: &Env, session: &str) {
+    r.assert_no_token(&env.token);
+    assert!(!r.stdout.contains(session), "session secret in stdout");
+    assert!(!r.stderr.contains(session), "session secret in stderr");
+}
+
+/// The pid a host process has inside the PID namespace it runs in (`NSpid`'s last field).
+fn ns_pid(host_pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        .expect("NSpid")
+}
+
+/// Starts `argv` in PID 1's namespaces as uid 1000 through setpriv (not through bottle-init:
+/// what a bare `docker exec -u 1000` does), with `envs`; returns its host pid once it runs.
+/// It dies with the namespace when PID 1 exits at the end of the test.
+fn start_beside(pid1: u32, setpriv: &[&str], envs: &[(&str, &str)], argv: &[&str]) -> u32 {
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", &pid1.to_string(), "-p", "-m", "-n", "setpriv"])
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+        .args(setpriv)
+        .arg("--")
+        .args(argv)
+        .env_clear()
+        .env("PATH", PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let nsenter = cmd.spawn().expect("spawn nsenter").id();
+    // nsenter forks into the PID namespace; its child execs setpriv, which execs argv[0].
+    for _ in 0..500 {
+        if let Ok(c) = std::fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children"))
+            && let Some(pid) = c
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == argv[0])
+            && std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t1000\t")))
+        {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{argv:?} did not start");
+}
+
+#[test]
+fn check_passes_in_every_mode_and_prints_no_secret() {
+    let Some(env) = setup() else { return };
+    for mode in ["open", "api-only", "allowlist"] {
+        let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+        let mut extra = vec![("EGRESS_PROBE", "hold")];
+        if mode == "allowlist" {
+            extra.push(("BOTTLE_ALLOW_HOSTS", allow.as_str()));
+        }
+        let (mut human, mut json, mut session) = (None, None, String::new());
+        let mut quiet = None;
+        let probe = lab_probe();
+        let r = run_init(&env, mode, &extra, &[], |spawned| {
+            let pid1 = init_pid(spawned);
+            session = session_secret_of(&env);
+            human = Some(check_run(&env, pid1, &["--probe", &probe]));
+            json = Some(check_run_with(
+                &env,
+                pid1,
+                &ROOT_BLIND,
+                &["--json", "--probe", &probe],
+            ));
+            // With stdout and stderr closed (the pipe then lands on fds 1 and 2): the report
+            // still ends, at once, and every check passes.
+            let closed = ["sh", "-c", "exec \"$@\" >&- 2>&-", "sh"];
+            let t0 = std::time::Instant::now();
+            let r = check_run_with(&env, pid1, &closed, &["--probe", &probe]);
+            quiet = Some((r.code, t0.elapsed()));
+        });
+        assert_eq!(r.code, Some(0), "{}", r.describe());
+        let (code, took) = quiet.expect("check ran without stdout");
+        assert_eq!(code, Some(0), "{mode}: check with stdout closed");
+        assert!(took < Duration::from_secs(10), "{mode}: {took:?}");
+        let human = human.expect("check ran");
+        assert_eq!(human.code, Some(0), "{mode}: {}", human.describe());
+        let lines = check_lines(&human);
+        let names: Vec<&str> = lines.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names, CHECK_NAMES, "{}", human.describe());
+        assert!(
+            lines.iter().all(|(ok, _, _)| *ok),
+            "{mode}: {}",
+            human.describe()
+        );
+        assert!(human.stderr.is_empty(), "{}", human.describe());
+        let egress = &line(&lines, "egress").2;
+        match mode {
+            "open" => assert_eq!(egress, "not restricted"),
+            "api-only" => assert!(
+                egress.contains("AF_INET socket refused (EACCES)")
+                    && egress.contains("AF_INET6 socket refused (EACCES)")
+                    && egress.contains("the API answers over the Unix socket"),
+                "{egress}"
+            ),
+            _ => assert!(
+                egress.contains(&format!("direct TCP to {probe} refused (ECONNREFUSED)"))
+                    && egress.contains("UDP to port 53 refused (EPERM)")
+                    && egress.contains("the nftables table is present and matches"),
+                "{egress}"
+            ),
+        }
+        let cred = &line(&lines, "credential out of reach").2;
+        assert!(
+            cred.contains("PID 1's environ holds CLAUDE_CODE_OAUTH_TOKEN zeroed"),
+            "{cred}"
+        );
+        // --json, read by a real JSON parser: exactly the fixed shape, the same verdicts.
+        let json = json.expect("check --json ran");
+        assert_eq!(json.code, Some(0), "{}", json.describe());
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("valid JSON");
+        let obj = v.as_object().expect("an object");
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["checks", "ok"]);
+        assert_eq!(obj["ok"], serde_json::Value::Bool(true));
+        let checks = obj["checks"].as_array().expect("checks is an array");
+        assert_eq!(checks.len(), CHECK_NAMES.len());
+        for (c, want) in checks.iter().zip(CHECK_NAMES) {
+            let c = c.as_object().expect("a check object");
+            assert_eq!(c.keys().collect::<Vec<_>>(), ["detail", "name", "ok"]);
+            assert_eq!(c["name"].as_str(), Some(want));
+            assert_eq!(c["ok"].as_bool(), Some(true));
+            assert!(!c["detail"].as_str().expect("detail is a string").is_empty());
+        }
+        for run in [&human, &json] {
+            assert_check_keeps_secrets(run, &env, &session);
+        }
+        r.assert_no_token(&env.token);
+    }
+}
+
+#[test]
+fn check_names_a_child_uid_process_that_holds_the_token() {
+    let Some(env) = setup() else { return };
+    let (mut run, mut pid, mut session) = (None, 0, String::new());
+    let mut root_blind = None;
+    let r = run_init(
+        &env,
+        "api-only",
+        &[("EGRESS_PROBE", "hold")],
+        &[],
+        |spawned| {
+            let pid1 = init_pid(spawned);
+            session = session_secret_of(&env);
+            // A bare `docker exec -u 1000 -e CLAUDE_CODE_OAUTH_TOKEN=... C sleep`.
+            let host = start_beside(
+                pid1,
+                &[],
+                &[("CLAUDE_CODE_OAUTH_TOKEN", env.token.as_str())],
+                &["sleep", "60"],
+            );
+            pid = ns_pid(host);
+            run = Some(check_run(&env, pid1, &[]));
+            root_blind = Some(check_run_with(&env, pid1, &ROOT_BLIND, &[]));
+        },
+    );
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    // When root cannot open that environment, the probe (uid 1000) can: the check still finds
+    // the token there.
+    let root_blind = root_blind.expect("check ran");
+    assert_eq!(root_blind.code, Some(1), "{}", root_blind.describe());
+    let lines = check_lines(&root_blind);
+    let (ok, _, detail) = line(&lines, "credential out of reach");
+    assert!(
+        !ok && detail.contains(&format!("pid {pid} (sleep, uid 1000)")),
+        "{detail}"
+    );
+    assert_check_keeps_secrets(&root_blind, &env, &session);
+    let run = run.expect("check ran");
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    let lines = check_lines(&run);
+    let (ok, _, detail) = line(&lines, "credential out of reach");
+    assert!(!ok, "{}", run.describe());
+    assert!(
+        detail.contains(&format!("pid {pid} (sleep, uid 1000)")),
+        "{}",
+        run.describe()
+    );
+    // It was started outside bottle-init: Docker-like capabilities, no no_new_privs, no filter.
+    let (ok, _, detail) = line(&lines, "child processes");
+    assert!(
+        !ok && detail.contains(&format!("pid {pid} (sleep, uid 1000)")),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("NoNewPrivs 0") && detail.contains("no seccomp filter"),
+        "{detail}"
+    );
+    // The rest of the container is still fine.
+    for name in ["child user", "proxy", "egress"] {
+        assert!(line(&lines, name).0, "{name}: {}", run.describe());
+    }
+    assert_check_keeps_secrets(&run, &env, &session);
+}
+
+/// (b) of the brief: a process of the child's uid with a capability left. bottle-init's own
+/// drop cannot leave one (it verifies every set and aborts), so the test crafts one with
+/// setpriv: uid 1000 with CAP_NET_BIND_SERVICE in its inheritable, permitted, effective and
+/// ambient sets, and with no_new_privs set, so only the capability is wrong.
+#[test]
+fn check_fails_a_child_uid_process_with_a_capability_left() {
+    let Some(env) = setup() else { return };
+    let (mut run, mut pid, mut session) = (None, 0, String::new());
+    let r = run_init(&env, "open", &[("EGRESS_PROBE", "hold")], &[], |spawned| {
+        let pid1 = init_pid(spawned);
+        session = session_secret_of(&env);
+        let host = start_beside(
+            pid1,
+            &[
+                "--inh-caps",
+                "+net_bind_service",
+                "--ambient-caps",
+                "+net_bind_service",
+                "--bounding-set",
+                "-all,+net_bind_service",
+                "--no-new-privs",
+            ],
+            &[],
+            &["sleep", "60"],
+        );
+        pid = ns_pid(host);
+        run = Some(check_run(&env, pid1, &[]));
+    });
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let run = run.expect("check ran");
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    let lines = check_lines(&run);
+    let (ok, _, detail) = line(&lines, "child processes");
+    assert!(!ok, "{}", run.describe());
+    let cap = 1u64 << 10; // CAP_NET_BIND_SERVICE
+    assert!(
+        detail.contains(&format!("pid {pid} (sleep, uid 1000): CapInh {cap:016x}"))
+            && detail.contains(&format!("CapAmb {cap:016x}")),
+        "{detail}"
+    );
+    assert!(!detail.contains("NoNewPrivs 0"), "{detail}");
+    for name in ["credential out of reach", "child user", "proxy", "egress"] {
+        assert!(line(&lines, name).0, "{name}: {}", run.describe());
+    }
+    assert_check_keeps_secrets(&run, &env, &session);
+}
+
+/// (c): PID 1 runs `open`, but its egress record was rewritten to say `api-only`. The check's
+/// own probe then gets the api-only filter from the record, so the proof must come from what
+/// PID 1 really set up: its command has no filter and there is no API socket.
+#[test]
+fn check_fails_when_the_record_promises_a_lock_pid1_did_not_install() {
+    let Some(env) = setup() else { return };
+    let (mut run, mut session) = (None, String::new());
+    let mut child_pid = 0;
+    let r = run_init(&env, "open", &[("EGRESS_PROBE", "hold")], &[], |spawned| {
+        let pid1 = init_pid(spawned);
+        session = session_secret_of(&env);
+        let record = run_dir(&env).join("egress");
+        let text = std::fs::read_to_string(&record).expect("read egress record");
+        assert!(text.contains("mode=open\n"), "{text}");
+        let socket = env.dir.path().join("bottle-init-api").join("api.sock");
+        let forged = text.replace(
+            "mode=open\n",
+            &format!("mode=api-only\nsocket={}\n", socket.display()),
+        );
+        std::fs::write(&record, forged).expect("rewrite egress record");
+        let child = std::fs::read_to_string(format!("/proc/{pid1}/task/{pid1}/children"))
+            .expect("children of PID 1");
+        child_pid = ns_pid(child.split_whitespace().next().unwrap().parse().unwrap());
+        run = Some(check_run(&env, pid1, &[]));
+    });
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let run = run.expect("check ran");
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    let lines = check_lines(&run);
+    let (ok, _, detail) = line(&lines, "egress");
+    assert!(!ok, "{}", run.describe());
+    assert!(
+        detail.starts_with("api-only: ")
+            && detail.contains("the API does not answer over the Unix socket (ENOENT)"),
+        "{detail}"
+    );
+    let (ok, _, detail) = line(&lines, "child processes");
+    assert!(!ok, "{}", run.describe());
+    assert!(
+        detail.contains(&format!("pid {child_pid} ("))
+            && detail.contains("no seccomp filter (Seccomp 0)"),
+        "{detail}"
+    );
+    assert_check_keeps_secrets(&run, &env, &session);
+}
+
+#[test]
+fn check_without_a_running_bottle_init_exits_69_and_a_bad_probe_64() {
+    if !root_or_fail("check_without_a_running_bottle_init") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = e2e_support::fake_secret("sk-ant-oat01-check-");
+    let check = |args: &[&str], run_dir: &std::path::Path| {
+        let out = Command::new(INIT)
+            .arg("check")
+            .args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &token)
+            .env("BOTTLE_RUN_DIR", run_dir)
+            .output()
+            .expect("run check");
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            !o.contains(&token) && !e.contains(&token),
+            "token in output"
+        );
+        (out.status.code(), o, e)
+    };
+    // No record at all.
+    let (code, out, err) = check(&[], &dir.path().join("run"));
+    assert_eq!(code, Some(69), "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("bottle-init: error: no running bottle-init found"),
+        "{err}"
+    );
+    // A record left by a bottle-init that is gone (a pid that is not running).
+    let run = dir.path().join("stale");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let state = format!(
+        "pid={}\nstarttime=1\ncomm=bottle-init\nbase_url=http://127.0.0.1:9\nkind=oauth\nuid=1000\ngid=1000\ngroups=1000\nsession=bottle-00\n",
+        i32::MAX
+    );
+    std::fs::write(run.join("state"), state).unwrap();
+    std::fs::set_permissions(run.join("state"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = check(&["--json"], &run);
+    assert_eq!(code, Some(69), "{out}{err}");
+    assert!(out.is_empty() && err.lines().count() == 1, "{out}{err}");
+    // A malformed --probe is refused first, with one line.
+    for bad in ["nope", "192.0.2.1:0", "2001:db8::1:443", ""] {
+        let (code, out, err) = check(&["--probe", bad], &run);
+        assert_eq!(code, Some(64), "{bad}: {out}{err}");
+        assert!(out.is_empty() && err.lines().count() == 1, "{bad}: {err}");
+        assert!(err.starts_with("bottle-init: error: --probe "), "{err}");
+    }
+    let (code, _, err) = check(&["--probe"], &run);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--probe needs a value"), "{err}");
+    // An unknown option too.
+    let (code, _, err) = check(&["--verbose"], &run);
+    assert_eq!(code, Some(64), "{err}");
+    // Not root: 77 (the probe needs the drop's capabilities). The internal probe half refuses
+    // root: its report would carry root's environment, the token included.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            INIT,
+            "check",
+        ])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("BOTTLE_RUN_DIR", &run)
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(
+        err.starts_with("bottle-init: error: bottle-init check must run as root"),
+        "{err}"
+    );
+    let out = Command::new(INIT)
+        .args(["check", "--child", "open", "-"])
+        .env_clear()
+        .env("PATH", PATH)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", &token)
+        .output()
+        .expect("run check --child");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(64), "{o}{e}");
+    assert!(o.is_empty(), "{o}");
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(!o.contains(&hex) && !e.contains(&hex) && !e.contains(&token));
+}
+
+/// allowlist with its nftables table deleted after start: the direct connection to the lab's
+/// outside host now gets through, UDP leaves, and the table check says what is missing.
+#[test]
+fn check_fails_allowlist_when_its_table_is_gone() {
+    let Some(env) = setup() else { return };
+    let (mut run, mut session) = (None, String::new());
+    let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
+    let probe = lab_probe();
+    let extra = [
+        ("EGRESS_PROBE", "hold"),
+        ("BOTTLE_ALLOW_HOSTS", allow.as_str()),
+    ];
+    let r = run_init(&env, "allowlist", &extra, &[], |spawned| {
+        let pid1 = init_pid(spawned);
+        session = session_secret_of(&env);
+        let ns = &env.lab.client.name;
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "bottle_init",
+            ])
+            .output()
+            .expect("run nft");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        run = Some(check_run(&env, pid1, &["--probe", &probe]));
+    });
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let run = run.expect("check ran");
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    let lines = check_lines(&run);
+    let (ok, _, detail) = line(&lines, "egress");
+    assert!(!ok, "{}", run.describe());
+    for needle in [
+        format!("direct TCP to {probe} was not refused (connected)"),
+        "UDP to port 53 was not refused (sent)".to_string(),
+        "the nftables table: ".to_string(),
+    ] {
+        assert!(detail.contains(&needle), "{needle}: {detail}");
+    }
+    // The seccomp filter of the command is still there: only the table is gone.
+    assert!(line(&lines, "child processes").0, "{}", run.describe());
+    assert_check_keeps_secrets(&run, &env, &session);
 }
