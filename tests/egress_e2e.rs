@@ -1540,7 +1540,7 @@ fn check_run_with(env: &Env, pid1: u32, prefix: &[&str], args: &[&str]) -> InitR
     let out = Command::new("nsenter")
         .args(["-t", &pid1.to_string(), "-p", "-m", "-n"])
         .args(prefix)
-        .arg(INIT)
+        .arg(support::bin())
         .arg("check")
         .args(args)
         .env_clear()
@@ -1909,7 +1909,7 @@ fn check_without_a_running_bottle_init_exits_69_and_a_bad_probe_64() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = e2e_support::fake_secret("sk-ant-oat01-check-");
     let check = |args: &[&str], run_dir: &std::path::Path| {
-        let out = Command::new(INIT)
+        let out = Command::new(support::bin())
             .arg("check")
             .args(args)
             .env_clear()
@@ -1972,7 +1972,7 @@ fn check_without_a_running_bottle_init_exits_69_and_a_bad_probe_64() {
             "--regid",
             "1000",
             "--clear-groups",
-            INIT,
+            support::bin(),
             "check",
         ])
         .env_clear()
@@ -1986,7 +1986,7 @@ fn check_without_a_running_bottle_init_exits_69_and_a_bad_probe_64() {
         err.starts_with("bottle-init: error: bottle-init check must run as root"),
         "{err}"
     );
-    let out = Command::new(INIT)
+    let out = Command::new(support::bin())
         .args(["check", "--child", "open", "-"])
         .env_clear()
         .env("PATH", PATH)
