@@ -18,7 +18,7 @@ use super::resolver::Resolver;
 use super::stats::Stats;
 use super::upstream::{UpConn, UpError};
 use crate::egress::mode::AllowList;
-use crate::http::{self, Rejection, RequestHead};
+use crate::http::{self, Rejection, RequestHead, Tokens, UnscannedReason, Usage};
 use crate::secret::{Credential, Secret};
 
 /// The real credential, shared by the proxy thread (which reads it once per request to build
@@ -131,8 +131,9 @@ impl Ctx {
         let status = status.map_or_else(|| "-".to_string(), |s| s.to_string());
         let upstream = if ex.reused { "reused" } else { "new" };
         let sep = if note.is_empty() { "" } else { " " };
+        let usage = usage_fields(&ex.usage.usage());
         log::info!(
-            "proxy: {} {} {status} in={} out={} {}ms upstream={upstream}{sep}{note}",
+            "proxy: {} {} {status} in={} out={} {}ms upstream={upstream}{usage}{sep}{note}",
             ex.method,
             ex.path,
             ex.bytes_in,
@@ -207,6 +208,38 @@ impl Ctx {
         up.deregister(&self.registry);
         self.stats.open_upstreams.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The usage part of a request's log line (with a leading space), empty when the body is
+/// not an API reply that reports usage. A figure the reply did not carry is `-`.
+pub(crate) fn usage_fields(usage: &Usage) -> String {
+    match usage {
+        Usage::Unscanned {
+            reason: UnscannedReason::Encoded,
+        } => " usage=unseen (the upstream compressed the reply)".to_string(),
+        Usage::Unscanned { .. } => String::new(),
+        Usage::Scanned(t) if !reports_usage(t) => String::new(),
+        Usage::Scanned(t) => {
+            let n = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+            format!(
+                " model={} tokens_in={} tokens_out={} cache_read={} cache_write={}",
+                t.model().unwrap_or("-"),
+                n(t.input),
+                n(t.output),
+                n(t.cache_read),
+                n(t.cache_write)
+            )
+        }
+    }
+}
+
+/// The reply named a model or carried a token count (a `GET /v1/models` list does neither).
+pub(crate) fn reports_usage(t: &Tokens) -> bool {
+    t.model().is_some()
+        || t.input.is_some()
+        || t.output.is_some()
+        || t.cache_read.is_some()
+        || t.cache_write.is_some()
 }
 
 /// The path as logged: without the query (already cut by the caller), at most 200 bytes so a

@@ -15,8 +15,8 @@ use super::ctx::{Ctx, log_path};
 use super::pump::{self, Drained, Stop};
 use super::upstream::{UpConn, UpError};
 use crate::http::{
-    self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, parse_request_head,
-    parse_response_head,
+    self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, ScanMode, UnscannedReason,
+    UsageScanner, parse_request_head, parse_response_head,
 };
 
 /// Test builds only (feature `test-hooks`, never in release builds): an authenticated request
@@ -115,6 +115,7 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
         response_started: false,
         client_close: head.wants_close(),
         up_close: false,
+        usage: UsageScanner::new(ScanMode::Unscanned(UnscannedReason::ContentType)),
     });
     if let Some(up) = ctx.take_pooled() {
         ex.reused = true;
@@ -417,6 +418,7 @@ fn classify(ex: &mut Exchange, outbuf: &mut Buf) -> Result<(), Fault> {
                     continue;
                 }
                 ex.status = Some(head.status);
+                ex.usage = UsageScanner::new(head.scan);
                 ex.up_close |= head.close;
                 // The relayed head may say `Connection: close` to the client: honour it.
                 ex.client_close |= head.close;
@@ -427,8 +429,10 @@ fn classify(ex: &mut Exchange, outbuf: &mut Buf) -> Result<(), Fault> {
                 };
             }
             Resp::Body(mut f) => {
+                // The payload is read where it lies in the buffer: nothing copied or held.
+                let usage = &mut ex.usage;
                 let n = f
-                    .advance(pending)
+                    .advance_payload(pending, &mut |data| usage.feed(data))
                     .map_err(|e| Fault::BadResponse(format!("response body: {e}")))?;
                 outbuf.mark_scanned(n);
                 ex.bytes_out += n as u64;
