@@ -17,7 +17,14 @@ pub enum Mode {
 pub enum Cli {
     Help,
     Version,
-    Start { mode: Mode, command: Vec<OsString> },
+    Start {
+        mode: Mode,
+        command: Vec<OsString>,
+    },
+    /// `bottle-init status [--json]`: what the running PID 1 has served.
+    Status {
+        json: bool,
+    },
 }
 
 /// An unknown option, with the text to show.
@@ -46,6 +53,11 @@ Usage:
                                                        a terminal its own pty; never use
                                                        `docker exec -u claude`, which hands
                                                        claude's uid the real token)
+  bottle-init status [--json]                          what the running PID 1 served in this
+                                                       run: requests by status, tokens by kind
+                                                       and model, egress decisions, open
+                                                       connections (as root: `docker exec C
+                                                       /bottle-init status`)
 Options:
   -h, --help       print this help
   -V, --version    print the version
@@ -78,7 +90,7 @@ Environment (set exactly one credential):
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
 126 not executable; 64 usage, or a bottle-init already runs here (use `bottle-init exec`);
-69 `exec` found no running bottle-init; 70 the proxy thread stopped (the command was
+69 `exec`/`status` found no running bottle-init; 70 the proxy thread stopped (the command was
 stopped: SIGTERM, SIGKILL after BOTTLE_GRACE); 71 system error; 77 not root / missing
 capability; 78 configuration error.
 ";
@@ -98,6 +110,20 @@ fn version_line(pkg: &str, commit: Option<&str>) -> String {
 
 /// Parses the arguments after argv[0].
 pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
+    if args.first().is_some_and(|a| a == "status") {
+        return match args.get(1).and_then(|a| a.to_str()) {
+            None if args.len() == 1 => Ok(Cli::Status { json: false }),
+            Some("--json") if args.len() == 2 => Ok(Cli::Status { json: true }),
+            Some("-h" | "--help") => Ok(Cli::Help),
+            _ => Err(UsageError(
+                args[1..]
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )),
+        };
+    }
     let (mode, rest) = match args.first() {
         Some(a) if a == "exec" => (Mode::Exec, &args[1..]),
         _ => (Mode::Run, args),
@@ -177,6 +203,14 @@ mod tests {
         assert_eq!(p(&["--help"]).unwrap(), Cli::Help);
         assert_eq!(p(&["-h"]).unwrap(), Cli::Help);
         assert_eq!(p(&["exec", "--version"]).unwrap(), Cli::Version);
+        assert_eq!(p(&["status"]).unwrap(), Cli::Status { json: false });
+        assert_eq!(
+            p(&["status", "--json"]).unwrap(),
+            Cli::Status { json: true }
+        );
+        assert!(p(&["status", "--jsn"]).unwrap_err().0.contains("--jsn"));
+        assert!(p(&["status", "--json", "x"]).is_err());
+        assert_eq!(p(&["--", "status"]).unwrap(), start(Mode::Run, &["status"]));
         assert_eq!(p(&["-V"]).unwrap(), Cli::Version);
         let e = p(&["--token=abc"]).unwrap_err();
         assert_eq!(e, UsageError("--token=abc".into()));

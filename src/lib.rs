@@ -15,7 +15,7 @@
 //! 4. `config`, `egress::resolve`, `egress::lock`;
 //! 5. `recipe`, `http`;
 //! 6. `record`, `proxy`;
-//! 7. `failure`;
+//! 7. `failure`, `status`;
 //! 8. `start`, then the binary.
 //!
 //! `unsafe` is denied everywhere but in `sys` (every raw system call) and the two places its
@@ -47,6 +47,7 @@ mod scrub;
 pub mod secret;
 mod secretfile;
 pub mod start;
+mod status;
 #[allow(unsafe_code)]
 mod sys;
 mod user;

@@ -21,6 +21,7 @@ use crate::record::{self, Identity, Published, RunRecord};
 use crate::relay::{self, Pty};
 use crate::scrub::{self, EnvSnapshot};
 use crate::secret::{Credential, Secret};
+use crate::status::{self, StatusServer};
 use crate::user::ChildUser;
 use crate::{home, init, logging, privilege, secretfile, sys, user};
 
@@ -63,6 +64,7 @@ pub fn main() -> ExitCode {
             println!("{}", cli::version());
             return ExitCode::SUCCESS;
         }
+        Ok(Cli::Status { json }) => status(env, &common, json),
         Ok(Cli::Start { mode, command }) => match mode {
             Mode::Run => run(env, &common, &command),
             Mode::Exec => exec(env, &common, &command),
@@ -141,6 +143,7 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
         .prepare(command, &env.plain, pid1_terminal(), original_nofile)
         .map_err(Failure::Prepare)?;
     let _published = publish(&run_dir, spec);
+    let status = bind_status(&run_dir, _published.is_some());
 
     // 7. Spawn: the child drops to the user and execs (child::become_child); until it is
     //    supervised, the guard kills and reaps it on any error. Not PID 1 (tests, `docker run
@@ -170,6 +173,12 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
     privilege::drop_parent().map_err(Failure::ParentDrop)?;
     logging::start_writer().map_err(Failure::LogThread)?;
     let credential = proxy.credential_slot();
+    let _status_socket = status.map(|(server, bound)| {
+        if let Err(e) = server.spawn(proxy.stats()) {
+            log::warn!("cannot start the status thread: {e}; `bottle-init status` will not work");
+        }
+        bound
+    });
     let proxy_thread = start_proxy(proxy, nofile.map(|(_, now)| now))?;
 
     // 9. Supervise: forward signals, reap everything, stop leftovers after the command; a
@@ -228,6 +237,26 @@ fn exec(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<E
     let _ = sys::chdir(c"/");
     // Relay until the command exits; its status is ours.
     Ok(Exit::Child(relay::supervise(child.release(), sigfd, pty)))
+}
+
+/// `bottle-init status`: asks the running PID 1 (found through its record, like `exec`) for
+/// its counters and prints them. Needs no credential: the ones `docker exec` handed over are
+/// zeroed with `env`.
+fn status(env: EnvSnapshot, common: &Common, json: bool) -> Result<Exit, Failure> {
+    drop(env);
+    let euid = sys::geteuid();
+    if euid != 0 {
+        return Err(Failure::StatusNotRoot { euid });
+    }
+    let run_dir = record::run_dir(&common.run_dir);
+    let record = record::read(&run_dir).map_err(|e| Failure::join(e, run_dir.clone()))?;
+    drop(record);
+    let answer = status::ask(&run_dir, json).map_err(|e| Failure::Status {
+        dir: run_dir,
+        err: e.0,
+    })?;
+    print!("{answer}");
+    Ok(Exit::Child(sys::ChildEnd::Exited(0)))
 }
 
 fn report(f: Failure) -> ExitCode {
@@ -386,6 +415,23 @@ fn publish(dir: &Path, child: ChildSpec) -> Option<Published> {
             log::warn!(
                 "cannot publish state in {}: {e}; `bottle-init exec` will not work",
                 dir.display()
+            )
+        })
+        .ok()
+}
+
+/// Binds the socket `bottle-init status` asks, next to the run record (whose publication made
+/// the directory root-only). Not fatal, like the record.
+fn bind_status(dir: &Path, published: bool) -> Option<(StatusServer, status::Bound)> {
+    if !published {
+        return None;
+    }
+    status::bind(dir)
+        .map_err(|e| {
+            log::warn!(
+                "cannot bind {}/{}: {e}; `bottle-init status` will not work",
+                dir.display(),
+                status::SOCKET_FILE
             )
         })
         .ok()

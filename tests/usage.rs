@@ -165,6 +165,15 @@ fn sse_usage_is_logged_as_the_mock_sent_it_and_the_stream_is_unchanged() {
         "{line}\nwanted {}",
         f.log_fields()
     );
+    // What `bottle-init status` reports: the same figures, by kind and by model.
+    let tally = proxy.stats.with_tally(|t| t.clone());
+    assert_eq!(tally.by_model.get(&f.model), Some(&(f.input, f.output)));
+    assert_eq!(tally.by_status.get(&200), Some(&1));
+    let t = tally.tokens;
+    assert_eq!(
+        (t.input, t.output, t.cache_read, t.cache_write),
+        (f.input, f.output, f.cache_read, f.cache_write)
+    );
     assert_clean(&resp);
 }
 

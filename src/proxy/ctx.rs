@@ -113,7 +113,7 @@ impl Ctx {
     /// Answers locally with an error and closes. `head`: what the log line names, if parsed.
     pub(crate) fn refuse(&mut self, c: &mut Client, head: Option<&RequestHead>, r: Rejection) {
         let (method, path) = head.map_or(("-", "-"), |h| (h.method.as_str(), log_path(h.path())));
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_request(Some(r.status), None);
         log::info!(
             "proxy: {method} {path} {} in=0 out=0 0ms upstream=none (refused: {})",
             r.status,
@@ -127,11 +127,16 @@ impl Ctx {
 
     /// The one log line of a forwarded request.
     pub(crate) fn log_exchange(&self, ex: &Exchange, status: Option<u16>, note: &str) {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let usage = ex.usage.usage();
+        let tokens = match &usage {
+            Usage::Scanned(t) if reports_usage(t) => Some(t),
+            _ => None,
+        };
+        self.stats.count_request(status, tokens);
         let status = status.map_or_else(|| "-".to_string(), |s| s.to_string());
         let upstream = if ex.reused { "reused" } else { "new" };
         let sep = if note.is_empty() { "" } else { " " };
-        let usage = usage_fields(&ex.usage.usage());
+        let usage = usage_fields(&usage);
         log::info!(
             "proxy: {} {} {status} in={} out={} {}ms upstream={upstream}{usage}{sep}{note}",
             ex.method,

@@ -62,7 +62,7 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
     if head.method == "HEAD" && head.target == "/" && head.body == http::BodyLength::None {
         // claude's unauthenticated warm-up: answered here, never forwarded.
         c.outbuf.push(&http::warmup_response());
-        ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.count_request(Some(200), None);
         log::info!("proxy: HEAD / 200 in=0 out=0 0ms upstream=none (warm-up, answered locally)");
         if head.wants_close() {
             c.close(true);

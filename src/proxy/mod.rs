@@ -57,7 +57,7 @@ pub use ctx::CredentialSlot;
 #[cfg(feature = "test-hooks")]
 pub use exchange::TEST_PANIC_PATH;
 pub use limits::Limits;
-pub use stats::Stats;
+pub use stats::{Stats, Tally, TokenCounts};
 
 use crate::secret::{Credential, Secret};
 
