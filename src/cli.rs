@@ -87,6 +87,11 @@ Environment (set exactly one credential):
                            CONNECT: name, *.suffix or IP, optional :port (443), optional /private
   BOTTLE_INSECURE_HOST_NETWORK  1: allow allowlist in the host's network namespace (--network
                            host), where its rules filter the child's uid on the whole host
+  BOTTLE_MAX_REQUESTS_PER_MINUTE  at most this many requests forwarded per 60 s; more get 429
+                           (default: no limit)
+  BOTTLE_MAX_TOKENS        once replies reported this many input + output tokens in this run,
+                           further requests get 429 (default: no limit)
+  BOTTLE_LOG_FORMAT        human (default) or json (one object per line, request fields as keys)
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
 126 not executable; 64 usage, or a bottle-init already runs here (use `bottle-init exec`);

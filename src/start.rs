@@ -45,7 +45,7 @@ pub fn main() -> ExitCode {
     //    environment block overwritten. This snapshot is the only read of the environment.
     let env = scrub::capture_and_scrub(&config::SECRET_VARS);
     let common = Common::from_env(&env);
-    init_logging(common.log.as_deref());
+    init_logging(common.log.as_deref(), common.log_format);
     // A panic writes through the logger (std's hook writes to stderr directly, which can
     // block); the proxy thread's panic is reported by the init loop's one line instead.
     logging::install_panic_hook(PROXY_THREAD);
@@ -119,7 +119,8 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
             session_secret: session.clone(),
         },
     )
-    .map_err(Failure::Proxy)?;
+    .map_err(Failure::Proxy)?
+    .with_usage_limits(config.usage_limits);
     let dialled = connect_addr(proxy.local_addr());
 
     // 6. Lock egress, still root and before fork (api-only: the API socket; allowlist: the
@@ -264,7 +265,7 @@ fn report(f: Failure) -> ExitCode {
     ExitCode::from(f.exit_code())
 }
 
-fn init_logging(spec: Option<&str>) {
+fn init_logging(spec: Option<&str>, format: logging::Format) {
     // On a terminal the child (interactive claude) owns the screen: info lines from the proxy
     // would be drawn into its full-screen UI. Unless asked, log only warnings there.
     let default = if sys::isatty(2) {
@@ -272,7 +273,7 @@ fn init_logging(spec: Option<&str>) {
     } else {
         log::LevelFilter::Info
     };
-    logging::init(spec, default);
+    logging::init(spec, default, format);
 }
 
 /// Root, with the capabilities the drop (SETUID, SETGID, SETPCAP) and the signal forwarding
@@ -297,6 +298,17 @@ fn warn_about(config: &Config) {
             config::ENV_AUTH_TOKEN,
             config::ENV_OAUTH,
             config::ENV_API_KEY
+        );
+    }
+    let limits = config.usage_limits;
+    if let Some(n) = limits.requests_per_minute {
+        log::info!(
+            "proxy: at most {n} requests per minute are forwarded (BOTTLE_MAX_REQUESTS_PER_MINUTE)"
+        );
+    }
+    if let Some(n) = limits.tokens {
+        log::info!(
+            "proxy: at most {n} input and output tokens are used in this run (BOTTLE_MAX_TOKENS)"
         );
     }
     if config.insecure_listen {

@@ -3010,3 +3010,57 @@ fn bottle_init_into_gone(w: &World, tok: &str) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Issue 12: a bad `BOTTLE_MAX_*` or `BOTTLE_LOG_FORMAT` refuses at start-up with one line
+/// naming the variable and exit 78, before the command runs; a good one starts.
+#[test]
+fn bad_usage_limits_and_log_format_refuse_with_78() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    // The home belongs to the child's uid, so the command can leave its mark there.
+    let ran = w.home().join("command-ran");
+    let touch = format!("touch {}", ran.display());
+    for (var, v) in [
+        ("BOTTLE_MAX_TOKENS", "0"),
+        ("BOTTLE_MAX_TOKENS", "1e6"),
+        ("BOTTLE_MAX_REQUESTS_PER_MINUTE", "-1"),
+        ("BOTTLE_MAX_REQUESTS_PER_MINUTE", "sixty"),
+        ("BOTTLE_LOG_FORMAT", "xml"),
+    ] {
+        let o = run(
+            &w,
+            Opts::new(false, &["sh", "-c", &touch])
+                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                .env(var, v),
+        );
+        o.assert_code(78);
+        let err = o.err();
+        assert_eq!(err.lines().count(), 1, "{}", o.describe());
+        assert!(
+            err.starts_with("bottle-init: error: ") && err.contains(&format!("{var}=\"{v}\"")),
+            "{}",
+            o.describe()
+        );
+        assert!(!ran.exists(), "{var}={v}: the command ran");
+        o.assert_no_secret(&tok);
+    }
+    let o = run(
+        &w,
+        Opts::new(false, &["sh", "-c", &touch])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_MAX_TOKENS", "1000")
+            .env("BOTTLE_MAX_REQUESTS_PER_MINUTE", "5")
+            .env("BOTTLE_LOG_FORMAT", "json")
+            .env("BOTTLE_LOG", "info"),
+    );
+    o.assert_code(0);
+    assert!(ran.exists(), "{}", o.describe());
+    for l in o.err().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["msg"].is_string(), "{l}");
+    }
+    assert!(o.err().contains("BOTTLE_MAX_TOKENS"), "{}", o.describe());
+}

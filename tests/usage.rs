@@ -10,6 +10,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bottle_init::proxy::{Limits, UsageLimits};
+use bottle_init::secret::CredentialKind;
 use proxy_support::*;
 
 /// A number no test could have hard-coded (a fresh hash per call).
@@ -33,7 +35,7 @@ impl Figures {
     fn random() -> Figures {
         Figures {
             model: format!("claude-test-{}", random(1 << 40)),
-            input: random(1_000_000),
+            input: 1 + random(1_000_000),
             output: random(100_000),
             cache_read: random(10_000_000),
             cache_write: random(500_000),
@@ -253,4 +255,119 @@ fn the_upstream_is_asked_for_identity_and_a_compressed_reply_is_logged_unseen() 
     assert!(line.contains("usage=unseen"), "{line}");
     assert!(!line.contains("tokens_in="), "{line}");
     assert_clean(&resp);
+}
+
+fn limited_proxy(mock: &Mock, ca: &TestCa, usage: UsageLimits) -> TestProxy {
+    start_proxy(
+        &mock.upstream_url(),
+        Some(&ca.pem),
+        CredentialKind::OAuth,
+        Limits {
+            usage,
+            ..Limits::default()
+        },
+    )
+}
+
+/// A 429 from the proxy itself: the Anthropic error shape, final (`x-should-retry: false`),
+/// never a secret.
+fn assert_limited(resp: &Response, var: &str) -> String {
+    assert_eq!(resp.status, 429, "{}", resp.body_text());
+    let (kind, msg) = resp.anthropic_error();
+    assert_eq!(kind, "rate_limit_error");
+    assert!(msg.contains(var), "{msg}");
+    assert_eq!(resp.header("x-should-retry"), Some("false"));
+    assert_eq!(resp.header("x-bottle-proxy"), Some("local"));
+    assert_clean(resp);
+    msg
+}
+
+/// `BOTTLE_MAX_REQUESTS_PER_MINUTE=N`: request N+1 within the minute is answered 429 by the
+/// proxy, with how long to wait; the mock never sees it; status counts it.
+#[test]
+fn past_the_request_rate_the_proxy_answers_429_and_forwards_nothing() {
+    let ca = TestCa::new("usage CA");
+    let mock = Mock::start(&ca, ok_handler());
+    let n = 2 + random(3);
+    let proxy = limited_proxy(
+        &mock,
+        &ca,
+        UsageLimits {
+            requests_per_minute: Some(n),
+            tokens: None,
+        },
+    );
+    for _ in 0..n {
+        let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    let before = mock.raw_in().len();
+    let path = format!("/v1/messages/rate-{}", random(1 << 40));
+    let resp = roundtrip(proxy.addr, &post(&path, b"{}")).unwrap();
+    let msg = assert_limited(
+        &resp,
+        &format!("BOTTLE_MAX_REQUESTS_PER_MINUTE={n} reached"),
+    );
+    let wait: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "retry-after {wait}");
+    assert!(msg.contains(&format!("retry in {wait} s")), "{msg}");
+    assert_eq!(
+        mock.requests().len() as u64,
+        n,
+        "the limited request was forwarded"
+    );
+    assert_eq!(mock.raw_in().len(), before, "bytes reached the mock");
+    let line = log_line_with(&format!("POST {path} 429"));
+    assert!(line.contains("limited: "), "{line}");
+    let tally = proxy.stats.with_tally(|t| t.clone());
+    assert_eq!((tally.limited, tally.by_status.get(&429)), (1, Some(&1)));
+    assert_eq!(tally.by_status.get(&200), Some(&n));
+}
+
+/// `BOTTLE_MAX_TOKENS=N`: once the replies reported N input + output tokens, the next request
+/// is answered 429 and not forwarded (a reply in flight is never cut).
+#[test]
+fn past_the_token_budget_the_proxy_answers_429_and_forwards_nothing() {
+    let ca = TestCa::new("usage CA");
+    let f = Figures::random();
+    let body = f.json();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (handler, _sent) = replying(head, body.into_bytes(), None);
+    let mock = Mock::start(&ca, handler);
+    let budget = f.input + f.output;
+    let proxy = limited_proxy(
+        &mock,
+        &ca,
+        UsageLimits {
+            requests_per_minute: None,
+            tokens: Some(budget.max(1)),
+        },
+    );
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    assert_eq!(resp.status, 200, "the first request is within the budget");
+    log_line_with(&format!("model={} ", f.model));
+    let resp = roundtrip(proxy.addr, &post("/v1/messages", b"{}")).unwrap();
+    let msg = assert_limited(
+        &resp,
+        &format!("BOTTLE_MAX_TOKENS={} reached", budget.max(1)),
+    );
+    assert!(
+        msg.contains(&format!("({budget} input and output tokens")),
+        "{msg}"
+    );
+    assert_eq!(
+        resp.header("retry-after"),
+        None,
+        "the budget does not lift by itself"
+    );
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "the limited request was forwarded"
+    );
+    let tally = proxy.stats.with_tally(|t| t.clone());
+    assert_eq!(tally.limited, 1);
 }

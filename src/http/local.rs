@@ -11,6 +11,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -33,6 +34,16 @@ pub fn error_response(status: u16, error_type: &str, message: &str) -> Vec<u8> {
 /// (measured with 2.1.332; the README's "Upstream unreachable" has the figures).
 pub fn final_error_response(status: u16, error_type: &str, message: &str) -> Vec<u8> {
     build_error(status, error_type, message, "x-should-retry: false\r\n")
+}
+
+/// The 429 `rate_limit_error` of a `BOTTLE_MAX_*` limit, final like
+/// [`final_error_response`], with `retry-after` when the limit lifts by itself.
+pub fn limit_response(message: &str, retry_after: Option<u64>) -> Vec<u8> {
+    let extra = match retry_after {
+        Some(s) => format!("x-should-retry: false\r\nretry-after: {s}\r\n"),
+        None => "x-should-retry: false\r\n".to_string(),
+    };
+    build_error(429, "rate_limit_error", message, &extra)
 }
 
 fn build_error(status: u16, error_type: &str, message: &str, extra_headers: &str) -> Vec<u8> {

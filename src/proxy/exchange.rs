@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::buf::Buf;
 use super::conn::{Client, Exchange, HeadBytes, Phase, Resp};
-use super::ctx::{Ctx, log_path};
+use super::ctx::{Ctx, local_line, log_path};
 use super::pump::{self, Drained, Stop};
 use super::upstream::{UpConn, UpError};
 use crate::http::{
@@ -63,7 +63,7 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
         // claude's unauthenticated warm-up: answered here, never forwarded.
         c.outbuf.push(&http::warmup_response());
         ctx.stats.count_request(Some(200), None);
-        log::info!("proxy: HEAD / 200 in=0 out=0 0ms upstream=none (warm-up, answered locally)");
+        local_line("HEAD", "/", 200, "(warm-up, answered locally)").log(log::Level::Info);
         if head.wants_close() {
             c.close(true);
         } else {
@@ -86,6 +86,13 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
     }
     if let Err(r) = http::target::check_api_path(head.path()) {
         ctx.refuse(c, Some(&head), r);
+        return;
+    }
+    let used = ctx
+        .stats
+        .with_tally(|t| t.tokens.input.saturating_add(t.tokens.output));
+    if let Err(limited) = ctx.quota.admit(now, used) {
+        ctx.refuse_limited(c, &head, limited);
         return;
     }
     let host_header = &ctx.settings.host_header;
