@@ -133,16 +133,7 @@ impl Snapshot {
 /// A JSON string (the model name is visible ASCII already; `"` and `\` are escaped).
 fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::logging::json_str_into(&mut out, s);
     out
 }
 
