@@ -107,7 +107,11 @@ impl Snapshot {
             .map(|(s, n)| format!("{s}: {n}"))
             .collect::<Vec<_>>()
             .join(", ");
-        out.push_str(&format!("requests: {} ({by_status})\n", self.requests));
+        if by_status.is_empty() {
+            out.push_str(&format!("requests: {}\n", self.requests));
+        } else {
+            out.push_str(&format!("requests: {} ({by_status})\n", self.requests));
+        }
         if self.limited > 0 {
             out.push_str(&format!(
                 "  {} answered 429 by BOTTLE_MAX_REQUESTS_PER_MINUTE / BOTTLE_MAX_TOKENS\n",
@@ -310,6 +314,7 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want:?} not in\n{t}");
         }
+        assert!(Snapshot::default().to_text().contains("requests: 0\n"));
     }
 
     /// The server answers root (this test runs as root under scripts/test) and counts what
