@@ -35,6 +35,10 @@ pub enum Cli {
         mode: String,
         probe: String,
     },
+    /// `bottle-init status [--json]`: what the running PID 1 has served.
+    Status {
+        json: bool,
+    },
 }
 
 /// An unknown option, with the text to show.
@@ -69,6 +73,11 @@ Usage:
                                                        pass, 1 if one fails; --probe: the
                                                        address allowlist mode must refuse
                                                        (default 192.0.2.1:443)
+  bottle-init status [--json]                          what the running PID 1 served in this
+                                                       run: requests by status, tokens by kind
+                                                       and model, egress decisions, open
+                                                       connections (as root: `docker exec C
+                                                       /bottle-init status`)
 Options:
   -h, --help       print this help
   -V, --version    print the version
@@ -98,12 +107,17 @@ Environment (set exactly one credential):
                            CONNECT: name, *.suffix or IP, optional :port (443), optional /private
   BOTTLE_INSECURE_HOST_NETWORK  1: allow allowlist in the host's network namespace (--network
                            host), where its rules filter the child's uid on the whole host
+  BOTTLE_MAX_REQUESTS_PER_MINUTE  at most this many requests forwarded per 60 s; more get 429
+                           (default: no limit)
+  BOTTLE_MAX_TOKENS        once replies reported this many input + output tokens in this run,
+                           further requests get 429 (default: no limit)
+  BOTTLE_LOG_FORMAT        human (default) or json (one object per line, request fields as keys)
 
 Exit status: the command's; 128+N if it died of signal N; 127 command not found;
 126 not executable; 64 usage, or a bottle-init already runs here (use `bottle-init exec`);
-69 `exec` or `check` found no running bottle-init; 70 the proxy thread stopped (the command was
-stopped: SIGTERM, SIGKILL after BOTTLE_GRACE); 71 system error; 77 not root / missing
-capability; 78 configuration error.
+69 `exec`, `check` or `status` found no running bottle-init; 70 the proxy thread stopped
+(the command was stopped: SIGTERM, SIGKILL after BOTTLE_GRACE); 71 system error; 77 not root /
+missing capability; 78 configuration error.
 ";
 
 /// The `--version` line: the package version and, when the build knew it (build.rs), the
@@ -121,6 +135,20 @@ fn version_line(pkg: &str, commit: Option<&str>) -> String {
 
 /// Parses the arguments after argv[0].
 pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
+    if args.first().is_some_and(|a| a == "status") {
+        return match args.get(1).and_then(|a| a.to_str()) {
+            None if args.len() == 1 => Ok(Cli::Status { json: false }),
+            Some("--json") if args.len() == 2 => Ok(Cli::Status { json: true }),
+            Some("-h" | "--help") => Ok(Cli::Help),
+            _ => Err(UsageError(
+                args[1..]
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )),
+        };
+    }
     if args.first().is_some_and(|a| a == "check") {
         return parse_check(&args[1..]);
     }
@@ -282,6 +310,14 @@ mod tests {
         assert_eq!(p(&["--help"]).unwrap(), Cli::Help);
         assert_eq!(p(&["-h"]).unwrap(), Cli::Help);
         assert_eq!(p(&["exec", "--version"]).unwrap(), Cli::Version);
+        assert_eq!(p(&["status"]).unwrap(), Cli::Status { json: false });
+        assert_eq!(
+            p(&["status", "--json"]).unwrap(),
+            Cli::Status { json: true }
+        );
+        assert!(p(&["status", "--jsn"]).unwrap_err().0.contains("--jsn"));
+        assert!(p(&["status", "--json", "x"]).is_err());
+        assert_eq!(p(&["--", "status"]).unwrap(), start(Mode::Run, &["status"]));
         assert_eq!(p(&["-V"]).unwrap(), Cli::Version);
         let e = p(&["--token=abc"]).unwrap_err();
         assert_eq!(e, UsageError("--token=abc".into()));

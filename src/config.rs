@@ -16,6 +16,7 @@ use crate::egress::mode::{
     ALLOW_HOSTS_ENV, AllowList, AllowListError, EGRESS_ENV, EgressConfig, EgressMode,
     HOST_NETWORK_ENV, ModeError,
 };
+use crate::logging::Format;
 use crate::scrub::EnvSnapshot;
 use crate::secret::{self, CredentialKind, Secret};
 use crate::user::{self, UserSpec};
@@ -34,6 +35,9 @@ pub const ENV_LISTEN: &str = "BOTTLE_LISTEN";
 pub const ENV_GRACE: &str = "BOTTLE_GRACE";
 pub const ENV_LOG: &str = "BOTTLE_LOG";
 pub const ENV_RUN_DIR: &str = "BOTTLE_RUN_DIR";
+pub const ENV_MAX_REQUESTS_PER_MINUTE: &str = "BOTTLE_MAX_REQUESTS_PER_MINUTE";
+pub const ENV_MAX_TOKENS: &str = "BOTTLE_MAX_TOKENS";
+pub const ENV_LOG_FORMAT: &str = "BOTTLE_LOG_FORMAT";
 
 /// The four credential sources, in the order messages list them.
 pub const CREDENTIAL_VARS: [&str; 4] = [ENV_OAUTH, ENV_API_KEY, ENV_TOKEN_FILE, ENV_API_KEY_FILE];
@@ -97,6 +101,9 @@ pub struct Common {
     pub log: Option<String>,
     /// `BOTTLE_RUN_DIR`, as given (made absolute by the run record, which is not pure).
     pub run_dir: PathBuf,
+    /// `BOTTLE_LOG_FORMAT`; an unknown value logs in the human format here (the refusal,
+    /// exit 78, comes from [`Config::from_env`] in that format).
+    pub log_format: Format,
 }
 
 impl Common {
@@ -109,8 +116,18 @@ impl Common {
         Common {
             log: text(env, ENV_LOG).ok().flatten().map(str::to_string),
             run_dir,
+            log_format: Format::parse(text(env, ENV_LOG_FORMAT).ok().flatten()).unwrap_or_default(),
         }
     }
+}
+
+/// `BOTTLE_MAX_*`: the proxy's optional limits on what the child may spend (off when `None`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageLimits {
+    /// Requests forwarded upstream within any 60 s.
+    pub requests_per_minute: Option<u64>,
+    /// Input + output tokens the replies reported over the run.
+    pub tokens: Option<u64>,
 }
 
 /// Where the upstream credential comes from.
@@ -148,6 +165,8 @@ pub struct Config {
     /// `ANTHROPIC_AUTH_TOKEN` was set: wiped like a credential but not accepted as one (main
     /// warns).
     pub auth_token_ignored: bool,
+    /// `BOTTLE_MAX_REQUESTS_PER_MINUTE`, `BOTTLE_MAX_TOKENS`.
+    pub usage_limits: UsageLimits,
 }
 
 /// One variant per thing that can be wrong; `Display` says what and how to fix it.
@@ -161,6 +180,10 @@ pub enum ConfigError {
     /// A non-loopback `BOTTLE_LISTEN` without `BOTTLE_INSECURE_LISTEN=1`.
     ListenNotLoopback(SocketAddr),
     Grace(String),
+    /// `BOTTLE_LOG_FORMAT` is neither `human` nor `json`.
+    LogFormat(String),
+    /// A `BOTTLE_MAX_*` that is not a positive integer.
+    Limit(&'static str, String),
     NotUnicode(&'static str),
     /// A `BOTTLE_INSECURE_*` switch with a value other than 1 (or 0/empty).
     Flag(&'static str, String),
@@ -213,6 +236,19 @@ impl fmt::Display for ConfigError {
                 "BOTTLE_GRACE={v:?} is not a number of seconds; set it to a value from 0 to {} (default {})",
                 MAX_GRACE.as_secs(),
                 DEFAULT_GRACE.as_secs()
+            ),
+            ConfigError::LogFormat(v) => write!(
+                f,
+                "{ENV_LOG_FORMAT}={v:?} is not a log format; set it to human (the default) or json"
+            ),
+            ConfigError::Limit(name, v) => write!(
+                f,
+                "{name}={v:?} is not a positive integer; set it to a whole number above 0 (e.g. {}), or unset it for no limit",
+                if *name == ENV_MAX_TOKENS {
+                    "5000000"
+                } else {
+                    "60"
+                }
             ),
             ConfigError::NotUnicode(name) => {
                 write!(f, "{name} is not valid UTF-8; set it to plain text")
@@ -278,6 +314,13 @@ impl Config {
             None => DEFAULT_GRACE,
             Some(v) => parse_grace(v)?,
         };
+        let log_format = text(env, ENV_LOG_FORMAT)?;
+        Format::parse(log_format)
+            .map_err(|()| ConfigError::LogFormat(log_format.unwrap_or_default().to_string()))?;
+        let usage_limits = UsageLimits {
+            requests_per_minute: limit(env, ENV_MAX_REQUESTS_PER_MINUTE)?,
+            tokens: limit(env, ENV_MAX_TOKENS)?,
+        };
 
         let auth_token_ignored = env
             .secrets
@@ -336,6 +379,7 @@ impl Config {
             insecure_listen: insecure_listen && !is_loopback(listen),
             egress,
             auth_token_ignored,
+            usage_limits,
         })
     }
 }
@@ -389,6 +433,20 @@ fn flag(env: &EnvSnapshot, name: &'static str) -> Result<bool, ConfigError> {
         None | Some("") | Some("0") => Ok(false),
         Some("1") => Ok(true),
         Some(v) => Err(ConfigError::Flag(name, v.to_string())),
+    }
+}
+
+/// A `BOTTLE_MAX_*` limit: unset or empty is no limit; otherwise ASCII digits (surrounding
+/// spaces allowed) for a value from 1 to u64::MAX. `0`, signs, fractions and units refuse,
+/// so a typo never silently runs without the limit the user asked for.
+fn limit(env: &EnvSnapshot, name: &'static str) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = nonempty(text(env, name)?) else {
+        return Ok(None);
+    };
+    let t = v.trim();
+    match t.parse::<u64>() {
+        Ok(n) if n > 0 && t.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(n)),
+        _ => Err(ConfigError::Limit(name, v.to_string())),
     }
 }
 
@@ -652,6 +710,75 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_human_or_json() {
+        for (v, want) in [
+            ("json", Format::Json),
+            (" JSON ", Format::Json),
+            ("human", Format::Human),
+            ("", Format::Human),
+        ] {
+            let s = snap(&[(ENV_LOG_FORMAT, v)], &[(ENV_OAUTH, "t")]);
+            assert_eq!(Common::from_env(&s).log_format, want, "{v:?}");
+            Config::from_env(&mut snap(&[(ENV_LOG_FORMAT, v)], &[(ENV_OAUTH, "t")])).unwrap();
+        }
+        assert_eq!(Common::from_env(&snap(&[], &[])).log_format, Format::Human);
+        for v in ["text", "jsonl", "yes"] {
+            let s = snap(&[(ENV_LOG_FORMAT, v)], &[(ENV_OAUTH, "t")]);
+            assert_eq!(
+                Common::from_env(&s).log_format,
+                Format::Human,
+                "lenient for the error line"
+            );
+            let e = Config::from_env(&mut snap(&[(ENV_LOG_FORMAT, v)], &[(ENV_OAUTH, "t")]))
+                .unwrap_err();
+            assert_eq!(e, ConfigError::LogFormat(v.to_string()));
+            assert!(
+                e.to_string().contains("BOTTLE_LOG_FORMAT") && e.to_string().contains("json"),
+                "{e}"
+            );
+        }
+    }
+
+    /// Issue 12: the limits are off by default; a positive integer sets one; anything else
+    /// (zero, a sign, a fraction, a unit, too large for u64) refuses with the variable named.
+    #[test]
+    fn usage_limits_take_only_positive_integers() {
+        let c = Config::from_env(&mut snap(&[], &[(ENV_OAUTH, "t")])).unwrap();
+        assert_eq!(c.usage_limits, UsageLimits::default());
+        let c = Config::from_env(&mut snap(
+            &[
+                (ENV_MAX_REQUESTS_PER_MINUTE, " 30 "),
+                (ENV_MAX_TOKENS, "18446744073709551615"),
+            ],
+            &[(ENV_OAUTH, "t")],
+        ))
+        .unwrap();
+        assert_eq!(c.usage_limits.requests_per_minute, Some(30));
+        assert_eq!(c.usage_limits.tokens, Some(u64::MAX));
+        let c = Config::from_env(&mut snap(&[(ENV_MAX_TOKENS, "")], &[(ENV_OAUTH, "t")])).unwrap();
+        assert_eq!(c.usage_limits.tokens, None, "empty counts as unset");
+        for name in [ENV_MAX_REQUESTS_PER_MINUTE, ENV_MAX_TOKENS] {
+            for v in [
+                "0",
+                "-5",
+                "+5",
+                "1.5",
+                "1e6",
+                "10k",
+                "abc",
+                "18446744073709551616",
+                "00",
+            ] {
+                let e = Config::from_env(&mut snap(&[(name, v)], &[(ENV_OAUTH, "t")])).unwrap_err();
+                assert_eq!(e, ConfigError::Limit(name, v.to_string()));
+                let m = e.to_string();
+                assert!(m.contains(name) && m.contains("positive integer"), "{m}");
+                assert!(!m.contains('\n'), "{m}");
+            }
+        }
+    }
+
+    #[test]
     fn non_utf8_option_is_refused() {
         let mut s = snap(&[], &[(ENV_OAUTH, "t")]);
         s.plain.push((b"BOTTLE_USER".to_vec(), vec![0xff]));
@@ -758,7 +885,8 @@ mod tests {
             Common::from_env(&s),
             Common {
                 log: Some("debug".into()),
-                run_dir: "/tmp/r".into()
+                run_dir: "/tmp/r".into(),
+                log_format: Format::Human,
             }
         );
         s.plain.push((ENV_LOG.as_bytes().to_vec(), vec![0xff]));

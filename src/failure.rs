@@ -74,6 +74,15 @@ pub enum Failure {
         mode: Mode,
     },
     MissingCaps(Vec<&'static str>),
+    /// `status` runs as another uid than root.
+    StatusNotRoot {
+        euid: u32,
+    },
+    /// `status` found PID 1's record but not its answer.
+    Status {
+        dir: PathBuf,
+        err: std::io::Error,
+    },
     CapRead(Errno),
     Subreaper(Errno),
     Config(ConfigError),
@@ -153,7 +162,9 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
             Failure::Usage(_) | Failure::BadProbe(_) | Failure::AlreadyRunning { .. } => EX_USAGE,
-            Failure::NotRoot { .. } | Failure::MissingCaps(_) => EX_NOPERM,
+            Failure::NotRoot { .. } | Failure::MissingCaps(_) | Failure::StatusNotRoot { .. } => {
+                EX_NOPERM
+            }
             Failure::Config(_)
             | Failure::User(_)
             | Failure::Home(_)
@@ -174,7 +185,9 @@ impl Failure {
             | Failure::ProxyThread(_)
             | Failure::LogThread(_)
             | Failure::Pty(_) => EX_OSERR,
-            Failure::NoInit { .. } | Failure::InitGone { .. } => EX_UNAVAILABLE,
+            Failure::NoInit { .. } | Failure::InitGone { .. } | Failure::Status { .. } => {
+                EX_UNAVAILABLE
+            }
         }
     }
 
@@ -216,6 +229,14 @@ impl Failure {
                     .map(|c| format!("CAP_{c}"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            Failure::StatusNotRoot { euid } => format!(
+                "bottle-init status must run as root (running as uid {euid}); run `docker exec C /bottle-init status` without --user"
+            ),
+            Failure::Status { dir, err } => format!(
+                "the running bottle-init did not answer on {}/{}: {err}; it may predate `status` or be shutting down",
+                dir.display(),
+                crate::status::SOCKET_FILE
             ),
             Failure::CapRead(e) => {
                 format!("cannot read capabilities: {e}; this is a system problem")

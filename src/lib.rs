@@ -15,7 +15,7 @@
 //! 4. `config`, `egress::resolve`, `egress::lock`;
 //! 5. `recipe`, `http`;
 //! 6. `record`, `proxy`;
-//! 7. `failure`;
+//! 7. `failure`, `status`;
 //! 8. `check` (its pure `check::report` and `check::verdict`, and `check::probe`, which it
 //!    runs as the child user);
 //! 9. `start`, then the binary.
@@ -50,6 +50,7 @@ mod scrub;
 pub mod secret;
 mod secretfile;
 pub mod start;
+mod status;
 #[allow(unsafe_code)]
 mod sys;
 mod user;

@@ -20,6 +20,11 @@
 //!
 //! The filter (`BOTTLE_LOG`) is a comma list of `level` or `module=level` directives
 //! (`off`, `error`, `warn`, `info`, `debug`, `trace`); the longest matching module wins.
+//!
+//! The format (`BOTTLE_LOG_FORMAT`): `human` (default), `bottle-init: <level>: <message>`, or
+//! `json`, one object per line, `{"level": ..., "target": ..., "msg": ...}` plus the record's
+//! key-value pairs (the proxy's request line carries its fields that way, see
+//! `proxy::ctx::RequestLine`), for fleets that ship logs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -34,6 +39,25 @@ use crate::sys;
 pub const QUEUE_LINES: usize = 256;
 /// A longer line is cut (log lines never carry data, so this only guards against surprises).
 const MAX_LINE: usize = 8 * 1024;
+
+/// `BOTTLE_LOG_FORMAT`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+impl Format {
+    /// `human` or `json` (case and surrounding spaces ignored); unset or empty: human.
+    pub fn parse(v: Option<&str>) -> Result<Format, ()> {
+        match v.map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("human") => Ok(Format::Human),
+            Some("json") => Ok(Format::Json),
+            Some(_) => Err(()),
+        }
+    }
+}
 
 /// Parsed `BOTTLE_LOG`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +127,109 @@ impl Filter {
 
 /// `bottle-init: <level>: <message>\n`, cut at [`MAX_LINE`].
 pub fn format_line(level: &str, msg: &str) -> Vec<u8> {
-    let mut line = format!("bottle-init: {level}: {msg}");
+    cut_line(format!("bottle-init: {level}: {msg}"))
+}
+
+/// One JSON object: level, target, the message, then `kvs` (keys in record order; a key
+/// repeating one of the first three is prefixed with `kv_`). Cut lines stay JSON: the message
+/// is shortened instead.
+pub fn format_json(level: &str, target: &str, msg: &str, kvs: &dyn log::kv::Source) -> Vec<u8> {
+    let mut fields = String::new();
+    let _ = kvs.visit(&mut JsonFields(&mut fields));
+    let mut msg = msg;
+    let budget = MAX_LINE.saturating_sub(fields.len() + target.len() + 64);
+    if msg.len() > budget {
+        let mut cut = budget;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg = &msg[..cut];
+    }
+    let mut line = String::with_capacity(64 + msg.len() + fields.len());
+    line.push_str("{\"level\":");
+    json_str_into(&mut line, level);
+    line.push_str(",\"target\":");
+    json_str_into(&mut line, target);
+    line.push_str(",\"msg\":");
+    json_str_into(&mut line, msg);
+    line.push_str(&fields);
+    line.push_str("}\n");
+    line.into_bytes()
+}
+
+/// Appends `s` as a JSON string.
+pub fn json_str_into(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// No key-value pairs (an empty slice is an empty `Source`).
+const NO_FIELDS: &[(&str, u64)] = &[];
+
+/// Writes `,"key":value` for each pair; numbers, booleans and null bare, the rest as strings.
+struct JsonFields<'a>(&'a mut String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let key = key.as_str();
+        self.0.push(',');
+        if matches!(key, "level" | "target" | "msg") {
+            json_str_into(self.0, &format!("kv_{key}"));
+        } else {
+            json_str_into(self.0, key);
+        }
+        self.0.push(':');
+        value.visit(JsonValue(self.0))
+    }
+}
+
+struct JsonValue<'a>(&'a mut String);
+
+impl<'v> log::kv::VisitValue<'v> for JsonValue<'_> {
+    fn visit_any(&mut self, value: log::kv::Value) -> Result<(), log::kv::Error> {
+        json_str_into(self.0, &value.to_string());
+        Ok(())
+    }
+    fn visit_null(&mut self) -> Result<(), log::kv::Error> {
+        self.0.push_str("null");
+        Ok(())
+    }
+    fn visit_u64(&mut self, v: u64) -> Result<(), log::kv::Error> {
+        self.0.push_str(&v.to_string());
+        Ok(())
+    }
+    fn visit_i64(&mut self, v: i64) -> Result<(), log::kv::Error> {
+        self.0.push_str(&v.to_string());
+        Ok(())
+    }
+    fn visit_bool(&mut self, v: bool) -> Result<(), log::kv::Error> {
+        self.0.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+    fn visit_str(&mut self, v: &str) -> Result<(), log::kv::Error> {
+        json_str_into(self.0, v);
+        Ok(())
+    }
+}
+
+fn cut_line(mut line: String) -> Vec<u8> {
     if line.len() > MAX_LINE {
         let mut cut = MAX_LINE;
         while !line.is_char_boundary(cut) {
@@ -118,15 +244,17 @@ pub fn format_line(level: &str, msg: &str) -> Vec<u8> {
 
 /// The notice the writer prints once it can write again after dropping lines.
 pub fn dropped_line(n: u64) -> Vec<u8> {
+    format_line("warn", &dropped_message(n))
+}
+
+fn dropped_message(n: u64) -> String {
     let what = if n == 1 { "line was" } else { "lines were" };
-    format_line(
-        "warn",
-        &format!("{n} log {what} dropped because stderr was blocked (a stopped terminal?)"),
-    )
+    format!("{n} log {what} dropped because stderr was blocked (a stopped terminal?)")
 }
 
 struct Logger {
     filter: Filter,
+    format: Format,
     queued: AtomicBool,
     tx: SyncSender<Vec<u8>>,
     rx: Mutex<Option<Receiver<Vec<u8>>>>,
@@ -162,7 +290,22 @@ impl Logger {
     fn write_dropped_notice(&self) {
         let n = self.dropped.swap(0, Ordering::AcqRel);
         if n > 0 {
-            let _ = sys::write_all(2, &dropped_line(n));
+            let line = match self.format {
+                Format::Human => dropped_line(n),
+                Format::Json => {
+                    let msg = dropped_message(n);
+                    format_json("warn", "bottle_init::logging", &msg, &NO_FIELDS)
+                }
+            };
+            let _ = sys::write_all(2, &line);
+        }
+    }
+
+    /// A line of ours (not a `log` record) in the configured format.
+    fn own_line(&self, level: &str, msg: &str) -> Vec<u8> {
+        match self.format {
+            Format::Human => format_line(level, msg),
+            Format::Json => format_json(level, "bottle_init", msg, &NO_FIELDS),
         }
     }
 }
@@ -177,19 +320,24 @@ impl Log for Logger {
             return;
         }
         let level = r.level().as_str().to_ascii_lowercase();
-        self.emit(format_line(&level, &r.args().to_string()));
+        let msg = r.args().to_string();
+        self.emit(match self.format {
+            Format::Human => format_line(&level, &msg),
+            Format::Json => format_json(&level, r.target(), &msg, r.key_values()),
+        });
     }
 
     fn flush(&self) {}
 }
 
 /// Installs the logger. `spec` is `BOTTLE_LOG` (None or empty: `default`).
-pub fn init(spec: Option<&str>, default: LevelFilter) {
+pub fn init(spec: Option<&str>, default: LevelFilter, format: Format) {
     let filter = Filter::parse(spec.unwrap_or(""), default);
     let unknown = filter.unknown.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
     let logger = LOGGER.get_or_init(|| Logger {
         filter,
+        format,
         queued: AtomicBool::new(false),
         tx,
         rx: Mutex::new(Some(rx)),
@@ -242,11 +390,10 @@ pub fn start_writer() -> std::io::Result<()> {
 /// An error line that is shown whatever `BOTTLE_LOG` says (the one-line start-up or exit
 /// error), through the same path as every other line.
 pub fn error_line(msg: &str) {
-    let line = format_line("error", msg);
     match LOGGER.get() {
-        Some(l) => l.emit(line),
+        Some(l) => l.emit(l.own_line("error", msg)),
         None => {
-            let _ = sys::write_all(2, &line);
+            let _ = sys::write_all(2, &format_line("error", msg));
         }
     }
 }
@@ -358,5 +505,44 @@ mod tests {
                 .unwrap()
                 .contains("1 log line was dropped")
         );
+    }
+
+    /// Every JSON line parses, whatever the message holds; the fields keep their JSON types;
+    /// a field named like one of ours is renamed, never duplicated; a long line stays JSON.
+    #[test]
+    fn json_lines_parse_and_keep_their_fields() {
+        let kvs: &[(&str, log::kv::Value)] = &[
+            ("method", "POST".into()),
+            ("status", 429u16.into()),
+            ("in", 0u64.into()),
+            ("model", log::kv::Value::null()),
+            ("usage_unseen", false.into()),
+            ("msg", "x".into()),
+        ];
+        let weird = "q\"uote \\ back\nnew\u{1}ctl \u{7f} é 🙂";
+        let line = format_json("warn", "bottle_init::proxy", weird, &kvs);
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.ends_with("}\n") && text.matches('\n').count() == 1,
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["target"], "bottle_init::proxy");
+        assert_eq!(v["msg"], weird);
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["in"], 0);
+        assert!(v["model"].is_null());
+        assert_eq!(v["usage_unseen"], false);
+        assert_eq!(v["kv_msg"], "x");
+        let long = "é".repeat(MAX_LINE);
+        let line = format_json("info", "t", &long, &kvs);
+        assert!(line.len() <= MAX_LINE + 8, "{}", line.len());
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["status"], 429);
+        assert_eq!(Format::parse(Some("Json")), Ok(Format::Json));
+        assert_eq!(Format::parse(None), Ok(Format::Human));
+        assert_eq!(Format::parse(Some("xml")), Err(()));
     }
 }

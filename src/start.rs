@@ -21,6 +21,7 @@ use crate::record::{self, Identity, Published, RunRecord};
 use crate::relay::{self, Pty};
 use crate::scrub::{self, EnvSnapshot};
 use crate::secret::{Credential, Secret};
+use crate::status::{self, StatusServer};
 use crate::user::ChildUser;
 use crate::{check, home, init, logging, privilege, secretfile, sys, user};
 
@@ -44,7 +45,7 @@ pub fn main() -> ExitCode {
     //    environment block overwritten. This snapshot is the only read of the environment.
     let env = scrub::capture_and_scrub(&config::SECRET_VARS);
     let common = Common::from_env(&env);
-    init_logging(common.log.as_deref());
+    init_logging(common.log.as_deref(), common.log_format);
     // A panic writes through the logger (std's hook writes to stderr directly, which can
     // block); the proxy thread's panic is reported by the init loop's one line instead.
     logging::install_panic_hook(PROXY_THREAD);
@@ -63,6 +64,7 @@ pub fn main() -> ExitCode {
             println!("{}", cli::version());
             return ExitCode::SUCCESS;
         }
+        Ok(Cli::Status { json }) => status(env, &common, json),
         Ok(Cli::Start { mode, command }) => match mode {
             Mode::Run => run(env, &common, &command),
             // (cli::parse never makes a `Start` in `Mode::Check`: `check` is `Cli::Check`.)
@@ -122,7 +124,8 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
             session_secret: session.clone(),
         },
     )
-    .map_err(Failure::Proxy)?;
+    .map_err(Failure::Proxy)?
+    .with_usage_limits(config.usage_limits);
     let dialled = connect_addr(proxy.local_addr());
 
     // 6. Lock egress, still root and before fork (api-only: the API socket; allowlist: the
@@ -146,6 +149,7 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
         .prepare(command, &env.plain, pid1_terminal(), original_nofile)
         .map_err(Failure::Prepare)?;
     let _published = publish(&run_dir, spec);
+    let status = bind_status(&run_dir, _published.is_some());
 
     // 7. Spawn: the child drops to the user and execs (child::become_child); until it is
     //    supervised, the guard kills and reaps it on any error. Not PID 1 (tests, `docker run
@@ -175,6 +179,12 @@ fn run(mut env: EnvSnapshot, common: &Common, command: &[OsString]) -> Result<Ex
     privilege::drop_parent().map_err(Failure::ParentDrop)?;
     logging::start_writer().map_err(Failure::LogThread)?;
     let credential = proxy.credential_slot();
+    let _status_socket = status.map(|(server, bound)| {
+        if let Err(e) = server.spawn(proxy.stats()) {
+            log::warn!("cannot start the status thread: {e}; `bottle-init status` will not work");
+        }
+        bound
+    });
     let proxy_thread = start_proxy(proxy, nofile.map(|(_, now)| now))?;
 
     // 9. Supervise: forward signals, reap everything, stop leftovers after the command; a
@@ -259,12 +269,32 @@ fn check(
     })
 }
 
+/// `bottle-init status`: asks the running PID 1 (found through its record, like `exec`) for
+/// its counters and prints them. Needs no credential: the ones `docker exec` handed over are
+/// zeroed with `env`.
+fn status(env: EnvSnapshot, common: &Common, json: bool) -> Result<Exit, Failure> {
+    drop(env);
+    let euid = sys::geteuid();
+    if euid != 0 {
+        return Err(Failure::StatusNotRoot { euid });
+    }
+    let run_dir = record::run_dir(&common.run_dir);
+    let record = record::read(&run_dir).map_err(|e| Failure::join(e, run_dir.clone()))?;
+    drop(record);
+    let answer = status::ask(&run_dir, json).map_err(|e| Failure::Status {
+        dir: run_dir,
+        err: e.0,
+    })?;
+    print!("{answer}");
+    Ok(Exit::Child(sys::ChildEnd::Exited(0)))
+}
+
 fn report(f: Failure) -> ExitCode {
     logging::error_line(&f.message());
     ExitCode::from(f.exit_code())
 }
 
-fn init_logging(spec: Option<&str>) {
+fn init_logging(spec: Option<&str>, format: logging::Format) {
     // On a terminal the child (interactive claude) owns the screen: info lines from the proxy
     // would be drawn into its full-screen UI. Unless asked, log only warnings there.
     let default = if sys::isatty(2) {
@@ -272,7 +302,7 @@ fn init_logging(spec: Option<&str>) {
     } else {
         log::LevelFilter::Info
     };
-    logging::init(spec, default);
+    logging::init(spec, default, format);
 }
 
 /// Root, with the capabilities the drop (SETUID, SETGID, SETPCAP) and the signal forwarding
@@ -297,6 +327,17 @@ fn warn_about(config: &Config) {
             config::ENV_AUTH_TOKEN,
             config::ENV_OAUTH,
             config::ENV_API_KEY
+        );
+    }
+    let limits = config.usage_limits;
+    if let Some(n) = limits.requests_per_minute {
+        log::info!(
+            "proxy: at most {n} requests per minute are forwarded (BOTTLE_MAX_REQUESTS_PER_MINUTE)"
+        );
+    }
+    if let Some(n) = limits.tokens {
+        log::info!(
+            "proxy: at most {n} input and output tokens are used in this run (BOTTLE_MAX_TOKENS)"
         );
     }
     if config.insecure_listen {
@@ -415,6 +456,23 @@ fn publish(dir: &Path, child: ChildSpec) -> Option<Published> {
             log::warn!(
                 "cannot publish state in {}: {e}; `bottle-init exec` will not work",
                 dir.display()
+            )
+        })
+        .ok()
+}
+
+/// Binds the socket `bottle-init status` asks, next to the run record (whose publication made
+/// the directory root-only). Not fatal, like the record.
+fn bind_status(dir: &Path, published: bool) -> Option<(StatusServer, status::Bound)> {
+    if !published {
+        return None;
+    }
+    status::bind(dir)
+        .map_err(|e| {
+            log::warn!(
+                "cannot bind {}/{}: {e}; `bottle-init status` will not work",
+                dir.display(),
+                status::SOCKET_FILE
             )
         })
         .ok()

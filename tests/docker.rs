@@ -425,6 +425,7 @@ fn real_claude_in_the_container_against_the_mock() {
     assert!(o.status.success(), "{all}\nlogs: {}", m.c.logs());
     assert!(stdout(&o).contains(reply), "{all}");
     assert_absent(&all, &token, "exec'd claude's output");
+    check_status(&m, &token);
 
     let o = m.run_sharing(img, &[], &["claude", "-p", "main prompt in container"]);
     let all = text(&o);
@@ -435,6 +436,47 @@ fn real_claude_in_the_container_against_the_mock() {
         m.assert_prompt_arrived(prompt, &token);
     }
     assert_absent(&m.c.logs(), &token, "docker logs");
+}
+
+/// Issue 12 in the real image: `docker exec C /bottle-init status --json` (root, Docker's
+/// default capabilities) reports the tokens the mock reported for claude's requests (12 input
+/// and 7 output per `POST /v1/messages`), by model, and never the token; as uid 1000 it is
+/// refused (77).
+fn check_status(m: &Mocked, token: &str) {
+    let o = m.c.exec(&["/bottle-init", "status", "--json"]);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert_absent(&all, token, "`bottle-init status` output");
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("status --json");
+    let n = m.mock.messages().len() as u64;
+    assert!(n >= 1, "{all}");
+    assert_eq!(v["tokens"]["input"], 12 * n, "{all}");
+    assert_eq!(v["tokens"]["output"], 7 * n, "{all}");
+    let by_model = v["by_model"].as_object().expect("by_model");
+    let sum: u64 = by_model
+        .values()
+        .map(|m| m["input"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, 12 * n, "{all}");
+    assert!(v["by_status"]["200"].as_u64() >= Some(n), "{all}");
+    assert!(v["requests"].as_u64() >= Some(n), "{all}");
+    let o = m.c.exec(&["/bottle-init", "status"]);
+    assert!(
+        stdout(&o).contains(&format!("tokens: input {}", 12 * n)),
+        "{}",
+        text(&o)
+    );
+    let o = docker(&[
+        "exec",
+        "-u",
+        "1000",
+        &m.c.0,
+        "/bottle-init",
+        "status",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(77), "{}", text(&o));
+    assert!(stdout(&o).is_empty(), "{}", text(&o));
 }
 
 /// BOTTLE_EGRESS in a real container (issue 5): `api-only` under Docker's default capabilities

@@ -1421,3 +1421,134 @@ fn interactive_as_a_uid_without_passwd_entry_gets_a_home_and_works() {
         "the typed prompt never reached the mock"
     );
 }
+
+/// Issue 12: with `BOTTLE_MAX_TOKENS` spent, the real claude shows the proxy's 429 message to
+/// its user within seconds (no retries for minutes), the mock sees nothing of the refused
+/// request, and the usage line of the allowed one carries the mock's figures.
+#[test]
+fn token_budget_spent_claude_shows_the_limit_within_seconds() {
+    token_budget_run(false);
+}
+
+/// Issue 12, `BOTTLE_LOG_FORMAT=json`: the same run, and every line bottle-init writes is one
+/// JSON object; the request lines carry their fields as keys (the usage of claude's request as
+/// the mock reported it, the 429 of the refused one).
+#[test]
+fn json_log_format_every_line_parses_with_the_request_fields() {
+    token_budget_run(true);
+}
+
+fn token_budget_run(json_logs: bool) {
+    let _g = heavy();
+    let token = fake_secret("sk-ant-oat01-limit-");
+    let reply = "the first answer fits the budget";
+    let Some(sb) = sandbox(Cred::OAuth(token.clone()), reply, |_| {}) else {
+        return;
+    };
+    let claude = sb.claude.to_str().unwrap();
+    // Two claude runs under one PID 1: the first spends the budget (the mock reports 12 input
+    // and 7 output tokens), the second is refused.
+    let script = format!(
+        "\"{claude}\" -p 'first prompt'; echo \"first-exit=$?\"; \
+         start=$(date +%s); \"{claude}\" -p 'second prompt'; echo \"second-exit=$? took=$(( $(date +%s) - start ))\""
+    );
+    let mut cmd = sb.init_command(&["--", "sh", "-c", &script]);
+    cmd.env("BOTTLE_MAX_TOKENS", "19");
+    // The same test checks the JSON log format: every line of bottle-init's stderr parses.
+    cmd.env(
+        "BOTTLE_LOG_FORMAT",
+        if json_logs { "json" } else { "human" },
+    );
+    let run = wait_timeout(sb.spawn(cmd), Duration::from_secs(180));
+    let out = run.stdout();
+    assert!(out.contains(reply), "first run: {}", run.describe());
+    assert!(out.contains("first-exit=0"), "{}", run.describe());
+    assert!(
+        out.contains("BOTTLE_MAX_TOKENS=19 reached (19 input and output tokens used"),
+        "claude did not show the limit: {}",
+        run.describe()
+    );
+    assert!(out.contains("second-exit=1"), "{}", run.describe());
+    let took: u64 = out
+        .split("took=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("the script printed took=");
+    assert!(
+        took < 30,
+        "the user waited {took} s to see the limit: {}",
+        run.describe()
+    );
+    // Only the first prompt reached the mock.
+    let prompts: Vec<String> = sb
+        .mock
+        .messages()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(
+        prompts.iter().any(|b| b.contains("first prompt")),
+        "{prompts:?}"
+    );
+    assert!(
+        !prompts.iter().any(|b| b.contains("second prompt")),
+        "the refused request was forwarded"
+    );
+    let err = run.stderr();
+    if json_logs {
+        let lines: Vec<serde_json::Value> = err
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{err}")))
+            .collect();
+        assert!(lines.len() > 5, "{err}");
+        let request = |status: u64, path: &str| {
+            lines
+                .iter()
+                .find(|v| v["status"] == status && v["path"] == path && v["method"] == "POST")
+                .unwrap_or_else(|| panic!("no POST {path} {status} line: {err}"))
+        };
+        let ok = request(200, "/v1/messages");
+        for (k, want) in [
+            ("tokens_in", 12),
+            ("tokens_out", 7),
+            ("cache_read", 0),
+            ("cache_write", 0),
+        ] {
+            assert_eq!(ok[k], want, "{k}: {ok}");
+        }
+        assert!(
+            ok["model"].is_string() && ok["in"].as_u64() > Some(0),
+            "{ok}"
+        );
+        assert!(ok["out"].as_u64() > Some(0) && ok["ms"].is_u64(), "{ok}");
+        assert!(
+            ok["upstream"] == "new" || ok["upstream"] == "reused",
+            "{ok}"
+        );
+        assert_eq!(ok["level"], "info");
+        let refused = request(429, "/v1/messages");
+        assert_eq!(refused["upstream"], "none");
+        assert!(
+            refused["note"]
+                .as_str()
+                .unwrap()
+                .contains("BOTTLE_MAX_TOKENS=19"),
+            "{refused}"
+        );
+        assert!(refused["tokens_in"].is_null(), "{refused}");
+    } else {
+        assert!(
+            err.contains("tokens_in=12 tokens_out=7 cache_read=0 cache_write=0"),
+            "no usage line with the mock's figures: {err}"
+        );
+        assert!(err.contains(" 429 ") && err.contains("limited: "), "{err}");
+        assert!(err.lines().all(|l| l.starts_with("bottle-init: ")), "{err}");
+    }
+    assert_absent(
+        &format!("{out}{err}"),
+        &token,
+        "claude's or bottle-init's output",
+    );
+    sb.assert_home_clean();
+}

@@ -88,10 +88,13 @@ fn answer_after_eof() -> SocketAddr {
 #[test]
 fn tunnel_relays_every_byte_and_half_close_both_ways() {
     let target = answer_after_eof();
-    let (p, _) = proxy(Some(&format!("127.0.0.1:{}/private", target.port())));
+    let (p, stats) = proxy(Some(&format!("127.0.0.1:{}/private", target.port())));
     let (mut s, code, head) = connect(p, &target.to_string());
     assert_eq!(code, 200, "{head}");
     assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+    // `bottle-init status` counts the decision (issue 12).
+    let egress = stats.with_tally(|t| (t.egress_allowed, t.egress_denied));
+    assert_eq!(egress, (1, 0));
     // 1 MB covering every byte value, including a fake HTTP head with the session secret:
     // a tunnel is opaque, nothing in it is parsed, rewritten or injected.
     let mut payload =
@@ -172,7 +175,7 @@ fn refused_tunnels_get_403_with_the_reason_and_are_logged() {
     let target = answer_after_eof();
     let port = target.port();
     // localhost is listed but without /private: it resolves to loopback, which is refused.
-    let (p, _) = proxy(Some(&format!("localhost:{port} 127.0.0.1:{port}/private")));
+    let (p, stats) = proxy(Some(&format!("localhost:{port} 127.0.0.1:{port}/private")));
     for (t, why) in [
         (
             format!("localhost:{port}"),
@@ -217,6 +220,10 @@ fn refused_tunnels_get_403_with_the_reason_and_are_logged() {
     let resp = read_body(&mut s);
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("use https://"), "{resp}");
+    // `bottle-init status` counts every refusal: the five CONNECTs above and the http:// one
+    // (the bad target is refused by the policy too, before any lookup).
+    let egress = stats.with_tally(|t| (t.egress_allowed, t.egress_denied));
+    assert_eq!(egress, (0, 6));
 }
 
 #[test]

@@ -1579,6 +1579,19 @@ fn exec_into(
     args: &[&str],
     strace: Option<&std::path::Path>,
 ) -> Outcome {
+    let mut all = vec!["exec"];
+    all.extend_from_slice(args);
+    bottle_init_into(w, r, tok, &all, strace)
+}
+
+/// `docker exec CONTAINER /bottle-init ARGS...` analogue (`exec`, `status`).
+fn bottle_init_into(
+    w: &World,
+    r: &Running,
+    tok: &str,
+    args: &[&str],
+    strace: Option<&std::path::Path>,
+) -> Outcome {
     let mut c = std::process::Command::new("nsenter");
     c.arg("-t")
         .arg(r.init.to_string())
@@ -1586,7 +1599,7 @@ fn exec_into(
     if let Some(out) = strace {
         c.args(["strace", "-f", "-v", "-s", "4096", "-o"]).arg(out);
     }
-    c.arg(bin()).arg("exec").args(args);
+    c.arg(bin()).args(args);
     c.env_clear()
         .env(
             "PATH",
@@ -2826,4 +2839,230 @@ fn exec_supervisor_forwards_signals_and_exits_with_the_commands_status() {
     assert!(lines.seen.iter().any(|l| l.contains("got-USR1")));
     assert!(!contains(&err, tok.as_bytes()));
     r.stop();
+}
+
+/// `curl ARGS` inside PID 1's network namespace (its proxy is on its loopback): the status
+/// code it printed.
+fn curl_in(r: &Running, args: &[&str]) -> String {
+    let o = std::process::Command::new("nsenter")
+        .arg("-t")
+        .arg(r.init.to_string())
+        .args([
+            "-n",
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Issue 12: `bottle-init status [--json]`, run like `docker exec C /bottle-init status`,
+/// reports what PID 1 answered (JSON with exactly the issue's keys), never a secret; the
+/// child's uid is refused by the socket's directory and, were its modes loosened, by the
+/// SO_PEERCRED check; once PID 1 is gone, 69.
+#[test]
+fn status_reports_what_pid1_served_and_only_to_root() {
+    if !require_root() {
+        return;
+    }
+    for tool in ["nsenter", "curl"] {
+        assert!(
+            which(tool).is_some() || std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} missing"
+        );
+    }
+    let w = World::new();
+    let tok = token();
+    let r = start_pid1(&w, &tok);
+    let base = r.url.clone();
+    // Three requests the proxy answers itself: 200 (warm-up), 401, 404.
+    assert_eq!(curl_in(&r, &["-I", &format!("{base}/")]), "200");
+    let wrong = format!("Authorization: Bearer {}", random_hex(32));
+    assert_eq!(
+        curl_in(&r, &["-H", &wrong, &format!("{base}/v1/models")]),
+        "401"
+    );
+    let right = format!("Authorization: Bearer {}", r.session);
+    assert_eq!(curl_in(&r, &["-H", &right, &format!("{base}/nope")]), "404");
+
+    let o = bottle_init_into(&w, &r, &tok, &["status", "--json"], None);
+    o.assert_code(0);
+    o.assert_no_secret(&tok);
+    o.assert_no_secret(&r.session);
+    let v: serde_json::Value = serde_json::from_str(o.out().trim()).expect("status --json parses");
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut want = vec![
+        "uptime_s",
+        "requests",
+        "by_status",
+        "tokens",
+        "by_model",
+        "egress",
+        "connections",
+    ];
+    let mut got = keys.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{}", o.out());
+    assert_eq!(v["requests"], 3, "{}", o.out());
+    for code in ["200", "401", "404"] {
+        assert_eq!(v["by_status"][code], 1, "{code}: {}", o.out());
+    }
+    assert_eq!(v["by_status"].as_object().unwrap().len(), 3);
+    for kind in ["input", "output", "cache_read", "cache_write"] {
+        assert_eq!(v["tokens"][kind], 0, "{}", o.out());
+    }
+    assert_eq!(v["egress"]["allowed"], 0);
+    assert_eq!(v["egress"]["denied"], 0);
+    assert!(
+        v["uptime_s"].is_u64() && v["connections"].is_u64(),
+        "{}",
+        o.out()
+    );
+
+    let o = bottle_init_into(&w, &r, &tok, &["status"], None);
+    o.assert_code(0);
+    assert!(
+        o.out().contains("requests: 3 (200: 1, 401: 1, 404: 1)"),
+        "{}",
+        o.describe()
+    );
+    o.assert_no_secret(&tok);
+    o.assert_no_secret(&r.session);
+
+    // As the child's uid: `status` refuses (77), and the socket cannot even be reached. The
+    // attacker's client is curl (HTTP/0.9 allowed, so any answer is printed), under strace
+    // to see what connect(2) said.
+    let sock = w.run_dir().join("status.sock");
+    let sock_str = sock.display().to_string();
+    let as_uid = |uid: u32| {
+        use std::os::unix::process::CommandExt;
+        let o = std::process::Command::new("strace")
+            .args([
+                "-e",
+                "trace=connect",
+                "curl",
+                "-s",
+                "--http0.9",
+                "--max-time",
+                "5",
+            ])
+            .args(["--unix-socket", &sock_str, "http://status/"])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap();
+        let connect = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .find(|l| l.contains(&sock_str))
+            .unwrap_or_default()
+            .to_string();
+        (connect, String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (connect, out) = as_uid(TEST_UID);
+    assert!(
+        connect.ends_with("= -1 EACCES (Permission denied)"),
+        "{connect}"
+    );
+    assert_eq!(out, "");
+    let o = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(bin())
+            .arg("status")
+            .env("BOTTLE_RUN_DIR", w.run_dir())
+            .uid(TEST_UID)
+            .gid(TEST_UID)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(o.status.code(), Some(77), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    // Loosen the modes as a careless admin might: the connection is made, but PID 1 answers
+    // nothing to a peer that is not root. Root gets an answer (the control: the same client
+    // reaches the server and prints what it sends).
+    std::fs::set_permissions(w.run_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (connect, out) = as_uid(TEST_UID);
+    assert!(connect.ends_with("= 0"), "{connect}");
+    assert_eq!(out, "", "uid {TEST_UID} got an answer");
+    let (connect, out) = as_uid(0);
+    assert!(connect.ends_with("= 0"), "{connect}");
+    assert!(out.contains("requests: 3"), "root got no answer: {out:?}");
+    std::fs::set_permissions(w.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    r.stop();
+    // PID 1 is gone: 69, and its socket went with it.
+    let o = bottle_init_into_gone(&w, &tok);
+    assert_eq!(o.status.code(), Some(69), "{o:?}");
+    assert!(!sock.exists(), "status socket left behind");
+}
+
+/// `bottle-init status` with no PID 1 running (from outside any namespace).
+fn bottle_init_into_gone(w: &World, tok: &str) -> std::process::Output {
+    std::process::Command::new(bin())
+        .arg("status")
+        .env("CLAUDE_CODE_OAUTH_TOKEN", tok)
+        .env("BOTTLE_RUN_DIR", w.run_dir())
+        .output()
+        .unwrap()
+}
+
+/// Issue 12: a bad `BOTTLE_MAX_*` or `BOTTLE_LOG_FORMAT` refuses at start-up with one line
+/// naming the variable and exit 78, before the command runs; a good one starts.
+#[test]
+fn bad_usage_limits_and_log_format_refuse_with_78() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let tok = token();
+    // The home belongs to the child's uid, so the command can leave its mark there.
+    let ran = w.home().join("command-ran");
+    let touch = format!("touch {}", ran.display());
+    for (var, v) in [
+        ("BOTTLE_MAX_TOKENS", "0"),
+        ("BOTTLE_MAX_TOKENS", "1e6"),
+        ("BOTTLE_MAX_REQUESTS_PER_MINUTE", "-1"),
+        ("BOTTLE_MAX_REQUESTS_PER_MINUTE", "sixty"),
+        ("BOTTLE_LOG_FORMAT", "xml"),
+    ] {
+        let o = run(
+            &w,
+            Opts::new(false, &["sh", "-c", &touch])
+                .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+                .env(var, v),
+        );
+        o.assert_code(78);
+        let err = o.err();
+        assert_eq!(err.lines().count(), 1, "{}", o.describe());
+        assert!(
+            err.starts_with("bottle-init: error: ") && err.contains(&format!("{var}=\"{v}\"")),
+            "{}",
+            o.describe()
+        );
+        assert!(!ran.exists(), "{var}={v}: the command ran");
+        o.assert_no_secret(&tok);
+    }
+    let o = run(
+        &w,
+        Opts::new(false, &["sh", "-c", &touch])
+            .env("CLAUDE_CODE_OAUTH_TOKEN", &tok)
+            .env("BOTTLE_MAX_TOKENS", "1000")
+            .env("BOTTLE_MAX_REQUESTS_PER_MINUTE", "5")
+            .env("BOTTLE_LOG_FORMAT", "json")
+            .env("BOTTLE_LOG", "info"),
+    );
+    o.assert_code(0);
+    assert!(ran.exists(), "{}", o.describe());
+    for l in o.err().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["msg"].is_string(), "{l}");
+    }
+    assert!(o.err().contains("BOTTLE_MAX_TOKENS"), "{}", o.describe());
 }

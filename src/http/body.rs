@@ -253,28 +253,50 @@ impl BodyFramer {
     /// whatever follows) or the rest is the start of a line: call again with more bytes
     /// appended.
     pub fn advance(&mut self, input: &[u8]) -> Result<usize, FramingError> {
-        self.run(input, true)
+        self.run(input, true, &mut |_| {})
+    }
+
+    /// [`advance`](Self::advance), also handing `on_data` the payload inside the released
+    /// bytes, in order: for a chunked body only the chunk data (no size lines, no trailers),
+    /// otherwise the body bytes themselves. Borrowed slices of `input`, never copied; each
+    /// payload byte is handed over exactly once, since data is released as soon as it passes
+    /// (an incomplete line that is fed again never holds data).
+    pub fn advance_payload(
+        &mut self,
+        input: &[u8],
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, FramingError> {
+        self.run(input, true, on_data)
     }
 
     /// Moves past `input`, a prefix of what [`advance`](Self::advance) has just released
     /// (when the writer took fewer bytes than released). Unlike `advance` it may stop inside
     /// a line, whose remaining bytes `advance` then checks again.
     pub fn skip_validated(&mut self, input: &[u8]) -> Result<(), FramingError> {
-        let n = self.run(input, false)?;
+        let n = self.run(input, false, &mut |_| {})?;
         debug_assert_eq!(n, input.len(), "skip_validated past the body's end");
         Ok(())
     }
 
-    fn run(&mut self, input: &[u8], release_whole_lines: bool) -> Result<usize, FramingError> {
+    fn run(
+        &mut self,
+        input: &[u8],
+        release_whole_lines: bool,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, FramingError> {
         let mut cur = *self;
         let mut released = 0;
         let mut i = 0;
         while i < input.len() {
             match cur.state {
                 State::Done => break,
-                State::UntilClose => i = input.len(),
+                State::UntilClose => {
+                    on_data(&input[i..]);
+                    i = input.len();
+                }
                 State::Length { remaining } => {
                     let take = remaining.min((input.len() - i) as u64);
+                    on_data(&input[i..i + take as usize]);
                     i += take as usize;
                     let left = remaining - take;
                     cur.state = if left == 0 {
@@ -285,6 +307,7 @@ impl BodyFramer {
                 }
                 State::Chunked(Chunk::Data { remaining }) => {
                     let take = remaining.min((input.len() - i) as u64);
+                    on_data(&input[i..i + take as usize]);
                     i += take as usize;
                     let left = remaining - take;
                     cur.state = State::Chunked(if left == 0 {
@@ -836,6 +859,47 @@ mod tests {
                 assert!(rounds < 100, "no progress with take {take}");
             }
             assert_eq!(pos, end, "take {take}");
+        }
+    }
+
+    /// Feeds `input` in pieces as [`feed_log`] does, collecting what `advance_payload` hands
+    /// over; returns the payload and the bytes released.
+    fn payload_of(mut f: BodyFramer, input: &[u8], pieces: &[usize]) -> (Vec<u8>, usize) {
+        let mut payload = Vec::new();
+        let (mut released, mut arrived) = (0, 0);
+        let mut sizes = pieces.iter().cycle();
+        while arrived < input.len() && !f.is_done() {
+            arrived += (*sizes.next().unwrap()).max(1).min(input.len() - arrived);
+            let n = f
+                .advance_payload(&input[released..arrived], &mut |d| {
+                    payload.extend_from_slice(d)
+                })
+                .unwrap();
+            released += n;
+        }
+        (payload, released)
+    }
+
+    /// The payload is the chunk data only, each byte once, however the input is split; the
+    /// released count is what `advance` releases (same framing).
+    #[test]
+    fn advance_payload_hands_over_exactly_the_chunk_data() {
+        let mut input = CHUNKED.to_vec();
+        input.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        for pieces in [&[usize::MAX][..], &[1], &[2, 3], &[7, 1, 13], &[4, 9]] {
+            let (payload, released) = payload_of(BodyFramer::chunked(), &input, pieces);
+            assert_eq!(
+                String::from_utf8_lossy(&payload),
+                "helloabcdefghijklmnopqrstuvwxyz",
+                "{pieces:?}"
+            );
+            assert_eq!(released, CHUNKED.len(), "{pieces:?}");
+        }
+        for pieces in [&[usize::MAX][..], &[1], &[3]] {
+            let (payload, released) = payload_of(BodyFramer::length(10), b"0123456789rest", pieces);
+            assert_eq!((payload.as_slice(), released), (&b"0123456789"[..], 10));
+            let (payload, _) = payload_of(BodyFramer::until_close(), b"to the end", pieces);
+            assert_eq!(payload, b"to the end");
         }
     }
 }

@@ -2,6 +2,8 @@
 //! shows the message to its user verbatim:
 //! `{"type":"error","error":{"type":"authentication_error","message":"..."}}`.
 
+use crate::logging::json_str_into;
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -11,6 +13,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -35,12 +38,22 @@ pub fn final_error_response(status: u16, error_type: &str, message: &str) -> Vec
     build_error(status, error_type, message, "x-should-retry: false\r\n")
 }
 
+/// The 429 `rate_limit_error` of a `BOTTLE_MAX_*` limit, final like
+/// [`final_error_response`], with `retry-after` when the limit lifts by itself.
+pub fn limit_response(message: &str, retry_after: Option<u64>) -> Vec<u8> {
+    let extra = match retry_after {
+        Some(s) => format!("x-should-retry: false\r\nretry-after: {s}\r\n"),
+        None => "x-should-retry: false\r\n".to_string(),
+    };
+    build_error(429, "rate_limit_error", message, &extra)
+}
+
 fn build_error(status: u16, error_type: &str, message: &str, extra_headers: &str) -> Vec<u8> {
-    let mut body = String::from(r#"{"type":"error","error":{"type":""#);
-    json_escape_into(&mut body, error_type);
-    body.push_str(r#"","message":""#);
-    json_escape_into(&mut body, message);
-    body.push_str("\"}}");
+    let mut body = String::from(r#"{"type":"error","error":{"type":"#);
+    json_str_into(&mut body, error_type);
+    body.push_str(r#","message":"#);
+    json_str_into(&mut body, message);
+    body.push_str("}}");
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-bottle-proxy: local\r\n{extra_headers}connection: close\r\n\r\n",
         reason(status),
@@ -55,20 +68,6 @@ fn build_error(status: u16, error_type: &str, message: &str, extra_headers: &str
 /// costs an upstream handshake nor carries a credential anywhere.
 pub fn warmup_response() -> Vec<u8> {
     b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-bottle-proxy: local\r\n\r\n".to_vec()
-}
-
-fn json_escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
 }
 
 #[cfg(test)]

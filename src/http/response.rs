@@ -4,6 +4,7 @@
 
 use super::body::BodyFramer;
 use super::request::{is_special_name, list_contains, list_items, parse_content_length, trim_ows};
+use super::usage::ScanMode;
 
 /// Most response header fields we accept from the upstream.
 const MAX_RESPONSE_HEADERS: usize = 256;
@@ -18,6 +19,8 @@ pub struct ResponseHead {
     pub framing: BodyFramer,
     /// The upstream connection cannot carry another request after this response.
     pub close: bool,
+    /// How the body's usage figures are read (`Content-Type`, `Content-Encoding`).
+    pub scan: ScanMode,
 }
 
 impl ResponseHead {
@@ -118,11 +121,13 @@ pub fn parse_response_head(
         close = true;
         BodyFramer::until_close()
     };
+    let scan = ScanMode::from_headers(resp.headers.iter().map(|h| (h.name, h.value)));
     Ok(Some(ResponseHead {
         status,
         head_len,
         framing,
         close,
+        scan,
     }))
 }
 

@@ -4,13 +4,17 @@
 //! replaced by the real credential (at the position of the first of them, else at the end);
 //! `Host` set to the upstream (in place, else first); hop-by-hop fields dropped (`Connection`
 //! and the fields it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Upgrade`); in OAuth
-//! mode `oauth-2025-04-20` appended to `anthropic-beta` when missing. Every other field is
-//! passed unchanged, in order. The request line is passed unchanged.
+//! mode `oauth-2025-04-20` appended to `anthropic-beta` when missing; `Accept-Encoding` set to
+//! `identity` (in place of the first, else at the end), so the usage in the response can be
+//! read as it streams and a client cannot hide it from the limits by asking for gzip. Every
+//! other field is passed unchanged, in order. The request line is passed unchanged.
 
 use super::request::{RequestHead, list_contains, list_items, trim_ows};
 use crate::secret::{Credential, CredentialKind, Secret};
 
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+/// Added when the client sent no `Accept-Encoding`.
+const ACCEPT_IDENTITY: &[u8] = b"Accept-Encoding: identity\r\n";
 
 /// Outcome of checking a request for the session secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +117,12 @@ pub fn upstream_request_head(head: &RequestHead, credential: &Credential, host: 
     // Sized up front so the buffer never reallocates after the credential is in it (a
     // reallocation would free a copy of the credential without wiping it).
     let mut out = Vec::with_capacity(
-        head.head_len + credential.secret.len() + host.len() + OAUTH_BETA.len() + 128,
+        head.head_len
+            + credential.secret.len()
+            + host.len()
+            + OAUTH_BETA.len()
+            + ACCEPT_IDENTITY.len()
+            + 128,
     );
     let capacity = out.capacity();
     out.extend_from_slice(head.method.as_bytes());
@@ -122,6 +131,7 @@ pub fn upstream_request_head(head: &RequestHead, credential: &Credential, host: 
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host_done = false;
     let mut cred_done = false;
+    let mut encoding_done = false;
     if !head.headers.iter().any(|h| h.is("host")) {
         push_field(&mut out, "Host", host.as_bytes());
         host_done = true;
@@ -139,6 +149,11 @@ pub fn upstream_request_head(head: &RequestHead, credential: &Credential, host: 
             }
         } else if is_hop(&h.name) {
             continue;
+        } else if h.is("accept-encoding") {
+            if !encoding_done {
+                push_field(&mut out, &h.name, b"identity");
+                encoding_done = true;
+            }
         } else if beta_needed && Some(i) == last_beta {
             let mut v = trim_ows(&h.value).to_vec();
             if !v.is_empty() {
@@ -155,6 +170,10 @@ pub fn upstream_request_head(head: &RequestHead, credential: &Credential, host: 
     }
     if beta_needed && last_beta.is_none() {
         push_field(&mut out, "anthropic-beta", OAUTH_BETA.as_bytes());
+    }
+    if !encoding_done {
+        // No Accept-Encoding means any coding is acceptable (RFC 9110 section 12.5.3).
+        out.extend_from_slice(ACCEPT_IDENTITY);
     }
     out.extend_from_slice(b"\r\n");
     debug_assert_eq!(
@@ -220,7 +239,7 @@ mod tests {
             got,
             "POST /v1/messages?beta=true HTTP/1.1\r\nAccept: application/json\r\nAuthorization: Bearer REAL-TOKEN\r\n\
              X-Stainless-Arch: x64\r\nanthropic-beta: a,b,oauth-2025-04-20\r\nHost: api.example\r\n\
-             Accept-Encoding: gzip\r\nContent-Length: 2\r\n\r\n"
+             Accept-Encoding: identity\r\nContent-Length: 2\r\n\r\n"
         );
     }
 
@@ -240,7 +259,8 @@ mod tests {
         );
         assert_eq!(
             got,
-            "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer REAL-TOKEN\r\nanthropic-beta: oauth-2025-04-20\r\n\r\n"
+            "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer REAL-TOKEN\r\nanthropic-beta: oauth-2025-04-20\r\n\
+             Accept-Encoding: identity\r\n\r\n"
         );
     }
 
@@ -252,7 +272,24 @@ mod tests {
         );
         assert_eq!(
             got,
-            "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nx-api-key: REAL-TOKEN\r\nanthropic-beta: a\r\n\r\n"
+            "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nx-api-key: REAL-TOKEN\r\nanthropic-beta: a\r\n\
+             Accept-Encoding: identity\r\n\r\n"
+        );
+    }
+
+    /// claude asks for `gzip, deflate, br, zstd`; the upstream is asked for `identity` in the
+    /// same place (one field, whatever the client sent), so the usage can be read.
+    #[test]
+    fn accept_encoding_becomes_identity() {
+        let got = rewrite(
+            "POST /v1/m HTTP/1.1\r\nHost: h\r\naccept-encoding: gzip, deflate, br, zstd\r\nX-A: 1\r\n\
+             Accept-Encoding: br\r\nContent-Length: 0\r\n\r\n",
+            CredentialKind::ApiKey,
+        );
+        assert_eq!(
+            got,
+            "POST /v1/m HTTP/1.1\r\nHost: api.example\r\naccept-encoding: identity\r\nX-A: 1\r\n\
+             Content-Length: 0\r\nx-api-key: REAL-TOKEN\r\n\r\n"
         );
     }
 

@@ -20,7 +20,7 @@ use super::stats::Stats;
 use super::stream::ClientStream;
 use super::upstream::UpConn;
 use crate::egress::policy::Grant;
-use crate::http::BodyFramer;
+use crate::http::{BodyFramer, UsageScanner};
 
 /// After an error answer: how long we keep discarding the client's input so it reads our
 /// answer rather than a connection reset.
@@ -100,6 +100,8 @@ pub(crate) struct Exchange {
     pub(crate) client_close: bool,
     /// The upstream connection cannot be reused after this response.
     pub(crate) up_close: bool,
+    /// Reads the usage the API reports in the response body as it is relayed (issue 12).
+    pub(crate) usage: UsageScanner,
 }
 
 /// The upstream request head, wiped on drop since it carries the credential.

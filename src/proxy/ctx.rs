@@ -14,6 +14,8 @@ use rustls::pki_types::ServerName;
 
 use super::conn::{Client, Exchange, upstream_token};
 use super::limits::Limits;
+use super::logline::{RequestLine, reported};
+use super::quota::{Limited, Quota};
 use super::resolver::Resolver;
 use super::stats::Stats;
 use super::upstream::{UpConn, UpError};
@@ -76,6 +78,8 @@ pub(crate) struct Ctx {
     pub(crate) resolver: Resolver,
     /// `allowlist` mode: CONNECT tunnels to these hosts; `None`: CONNECT stays refused (405).
     pub(crate) allow: Option<AllowList>,
+    /// `BOTTLE_MAX_*`: what may still be forwarded.
+    pub(crate) quota: Quota,
     /// Keeps the loop's waker alive (the resolver's threads hold clones).
     _waker: Arc<Waker>,
 }
@@ -91,6 +95,7 @@ impl Ctx {
         waker: Arc<Waker>,
     ) -> Ctx {
         Ctx {
+            quota: Quota::new(limits.usage),
             registry,
             settings,
             limits,
@@ -113,32 +118,45 @@ impl Ctx {
     /// Answers locally with an error and closes. `head`: what the log line names, if parsed.
     pub(crate) fn refuse(&mut self, c: &mut Client, head: Option<&RequestHead>, r: Rejection) {
         let (method, path) = head.map_or(("-", "-"), |h| (h.method.as_str(), log_path(h.path())));
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "proxy: {method} {path} {} in=0 out=0 0ms upstream=none (refused: {})",
-            r.status,
-            r.message
-        );
+        self.stats.count_request(Some(r.status), None);
+        local_line(method, path, r.status, &format!("(refused: {})", r.message))
+            .log(log::Level::Info);
         c.outbuf.clear();
         c.outbuf
             .push(&http::error_response(r.status, r.error_type, &r.message));
         c.close(true);
     }
 
+    /// A request past a `BOTTLE_MAX_*` limit: 429 `rate_limit_error`, not forwarded, counted
+    /// for `status`. `x-should-retry: false`: retrying cannot help within seconds, and without
+    /// it claude retries a 429 for minutes before the user sees why.
+    pub(crate) fn refuse_limited(&mut self, c: &mut Client, head: &RequestHead, l: Limited) {
+        self.stats.count_request(Some(429), None);
+        self.stats.with_tally(|t| t.limited += 1);
+        let note = format!("(limited: {})", l.message);
+        local_line(&head.method, log_path(head.path()), 429, &note).log(log::Level::Warn);
+        c.outbuf.clear();
+        c.outbuf
+            .push(&http::local::limit_response(&l.message, l.retry_after));
+        c.close(true);
+    }
+
     /// The one log line of a forwarded request.
     pub(crate) fn log_exchange(&self, ex: &Exchange, status: Option<u16>, note: &str) {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let status = status.map_or_else(|| "-".to_string(), |s| s.to_string());
-        let upstream = if ex.reused { "reused" } else { "new" };
-        let sep = if note.is_empty() { "" } else { " " };
-        log::info!(
-            "proxy: {} {} {status} in={} out={} {}ms upstream={upstream}{sep}{note}",
-            ex.method,
-            ex.path,
-            ex.bytes_in,
-            ex.bytes_out,
-            ex.started.elapsed().as_millis(),
-        );
+        let usage = ex.usage.usage();
+        self.stats.count_request(status, reported(&usage));
+        RequestLine {
+            method: &ex.method,
+            path: &ex.path,
+            status,
+            bytes_in: ex.bytes_in,
+            bytes_out: ex.bytes_out,
+            ms: ex.started.elapsed().as_millis() as u64,
+            upstream: if ex.reused { "reused" } else { "new" },
+            usage: Some(&usage),
+            note,
+        }
+        .log(log::Level::Info);
     }
 
     /// Starts a new upstream connection to the first address that takes a connect attempt.
@@ -206,6 +224,26 @@ impl Ctx {
         self.owners.remove(&up.id);
         up.deregister(&self.registry);
         self.stats.open_upstreams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The line of a request the proxy answered itself.
+pub(crate) fn local_line<'a>(
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    note: &'a str,
+) -> RequestLine<'a> {
+    RequestLine {
+        method,
+        path,
+        status: Some(status),
+        bytes_in: 0,
+        bytes_out: 0,
+        ms: 0,
+        upstream: "none",
+        usage: None,
+        note,
     }
 }
 

@@ -308,7 +308,7 @@ impl Server {
                 let r = overload_rejection(self.ctx.limits.max_connections);
                 let bytes = http::error_response(r.status, r.error_type, &r.message);
                 sock.answer_and_close(&bytes);
-                self.ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+                self.ctx.stats.count_request(Some(r.status), None);
                 self.ctx
                     .stats
                     .overflow_answered

@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use super::buf::Buf;
 use super::conn::{Client, Exchange, HeadBytes, Phase, Resp};
-use super::ctx::{Ctx, log_path};
+use super::ctx::{Ctx, local_line, log_path};
 use super::pump::{self, Drained, Stop};
 use super::upstream::{UpConn, UpError};
 use crate::http::{
-    self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, parse_request_head,
-    parse_response_head,
+    self, AuthCheck, BodyFramer, FramingError, Rejection, RequestHead, ScanMode, UnscannedReason,
+    UsageScanner, parse_request_head, parse_response_head,
 };
 
 /// Test builds only (feature `test-hooks`, never in release builds): an authenticated request
@@ -62,8 +62,8 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
     if head.method == "HEAD" && head.target == "/" && head.body == http::BodyLength::None {
         // claude's unauthenticated warm-up: answered here, never forwarded.
         c.outbuf.push(&http::warmup_response());
-        ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
-        log::info!("proxy: HEAD / 200 in=0 out=0 0ms upstream=none (warm-up, answered locally)");
+        ctx.stats.count_request(Some(200), None);
+        local_line("HEAD", "/", 200, "(warm-up, answered locally)").log(log::Level::Info);
         if head.wants_close() {
             c.close(true);
         } else {
@@ -86,6 +86,13 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
     }
     if let Err(r) = http::target::check_api_path(head.path()) {
         ctx.refuse(c, Some(&head), r);
+        return;
+    }
+    let used = ctx
+        .stats
+        .with_tally(|t| t.tokens.input.saturating_add(t.tokens.output));
+    if let Err(limited) = ctx.quota.admit(now, used) {
+        ctx.refuse_limited(c, &head, limited);
         return;
     }
     let host_header = &ctx.settings.host_header;
@@ -115,6 +122,7 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
         response_started: false,
         client_close: head.wants_close(),
         up_close: false,
+        usage: UsageScanner::new(ScanMode::Unscanned(UnscannedReason::ContentType)),
     });
     if let Some(up) = ctx.take_pooled() {
         ex.reused = true;
@@ -417,6 +425,7 @@ fn classify(ex: &mut Exchange, outbuf: &mut Buf) -> Result<(), Fault> {
                     continue;
                 }
                 ex.status = Some(head.status);
+                ex.usage = UsageScanner::new(head.scan);
                 ex.up_close |= head.close;
                 // The relayed head may say `Connection: close` to the client: honour it.
                 ex.client_close |= head.close;
@@ -427,8 +436,10 @@ fn classify(ex: &mut Exchange, outbuf: &mut Buf) -> Result<(), Fault> {
                 };
             }
             Resp::Body(mut f) => {
+                // The payload is read where it lies in the buffer: nothing copied or held.
+                let usage = &mut ex.usage;
                 let n = f
-                    .advance(pending)
+                    .advance_payload(pending, &mut |data| usage.feed(data))
                     .map_err(|e| Fault::BadResponse(format!("response body: {e}")))?;
                 outbuf.mark_scanned(n);
                 ex.bytes_out += n as u64;

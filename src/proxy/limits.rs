@@ -41,6 +41,8 @@ pub struct Limits {
     /// A keep-alive client connection idle this long gives its buffers back (wiped); they
     /// are kept across back-to-back requests, so that busy connections do not reallocate.
     pub buffer_release_after: Duration,
+    /// `BOTTLE_MAX_*` (issue 12): requests past them are answered 429, not forwarded.
+    pub usage: crate::config::UsageLimits,
 }
 
 impl Default for Limits {
@@ -59,6 +61,7 @@ impl Default for Limits {
             pool_max_idle: 256,
             pool_idle_timeout: Duration::from_secs(30),
             buffer_release_after: Duration::from_secs(3),
+            usage: crate::config::UsageLimits::default(),
         }
     }
 }

@@ -22,7 +22,7 @@
 //! Layout, in layers (a module imports only from layers below it; `scripts/import-graph
 //! src/proxy src/http` checks there is no cycle):
 //! 1. leaves: `buf` (bounded buffers), `pump` (the one buffer pump every byte moves through),
-//!    `stats`, `limits`, `stream` (client socket kinds), `tls` + `tickets` (the shared rustls
+//!    `stats`, `limits`, `quota` (the `BOTTLE_MAX_*` policy), `logline` (the request line), `stream` (client socket kinds), `tls` + `tickets` (the shared rustls
 //!    config), `upstream` (TCP connect + rustls), `resolver` (the one resolver: upstream and
 //!    CONNECT lookups off the loop);
 //! 2. `conn`: a client connection's state (its phase: between requests, an exchange, a
@@ -40,7 +40,9 @@ mod ctx;
 mod event_loop;
 mod exchange;
 mod limits;
+mod logline;
 mod pump;
+mod quota;
 mod resolver;
 mod stats;
 mod stream;
@@ -57,11 +59,11 @@ pub use ctx::CredentialSlot;
 #[cfg(feature = "test-hooks")]
 pub use exchange::TEST_PANIC_PATH;
 pub use limits::Limits;
-pub use stats::Stats;
+pub use stats::{Stats, Tally, TokenCounts};
 
 use crate::secret::{Credential, Secret};
 
-pub use crate::config::Upstream;
+pub use crate::config::{Upstream, UsageLimits};
 
 /// Everything the proxy needs; moved into the proxy thread by [`Proxy::spawn`].
 #[derive(Debug)]
@@ -177,6 +179,12 @@ impl Proxy {
     /// Replaces the default [`Limits`] (before [`Proxy::spawn`]).
     pub fn with_limits(mut self, limits: Limits) -> Proxy {
         self.limits = limits;
+        self
+    }
+
+    /// `BOTTLE_MAX_*`: requests past these limits get 429 (before [`Proxy::spawn`]).
+    pub fn with_usage_limits(mut self, usage: UsageLimits) -> Proxy {
+        self.limits.usage = usage;
         self
     }
 

@@ -72,6 +72,7 @@ pub(crate) fn next_request(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
         Ok(g) => g,
         Err(d) => {
             log::warn!("proxy: {d}");
+            ctx.stats.with_tally(|t| t.egress_denied += 1);
             let r = Rejection::new(403, "permission_error", d.to_string());
             ctx.refuse(c, None, r);
             return true;
@@ -91,6 +92,7 @@ pub(crate) fn next_request(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
 pub(crate) fn refuse_plain_http(ctx: &mut Ctx, c: &mut Client) -> bool {
     let msg = "bottle-init proxy: plain http:// is not proxied; use https:// (HTTPS_PROXY tunnels to BOTTLE_ALLOW_HOSTS)";
     log::warn!("proxy: egress denied: a plain http:// request through the proxy");
+    ctx.stats.with_tally(|t| t.egress_denied += 1);
     ctx.refuse(c, None, Rejection::new(403, "permission_error", msg));
     true
 }
@@ -108,6 +110,7 @@ pub(crate) fn resolved(
     let refusal = match result {
         Err(ResolveError::Denied(d)) => {
             log::warn!("proxy: {d}");
+            ctx.stats.with_tally(|t| t.egress_denied += 1);
             Some(Rejection::new(403, "permission_error", d.to_string()))
         }
         Err(e) => {
@@ -192,6 +195,7 @@ pub(crate) fn step(ctx: &mut Ctx, id: u64, c: &mut Client) -> bool {
                     t.state = TunnelState::Open { sock };
                     t.addr = Some(addr);
                     log::info!("proxy: egress allowed: {} -> {addr}", t.grant);
+                    ctx.stats.with_tally(|t| t.egress_allowed += 1);
                     c.outbuf
                         .push(b"HTTP/1.1 200 Connection established\r\n\r\n");
                     Outcome::Progress(true)
