@@ -189,3 +189,116 @@ fn arm64_under_emulation_qemu_keeps_a_copy_of_the_environment() {
     );
     assert_absent(&c.logs(), &token, "docker logs");
 }
+
+/// The native arm64 build gets its own tags (one platform per tag, and not the cross build's).
+const NATIVE_IMAGE: &str = "claude-bottle:arm64-native";
+const NATIVE_STAGE: &str = "claude-bottle:arm64-native-build";
+/// The README's native command: the Rust stage runs on arm64 itself (as on a Mac; here under
+/// qemu-user), on the arm64 `rust:1-bookworm` stand-in.
+const NATIVE_ARGS: [&str; 2] = ["--build-arg", "RUST_PLATFORM=linux/arm64"];
+
+/// The stand-in registry serves `rust:1-bookworm` for arm64 (scripts/test makes it), so the
+/// native build cannot fail for want of its base image with a less clear message.
+fn rust_standin_serves_arm64() -> Result<(), String> {
+    let reg = std::env::var("BOTTLE_TEST_REGISTRY").map_err(|_| {
+        "BOTTLE_TEST_REGISTRY is unset (scripts/test serves the stand-in images)".to_string()
+    })?;
+    let o = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.docker.distribution.manifest.list.v2+json",
+            &format!("http://{reg}/v2/library/rust/manifests/1-bookworm"),
+        ])
+        .output()
+        .map_err(|e| format!("curl cannot run ({e}): apt-get install curl"))?;
+    let list = String::from_utf8_lossy(&o.stdout);
+    let has_arm64 = list
+        .split('"')
+        .collect::<Vec<_>>()
+        .windows(3)
+        .any(|w| w[0] == "architecture" && w[2] == "arm64");
+    if !o.status.success() || !has_arm64 {
+        return Err(format!(
+            "the stand-in registry {reg} serves no arm64 rust:1-bookworm; scripts/test makes it \
+             (BOTTLE_STANDIN_RUST_ARCHS, default \"amd64 arm64\"): {}",
+            text(&o)
+        ));
+    }
+    Ok(())
+}
+
+/// The native path (issue 9: "a native arm64 build must work"): the README's
+/// `docker build --platform linux/arm64 --build-arg RUST_PLATFORM=linux/arm64 .` builds the
+/// full image with the Rust stage itself on arm64. The stage (rebuilt as its own target, every
+/// layer cached) is arm64 with an aarch64 rustc host and took the native branch (musl-gcc, no
+/// cross linker); the image's /bottle-init is that stage's binary, static aarch64, and under
+/// qemu-user `--version` names the commit; `claude --version` is the pinned release; the
+/// trust store is Debian's (the stand-in's CA stayed in the Rust stage).
+#[test]
+fn arm64_native_build_runs_the_rust_stage_on_arm64() {
+    let _g = heavy();
+    let built = arm64_emulation()
+        .and_then(|()| rust_standin_serves_arm64())
+        .and_then(|()| build_readme(Some("linux/arm64"), NATIVE_IMAGE, &NATIVE_ARGS));
+    let img = match built {
+        Ok(img) => img,
+        Err(e) => {
+            require(false, &e);
+            return;
+        }
+    };
+    assert_eq!(platform_of(&img), "linux/arm64");
+
+    let mut stage_args = NATIVE_ARGS.to_vec();
+    stage_args.extend_from_slice(&["--target", "build"]);
+    let stage = build_readme(Some("linux/arm64"), NATIVE_STAGE, &stage_args).unwrap();
+    assert_eq!(platform_of(&stage), "linux/arm64");
+    let o = sh(
+        &stage,
+        "uname -m; dpkg --print-architecture; rustc -vV | sed -n 's/^host: //p'; cat /build.env",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        stdout(&o),
+        "aarch64\narm64\naarch64-unknown-linux-gnu\n\
+         TRIPLE=aarch64-unknown-linux-musl\n\
+         export CC_aarch64_unknown_linux_musl=musl-gcc",
+        "the Rust stage did not run natively on arm64: {}",
+        text(&o)
+    );
+
+    let bin = file_from_image(&img, "/bottle-init");
+    let built = file_from_image(&stage, "/out/bottle-init");
+    assert!(
+        bin == built,
+        "the image's /bottle-init ({} bytes) is not the arm64 Rust stage's binary ({} bytes)",
+        bin.len(),
+        built.len()
+    );
+    let (machine, is_static) = elf_info(&bin).unwrap();
+    assert_eq!(machine, EM_AARCH64, "/bottle-init is not aarch64");
+    assert!(is_static, "/bottle-init is not static");
+    let _ = docker(&["rmi", &stage]);
+
+    let o = sh(&img, "uname -m; /bottle-init --version; claude --version");
+    assert!(o.status.success(), "{}", text(&o));
+    let out = stdout(&o);
+    let head = git_head().expect("the build context is a git clone");
+    let want = std::env::var("BOTTLE_TEST_CLAUDE_VERSION")
+        .expect("BOTTLE_TEST_CLAUDE_VERSION (scripts/test reads scripts/claude-code.env)");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"aarch64"), "{out}");
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(format!("bottle-init {} ({head})", env!("CARGO_PKG_VERSION")).as_str()),
+        "--version should name {head}: {out}"
+    );
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|l| l.starts_with(&format!("{want} (Claude Code)"))),
+        "{out}"
+    );
+    assert_debian_trust_store(&img);
+}
