@@ -90,7 +90,7 @@ fn replying(
 ) -> (Handler, Arc<Mutex<Vec<u8>>>) {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let record = sent.clone();
-    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |_req: &Recorded, w: &mut dyn Write| {
         let mut out = head.clone().into_bytes();
         match &chunked {
             None => {
