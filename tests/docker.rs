@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use e2e_support::docker::*;
 use e2e_support::mock::{Expect, Mock, MockConfig, MockIdentity};
 use e2e_support::*;
+use support::git_head;
 
 /// The tag the README's Quick start builds.
 const IMAGE: &str = "claude-bottle";
@@ -222,35 +223,7 @@ fn pid1_runs_the_command_as_uid_1000_without_caps_or_token() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-docker-");
-    let script = "echo PID1=$(cat /proc/1/comm); grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' /proc/self/status; \
-                  echo ENV; env; echo ENDENV; \
-                  if cat /proc/1/environ >/dev/null 2>&1; then echo PID1ENV=readable; else echo PID1ENV=denied; fi";
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sh",
-        "-c",
-        script,
-    ]);
-    let all = text(&o);
-    assert!(o.status.success(), "{all}");
-    let out = stdout(&o);
-    assert!(out.contains("PID1=bottle-init"), "{all}");
-    assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{all}");
-    assert!(out.contains("Gid:\t1000\t1000\t1000\t1000"), "{all}");
-    assert!(out.contains("NoNewPrivs:\t1"), "{all}");
-    caps_zero(&out);
-    assert!(out.contains("PID1ENV=denied"), "{all}");
-    assert!(
-        out.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:"),
-        "{all}"
-    );
+    let (all, out) = pid1_probe(img, &token);
     assert!(out.contains("HOME=/home/claude"), "{all}");
     assert_absent(
         &all,
