@@ -329,19 +329,7 @@ fn docker_run_init_stacking_still_works() {
     let token = fake_secret("sk-ant-oat01-stack-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let script = "echo PID1=$(cat /proc/1/comm); echo UID=$(id -u); env; exit 7";
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--init",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sh",
-        "-c",
-        script,
-    ]);
+    let o = sh_with_token(img, &token, &["--init"], script);
     let all = text(&o);
     assert_eq!(o.status.code(), Some(7), "{all}");
     assert!(stdout(&o).contains("PID1=docker-init"), "{all}");
@@ -465,20 +453,12 @@ fn egress_modes_in_the_container() {
     const PORT: u16 = 8443;
 
     // allowlist without NET_ADMIN: refuses to start, names what is missing, runs nothing.
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-e",
-        &format!("CLAUDE_CODE_OAUTH_TOKEN={token}"),
-        "-e",
-        "BOTTLE_EGRESS=allowlist",
+    let o = sh_with_token(
         img,
-        "sh",
-        "-c",
+        &token,
+        &["-e", "BOTTLE_EGRESS=allowlist"],
         "echo CHILD-RAN",
-    ]);
+    );
     let all = text(&o);
     assert_eq!(o.status.code(), Some(77), "{all}");
     assert!(all.contains("CAP_NET_ADMIN"), "{all}");

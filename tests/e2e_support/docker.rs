@@ -172,6 +172,16 @@ impl Drop for Container {
     }
 }
 
+/// `docker run --rm --network none -e CLAUDE_CODE_OAUTH_TOKEN=<token> EXTRA... IMG sh -c SCRIPT`:
+/// the image's own entrypoint (bottle-init) runs the script with the token given as a user would.
+pub fn sh_with_token(img: &str, token: &str, extra: &[&str], script: &str) -> Output {
+    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let mut args = vec!["run", "--rm", "--network", "none", "-e", &env];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[img, "sh", "-c", script]);
+    docker(&args)
+}
+
 /// Runs the PID-1 probe in `img` (no network, the token in the environment as `docker run -e`
 /// gives it) and checks what every image must show: bottle-init is PID 1; the command runs as
 /// uid/gid 1000 with no capabilities and no_new_privs, cannot read PID 1's environ or memory,
@@ -183,19 +193,7 @@ pub fn pid1_probe(img: &str, token: &str) -> (String, String) {
                   for f in environ mem; do \
                     if head -c1 /proc/1/$f >/dev/null 2>&1; then echo PID1$f=readable; else echo PID1$f=denied; fi; \
                   done";
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sh",
-        "-c",
-        script,
-    ]);
+    let o = sh_with_token(img, token, &[], script);
     let all = text(&o);
     assert!(o.status.success(), "{all}");
     let out = stdout(&o);
