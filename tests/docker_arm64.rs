@@ -133,18 +133,7 @@ fn arm64_under_emulation_qemu_keeps_a_copy_of_the_environment() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-arm64-qemu-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&[
-        "--network",
-        "none",
-        "--cap-add",
-        "SYS_PTRACE",
-        "-e",
-        &env,
-        img,
-        "sleep",
-        "300",
-    ]);
+    let c = Container::sleeping(img, &token, &["--cap-add", "SYS_PTRACE"]);
     c.wait_for_process("sleep", Duration::from_secs(60));
     let o = c.exec(&[
         "sh",

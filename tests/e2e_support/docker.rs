@@ -127,6 +127,14 @@ impl Container {
         assert!(o.status.success(), "docker run failed: {}", text(&o));
         Container(name)
     }
+    /// `sleep 300` under the image's bottle-init, `--network none`, the token in the
+    /// environment as `docker run -e` gives it, `extra` docker options first.
+    pub fn sleeping(img: &str, token: &str, extra: &[&str]) -> Container {
+        let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+        Container::run(&args)
+    }
     pub fn exec(&self, cmd: &[&str]) -> Output {
         let mut all = vec!["exec", self.0.as_str()];
         all.extend_from_slice(cmd);
