@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use e2e_support::docker::*;
 use e2e_support::mock::{Expect, Mock, MockConfig, MockIdentity};
 use e2e_support::*;
+use support::git_head;
 
 /// The tag the README's Quick start builds.
 const IMAGE: &str = "claude-bottle";
@@ -222,35 +223,7 @@ fn pid1_runs_the_command_as_uid_1000_without_caps_or_token() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-docker-");
-    let script = "echo PID1=$(cat /proc/1/comm); grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' /proc/self/status; \
-                  echo ENV; env; echo ENDENV; \
-                  if cat /proc/1/environ >/dev/null 2>&1; then echo PID1ENV=readable; else echo PID1ENV=denied; fi";
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sh",
-        "-c",
-        script,
-    ]);
-    let all = text(&o);
-    assert!(o.status.success(), "{all}");
-    let out = stdout(&o);
-    assert!(out.contains("PID1=bottle-init"), "{all}");
-    assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{all}");
-    assert!(out.contains("Gid:\t1000\t1000\t1000\t1000"), "{all}");
-    assert!(out.contains("NoNewPrivs:\t1"), "{all}");
-    caps_zero(&out);
-    assert!(out.contains("PID1ENV=denied"), "{all}");
-    assert!(
-        out.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:"),
-        "{all}"
-    );
+    let (all, out) = pid1_probe(img, &token);
     assert!(out.contains("HOME=/home/claude"), "{all}");
     assert_absent(
         &all,
@@ -267,8 +240,7 @@ fn docker_exec_sees_the_token_but_bottle_init_exec_does_not() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-exec-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    let c = Container::sleeping(img, &token, &[]);
     c.wait_for("sleep");
     let plain = c.exec(&["printenv", "CLAUDE_CODE_OAUTH_TOKEN"]);
     assert_eq!(
@@ -354,37 +326,15 @@ fn docker_run_init_stacking_still_works() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-stack-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
     let script = "echo PID1=$(cat /proc/1/comm); echo UID=$(id -u); env; exit 7";
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--init",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sh",
-        "-c",
-        script,
-    ]);
+    let o = sh_with_token(img, &token, &["--init"], script);
     let all = text(&o);
     assert_eq!(o.status.code(), Some(7), "{all}");
     assert!(stdout(&o).contains("PID1=docker-init"), "{all}");
     assert!(stdout(&o).contains("UID=1000"), "{all}");
     assert_absent(&all, &token, "output under --init");
     // And stop still reaches the child through both inits.
-    let c = Container::run(&[
-        "--init",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sleep",
-        "300",
-    ]);
+    let c = Container::sleeping(img, &token, &["--init"]);
     c.wait_for("sleep");
     let t0 = Instant::now();
     assert!(docker(&["stop", "-t", "10", &c.0]).status.success());
@@ -492,20 +442,12 @@ fn egress_modes_in_the_container() {
     const PORT: u16 = 8443;
 
     // allowlist without NET_ADMIN: refuses to start, names what is missing, runs nothing.
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-e",
-        &format!("CLAUDE_CODE_OAUTH_TOKEN={token}"),
-        "-e",
-        "BOTTLE_EGRESS=allowlist",
+    let o = sh_with_token(
         img,
-        "sh",
-        "-c",
+        &token,
+        &["-e", "BOTTLE_EGRESS=allowlist"],
         "echo CHILD-RAN",
-    ]);
+    );
     let all = text(&o);
     assert_eq!(o.status.code(), Some(77), "{all}");
     assert!(all.contains("CAP_NET_ADMIN"), "{all}");
@@ -900,8 +842,7 @@ head -c 64 /proc/1/maps >/dev/null 2>&1 && echo "maps-read"
 /// and finds the token's variable name in environ with the value zeroed.
 fn check_root_view_of_pid1(img: &str) {
     let token = fake_secret("sk-ant-oat01-rootview-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    let c = Container::sleeping(img, &token, &[]);
     c.wait_for_process("sleep", Duration::from_secs(30));
     let o = c.exec(&["sh", "-c", ROOT_VIEW]);
     let out = stdout(&o);
@@ -926,17 +867,7 @@ fn check_root_view_of_pid1(img: &str) {
     );
     drop(c);
 
-    let c = Container::run(&[
-        "--network",
-        "none",
-        "--cap-add",
-        "SYS_PTRACE",
-        "-e",
-        &env,
-        img,
-        "sleep",
-        "300",
-    ]);
+    let c = Container::sleeping(img, &token, &["--cap-add", "SYS_PTRACE"]);
     c.wait_for_process("sleep", Duration::from_secs(30));
     let o = c.exec(&["sh", "-c", ROOT_VIEW]);
     let out = stdout(&o);
@@ -963,8 +894,7 @@ fn check_root_view_of_pid1(img: &str) {
 /// process's /proc/PID/environ and can open its memory (ptrace access).
 fn check_docker_exec_as_claude_exposes_the_token(img: &str) {
     let token = fake_secret("sk-ant-oat01-asclaude-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    let c = Container::sleeping(img, &token, &[]);
     c.wait_for_process("sleep", Duration::from_secs(30));
     // What "claude" runs: finds the real token in any process it can read; prints only a
     // hash of it, and whether it could open that process's memory.
@@ -1017,8 +947,7 @@ echo attack-done
 /// terminal) and its own session.
 fn check_exec_gets_its_own_terminal(img: &str) {
     let token = fake_secret("sk-ant-oat01-pty-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    let c = Container::sleeping(img, &token, &[]);
     c.wait_for_process("sleep", Duration::from_secs(30));
     let o = docker(&[
         "exec",
@@ -1059,7 +988,7 @@ fn bottle_init_check_passes_and_names_a_docker_exec_as_claude() {
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-check-");
     let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+    let c = Container::sleeping(img, &token, &[]);
     c.wait_for_process("sleep", Duration::from_secs(30));
     let session = stdout(&c.exec(&["sed", "-n", "s/^session=//p", "/run/bottle-init/state"]));
     assert!(session.starts_with("bottle-"), "no session secret read");

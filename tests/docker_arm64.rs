@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use e2e_support::docker::*;
 use e2e_support::*;
+use support::git_head;
 
 /// dockerd 20.10 keeps one platform per tag, so the arm64 build gets its own.
 const IMAGE: &str = "claude-bottle:arm64";
@@ -75,39 +76,8 @@ fn arm64_pid1_drops_to_uid_1000_with_the_placeholder_only() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-arm64-");
-    let script = "echo PID1=$(cat /proc/1/comm); grep -E '^(Uid|Gid|Cap...|NoNewPrivs):' /proc/self/status; \
-                  echo ENV; env; echo ENDENV; \
-                  for f in environ mem; do \
-                    if head -c1 /proc/1/$f >/dev/null 2>&1; then echo PID1$f=readable; else echo PID1$f=denied; fi; \
-                  done";
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let o = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        img,
-        "sh",
-        "-c",
-        script,
-    ]);
-    let all = text(&o);
-    assert!(o.status.success(), "{all}");
-    let out = stdout(&o);
-    assert!(out.contains("PID1=bottle-init"), "{all}");
-    assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{all}");
-    assert!(out.contains("Gid:\t1000\t1000\t1000\t1000"), "{all}");
-    assert!(out.contains("NoNewPrivs:\t1"), "{all}");
-    caps_zero(&out);
-    assert!(out.contains("PID1environ=denied"), "{all}");
-    assert!(out.contains("PID1mem=denied"), "{all}");
+    let (all, out) = pid1_probe(img, &token);
     assert!(out.contains("CLAUDE_CODE_OAUTH_TOKEN=bottle-"), "{all}");
-    assert!(
-        out.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:"),
-        "{all}"
-    );
     assert_absent(&all, &token, "the arm64 container's output and log");
 }
 
@@ -163,18 +133,7 @@ fn arm64_under_emulation_qemu_keeps_a_copy_of_the_environment() {
     let _g = heavy();
     let Some(img) = image() else { return };
     let token = fake_secret("sk-ant-oat01-arm64-qemu-");
-    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
-    let c = Container::run(&[
-        "--network",
-        "none",
-        "--cap-add",
-        "SYS_PTRACE",
-        "-e",
-        &env,
-        img,
-        "sleep",
-        "300",
-    ]);
+    let c = Container::sleeping(img, &token, &["--cap-add", "SYS_PTRACE"]);
     c.wait_for_process("sleep", Duration::from_secs(60));
     let o = c.exec(&[
         "sh",

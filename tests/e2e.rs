@@ -111,7 +111,7 @@ fn sandbox(cred: Cred, reply: &str, tweak: impl FnOnce(&mut MockConfig)) -> Opti
         std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    write_identity_files(dir.path(), &home);
+    support::write_identity_files(dir.path(), &home);
     std::fs::write(dir.path().join("ns-wrapper.sh"), NS_WRAPPER).unwrap();
 
     let ns = NetNs::new_loopback().expect("create a loopback-only network namespace");
@@ -130,30 +130,6 @@ fn sandbox(cred: Cred, reply: &str, tweak: impl FnOnce(&mut MockConfig)) -> Opti
         claude,
         cred,
     })
-}
-
-/// /etc/passwd and /etc/group for the namespace: the host's, with uid/gid 1000 replaced by a
-/// `claude` user whose home is the test's fresh home (the host may have its own uid 1000).
-fn write_identity_files(dir: &Path, home: &Path) {
-    let keep = |file: &str, id_field: usize| -> String {
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                f.first() != Some(&"claude") && f.get(id_field) != Some(&"1000")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect()
-    };
-    let passwd = keep("/etc/passwd", 2)
-        + &format!(
-            "claude:x:1000:1000:bottle test:{}:/bin/sh\n",
-            home.display()
-        );
-    let group = keep("/etc/group", 2) + "claude:x:1000:\n";
-    std::fs::write(dir.join("passwd"), passwd).unwrap();
-    std::fs::write(dir.join("group"), group).unwrap();
 }
 
 impl Sandbox {
@@ -474,7 +450,7 @@ fn control_mock_serves_the_real_client_directly() {
         run.describe()
     );
     assert!(
-        run.stdout().contains("control reply from the mock"),
+        run.out().contains("control reply from the mock"),
         "{}",
         run.describe()
     );
@@ -514,7 +490,7 @@ fn control_mock_tls_certificate_is_valid_for_localhost() {
         run.describe()
     );
     assert!(
-        run.stdout().contains("tls control reply"),
+        run.out().contains("tls control reply"),
         "{}",
         run.describe()
     );
@@ -552,14 +528,14 @@ fn print_mode_oauth_token_reaches_upstream_only() {
     let run = wait_timeout(child, RUN_LIMIT);
     assert!(run.status.success(), "{}", run.describe());
     assert!(
-        run.stdout().contains(reply),
+        run.out().contains(reply),
         "claude did not print the mock's reply: {}",
         run.describe()
     );
-    assert_absent(&run.stdout(), &token, "stdout");
-    assert_absent(&run.stderr(), &token, "stderr (bottle-init's log included)");
+    assert_absent(&run.out(), &token, "stdout");
+    assert_absent(&run.err(), &token, "stderr (bottle-init's log included)");
     assert_absent(
-        &run.stderr(),
+        &run.err(),
         &placeholder,
         "stderr (bottle-init's log included)",
     );
@@ -589,7 +565,7 @@ fn strace_no_connection_attempts_beyond_loopback() {
         .stderr(Stdio::piped());
     let run = wait_timeout(sb.spawn(c), RUN_LIMIT);
     assert!(run.status.success(), "{}", run.describe());
-    assert!(run.stdout().contains(reply), "{}", run.describe());
+    assert!(run.out().contains(reply), "{}", run.describe());
     let text = std::fs::read_to_string(&trace).expect("strace output");
     let (loopback, other) = audit_trace(&text);
     assert!(
@@ -607,7 +583,7 @@ fn strace_no_connection_attempts_beyond_loopback() {
         loopback.len() >= 2,
         "strace saw too few loopback connects: {loopback:?}"
     );
-    assert_absent(&run.stderr(), &token, "stderr");
+    assert_absent(&run.err(), &token, "stderr");
 }
 
 /// `inner` (program, args, environment) run under `strace -f`, which writes to `out` every
@@ -787,9 +763,9 @@ fn api_key_mode_end_to_end() {
     sb.mock.release();
     let run = wait_timeout(child, RUN_LIMIT);
     assert!(run.status.success(), "{}", run.describe());
-    assert!(run.stdout().contains(reply), "{}", run.describe());
-    assert_absent(&run.stdout(), &key, "stdout");
-    assert_absent(&run.stderr(), &key, "stderr");
+    assert!(run.out().contains(reply), "{}", run.describe());
+    assert_absent(&run.out(), &key, "stdout");
+    assert_absent(&run.err(), &key, "stderr");
     assert_prompt_request(&sb.mock, "api key prompt", &sb.cred, Some(&placeholder));
     sb.assert_home_clean();
 }
@@ -860,9 +836,9 @@ fn exec_runs_real_claude_through_the_running_pid1() {
     sb.mock.release();
     let run = wait_timeout(child, RUN_LIMIT);
     assert!(run.status.success(), "{}", run.describe());
-    assert!(run.stdout().contains(reply), "{}", run.describe());
-    assert_absent(&run.stdout(), &token, "stdout");
-    assert_absent(&run.stderr(), &token, "stderr");
+    assert!(run.out().contains(reply), "{}", run.describe());
+    assert_absent(&run.out(), &token, "stdout");
+    assert_absent(&run.err(), &token, "stderr");
     assert_prompt_request(&sb.mock, "exec prompt", &sb.cred, Some(&placeholder));
     sb.assert_home_clean();
     // Only PID 1's proxy served: one bottle-init in the namespace, none started by exec.
@@ -1310,17 +1286,17 @@ fn unreachable_upstream_print_mode_says_why_within_seconds() {
         let mut cmd = sb.claude_command(&["-p", "is the upstream there"]);
         cmd.env("BOTTLE_UPSTREAM", &upstream);
         let run = wait_timeout(sb.spawn(cmd), Duration::from_secs(60));
-        let out = format!("{}{}", run.stdout(), run.stderr());
+        let out = format!("{}{}", run.out(), run.err());
         assert!(!run.status.success(), "{upstream}: {}", run.describe());
         assert!(
-            run.stdout().contains(why) && run.stdout().contains("bottle-init proxy"),
+            run.out().contains(why) && run.out().contains("bottle-init proxy"),
             "{upstream}: claude did not show the proxy's reason {why:?}: {}",
             run.describe()
         );
         assert!(
-            run.took < Duration::from_secs(30),
+            run.elapsed < Duration::from_secs(30),
             "{upstream}: the user waited {:?} to learn why: {}",
-            run.took,
+            run.elapsed,
             run.describe()
         );
         assert_absent(&out, &token, "claude's or bottle-init's output");
@@ -1460,7 +1436,7 @@ fn token_budget_run(json_logs: bool) {
         if json_logs { "json" } else { "human" },
     );
     let run = wait_timeout(sb.spawn(cmd), Duration::from_secs(180));
-    let out = run.stdout();
+    let out = run.out();
     assert!(out.contains(reply), "first run: {}", run.describe());
     assert!(out.contains("first-exit=0"), "{}", run.describe());
     assert!(
@@ -1495,7 +1471,7 @@ fn token_budget_run(json_logs: bool) {
         !prompts.iter().any(|b| b.contains("second prompt")),
         "the refused request was forwarded"
     );
-    let err = run.stderr();
+    let err = run.err();
     if json_logs {
         let lines: Vec<serde_json::Value> = err
             .lines()

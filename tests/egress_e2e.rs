@@ -163,20 +163,7 @@ fn ping(to: IpAddr) -> String {
     let out = if rc < 0 {
         errno_of(-1)
     } else {
-        let mut tv = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a live timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&mut tv as *mut libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        support::set_fd_timeout(fd, libc::SO_RCVTIMEO, Duration::from_secs(2));
         let mut buf = [0u8; 256];
         // SAFETY: recv into a live buffer of the size given.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -1343,24 +1330,7 @@ fn claude_run(env: &Env, claude: &std::path::Path, mode: &str, extra: &[(&str, &
     std::fs::create_dir_all(&home).unwrap();
     nix::unistd::chown(&home, Some(1000.into()), Some(1000.into())).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let keep = |file: &str, id_field: usize| {
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                f.first() != Some(&"claude") && f.get(id_field) != Some(&"1000")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    };
-    let passwd = keep("/etc/passwd", 2)
-        + &format!(
-            "claude:x:1000:1000:bottle test:{}:/bin/sh\n",
-            home.display()
-        );
-    std::fs::write(d.join("passwd"), passwd).unwrap();
-    std::fs::write(d.join("group"), keep("/etc/group", 2) + "claude:x:1000:\n").unwrap();
+    support::write_identity_files(d, &home);
     let wrapper = "mount --bind \"$0/passwd\" /etc/passwd && \
                    mount --bind \"$0/group\" /etc/group && exec \"$@\"";
     let mut cmd = Command::new("timeout");

@@ -25,7 +25,7 @@ fn world_with_homes() -> (World, PathBuf) {
 }
 
 /// Runs `sh -c script` as uid:gid 4242 (no passwd entry), with an OAuth token.
-fn run_as_uid(w: &World, homes: &Path, script: &str) -> Outcome {
+fn run_as_uid(w: &World, homes: &Path, script: &str) -> Finished {
     let token = token();
     let o = run(
         w,

@@ -38,7 +38,7 @@ fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
     env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
-fn check_report(o: &Outcome, tok: &str, world: &World, session_var: &str) {
+fn check_report(o: &Finished, tok: &str, world: &World, session_var: &str) {
     o.assert_code(0);
     o.assert_no_secret(tok);
     let out = o.out();
@@ -247,7 +247,7 @@ fn secret_files_the_child_could_read_or_own_are_refused() {
         chown(&f, uid, gid);
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
     };
-    let refused = |o: &Outcome, var: &str, why: &str| {
+    let refused = |o: &Finished, var: &str, why: &str| {
         o.assert_code(78);
         let err = o.err();
         let lines: Vec<&str> = err.lines().collect();
@@ -1578,7 +1578,7 @@ fn exec_into(
     tok: &str,
     args: &[&str],
     strace: Option<&std::path::Path>,
-) -> Outcome {
+) -> Finished {
     let mut all = vec!["exec"];
     all.extend_from_slice(args);
     bottle_init_into(w, r, tok, &all, strace)
@@ -1591,7 +1591,7 @@ fn bottle_init_into(
     tok: &str,
     args: &[&str],
     strace: Option<&std::path::Path>,
-) -> Outcome {
+) -> Finished {
     let mut c = std::process::Command::new("nsenter");
     c.arg("-t")
         .arg(r.init.to_string())
@@ -1613,7 +1613,7 @@ fn bottle_init_into(
     let cmdline = format!("{c:?}");
     let start = Instant::now();
     let o = c.output().unwrap();
-    Outcome {
+    Finished {
         status: o.status,
         stdout: o.stdout,
         stderr: o.stderr,

@@ -210,7 +210,7 @@ fn sse_events_are_relayed_one_by_one() {
     let ca = TestCa::new("test CA");
     let (confirm_tx, confirm_rx) = mpsc::channel::<()>();
     let confirm_rx = Arc::new(Mutex::new(confirm_rx));
-    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |_req: &Recorded, w: &mut dyn Write| {
         w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
         for i in 0..5 {
             let ev = format!("event: content_block_delta\ndata: {{\"i\":{i}}}\n\n");
@@ -681,7 +681,7 @@ fn ambiguous_responses_are_relayed_but_their_connection_is_never_reused() {
         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
     ]));
     let h = heads.clone();
-    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |_req: &Recorded, w: &mut dyn Write| {
         let next = h.lock().unwrap().remove(0);
         w.write_all(next.as_bytes())?;
         Ok(true)
@@ -784,7 +784,7 @@ fn slow_reader_keeps_proxy_memory_bounded() {
     let ca = TestCa::new("test CA");
     let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let w2 = written.clone();
-    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |_req: &Recorded, w: &mut dyn Write| {
         write!(
             w,
             "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {TOTAL}\r\n\r\n"
@@ -846,7 +846,7 @@ fn vm_rss_kib() -> u64 {
 
 /// An SSE stream whose handler reports when its connection goes away.
 fn endless_sse_handler(events_sent: Arc<std::sync::atomic::AtomicUsize>) -> Handler {
-    Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
+    Arc::new(move |_req: &Recorded, w: &mut dyn Write| {
         w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
         for i in 0.. {
             let ev = format!("event: ping\ndata: {{\"i\":{i}}}\n\n");
@@ -904,7 +904,7 @@ fn client_disconnect_mid_stream_frees_the_upstream() {
 #[test]
 fn upstream_closing_mid_stream_truncates_the_client_stream() {
     let ca = TestCa::new("test CA");
-    let handler: Handler = Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(|req: &Recorded, w: &mut dyn Write| {
         if req.target.contains("chunked") {
             w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")?;
         } else {
@@ -943,7 +943,7 @@ fn upstream_closing_mid_stream_truncates_the_client_stream() {
 #[test]
 fn two_hundred_concurrent_streams_complete() {
     let ca = TestCa::new("test CA");
-    let handler: Handler = Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(|req: &Recorded, w: &mut dyn Write| {
         w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
         for i in 0..3 {
             let ev = format!("data: {} {i}\n\n", req.target);
@@ -1179,7 +1179,7 @@ fn upstream_that_never_handshakes_gives_504() {
 #[test]
 fn upstream_that_never_answers_gives_504_after_the_stream_idle_timeout() {
     let ca = TestCa::new("test CA");
-    let handler: Handler = Arc::new(|_req: &MockRequest, _w: &mut dyn Write| {
+    let handler: Handler = Arc::new(|_req: &Recorded, _w: &mut dyn Write| {
         std::thread::sleep(Duration::from_secs(4));
         Ok(false)
     });
@@ -1321,7 +1321,7 @@ fn fuzz_request_path_bounded() {
 #[test]
 fn pooled_connections_closed_by_the_upstream_are_dropped() {
     let ca = TestCa::new("test CA");
-    let handler: Handler = Arc::new(|_req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(|_req: &Recorded, w: &mut dyn Write| {
         w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")?;
         Ok(false) // close after answering, without announcing it
     });
@@ -1346,7 +1346,7 @@ fn pooled_connections_closed_by_the_upstream_are_dropped() {
 #[test]
 fn interim_responses_are_relayed() {
     let ca = TestCa::new("test CA");
-    let handler: Handler = Arc::new(|_req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(|_req: &Recorded, w: &mut dyn Write| {
         w.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")?;
         w.flush()?;
         w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")?;
@@ -1396,7 +1396,7 @@ fn pipelined_requests_are_answered_in_order() {
 /// An SSE stream that sends one event at once, then one every 200 ms until `stop` is set,
 /// then ends the stream cleanly.
 fn paced_sse_handler(stop: Arc<std::sync::atomic::AtomicBool>) -> Handler {
-    Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+    Arc::new(move |req: &Recorded, w: &mut dyn Write| {
         w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
         let mut i = 0;
         loop {
@@ -1490,7 +1490,7 @@ fn warm_pool_serves_concurrent_clients_without_new_connections() {
     // exist at once; after it, at most K requests are ever in flight.
     let warm = Arc::new(std::sync::Barrier::new(K));
     let ok = ok_handler();
-    let handler: Handler = Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |req: &Recorded, w: &mut dyn Write| {
         if req.target.contains("warm") {
             warm.wait();
         }
@@ -1561,7 +1561,7 @@ fn bursts_of_new_upstream_connections_resume_tls() {
     let ca = TestCa::new("test CA");
     let gate = Arc::new(std::sync::Barrier::new(K));
     let ok = ok_handler();
-    let handler: Handler = Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |req: &Recorded, w: &mut dyn Write| {
         if req.target.contains("burst") {
             gate.wait();
         }
@@ -1620,7 +1620,7 @@ fn idle_connections_release_their_buffers() {
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let h2 = hold.clone();
     let ok = ok_handler();
-    let handler: Handler = Arc::new(move |req: &MockRequest, w: &mut dyn Write| {
+    let handler: Handler = Arc::new(move |req: &Recorded, w: &mut dyn Write| {
         while req.target.contains("held") && h2.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
         }

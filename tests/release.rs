@@ -14,6 +14,7 @@ use std::process::Command;
 
 use e2e_support::docker::*;
 use e2e_support::*;
+use support::git_head;
 
 #[test]
 fn release_script_builds_both_static_binaries_with_checksums() {

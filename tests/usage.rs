@@ -90,15 +90,12 @@ fn replying(
 ) -> (Handler, Arc<Mutex<Vec<u8>>>) {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let record = sent.clone();
-    let handler: Handler = Arc::new(move |_req: &MockRequest, w: &mut dyn Write| {
-        let mut out = head.clone().into_bytes();
+    let handler: Handler = Arc::new(move |_req: &Recorded, w: &mut dyn Write| {
+        // The pieces to write, each flushed on its own (chunked: one write per chunk).
+        let mut pieces = vec![head.clone().into_bytes()];
         match &chunked {
-            None => {
-                out.extend_from_slice(&body);
-                w.write_all(&out)?;
-            }
+            None => pieces[0].extend_from_slice(&body),
             Some(sizes) => {
-                w.write_all(&out)?;
                 let mut rest = &body[..];
                 for n in sizes.iter().cycle() {
                     if rest.is_empty() {
@@ -108,17 +105,19 @@ fn replying(
                     let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
                     chunk.extend_from_slice(piece);
                     chunk.extend_from_slice(b"\r\n");
-                    w.write_all(&chunk)?;
-                    w.flush()?;
-                    out.extend_from_slice(&chunk);
+                    pieces.push(chunk);
                     rest = tail;
                 }
-                w.write_all(b"0\r\n\r\n")?;
-                out.extend_from_slice(b"0\r\n\r\n");
+                pieces.push(b"0\r\n\r\n".to_vec());
             }
         }
-        w.flush()?;
-        *record.lock().unwrap() = out;
+        // Recorded before the first byte goes out: the client may compare as soon as it has
+        // read the reply.
+        *record.lock().unwrap() = pieces.concat();
+        for p in &pieces {
+            w.write_all(p)?;
+            w.flush()?;
+        }
         Ok(true)
     });
     (handler, sent)

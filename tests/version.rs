@@ -5,20 +5,7 @@ mod support;
 
 use std::process::Command;
 
-fn git_head() -> Option<String> {
-    let o = Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "log",
-            "-1",
-            "--format=%h %cs",
-        ])
-        .output()
-        .ok()?;
-    let s = String::from_utf8(o.stdout).ok()?.trim().to_string();
-    (o.status.success() && !s.is_empty()).then_some(s)
-}
+use support::git_head;
 
 #[test]
 fn version_names_the_head_commit() {

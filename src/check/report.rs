@@ -8,6 +8,8 @@
 
 use std::fmt::Write;
 
+use crate::logging::json_str_into;
+
 /// Where allowlist mode's direct-connection check aims when `--probe` is not given: TEST-NET-1
 /// (RFC 5737), an address no host answers on. Under the lock the connection is refused at
 /// once; without it, it would time out, which counts as not refused.
@@ -69,9 +71,9 @@ impl Report {
                 out.push_str(", ");
             }
             out.push_str("{\"name\": ");
-            json_string(&mut out, c.name);
+            json_str_into(&mut out, c.name);
             let _ = write!(out, ", \"ok\": {}, \"detail\": ", c.ok);
-            json_string(&mut out, &one_line(&c.detail));
+            json_str_into(&mut out, &one_line(&c.detail));
             out.push('}');
         }
         out.push_str("]}\n");
@@ -113,21 +115,6 @@ pub fn printable(s: &str) -> String {
         }
     }
     out
-}
-
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// `--probe HOST:PORT`: an IPv4 address, a bracketed IPv6 address or a DNS name, and a port.

@@ -127,6 +127,14 @@ impl Container {
         assert!(o.status.success(), "docker run failed: {}", text(&o));
         Container(name)
     }
+    /// `sleep 300` under the image's bottle-init, `--network none`, the token in the
+    /// environment as `docker run -e` gives it, `extra` docker options first.
+    pub fn sleeping(img: &str, token: &str, extra: &[&str]) -> Container {
+        let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--network", "none", "-e", &env, img, "sleep", "300"]);
+        Container::run(&args)
+    }
     pub fn exec(&self, cmd: &[&str]) -> Output {
         let mut all = vec!["exec", self.0.as_str()];
         all.extend_from_slice(cmd);
@@ -170,6 +178,45 @@ impl Drop for Container {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.0]);
     }
+}
+
+/// `docker run --rm --network none -e CLAUDE_CODE_OAUTH_TOKEN=<token> EXTRA... IMG sh -c SCRIPT`:
+/// the image's own entrypoint (bottle-init) runs the script with the token given as a user would.
+pub fn sh_with_token(img: &str, token: &str, extra: &[&str], script: &str) -> Output {
+    let env = format!("CLAUDE_CODE_OAUTH_TOKEN={token}");
+    let mut args = vec!["run", "--rm", "--network", "none", "-e", &env];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[img, "sh", "-c", script]);
+    docker(&args)
+}
+
+/// Runs the PID-1 probe in `img` (no network, the token in the environment as `docker run -e`
+/// gives it) and checks what every image must show: bottle-init is PID 1; the command runs as
+/// uid/gid 1000 with no capabilities and no_new_privs, cannot read PID 1's environ or memory,
+/// and is pointed at the proxy. Returns (stdout and stderr, stdout) for the caller's own checks.
+pub fn pid1_probe(img: &str, token: &str) -> (String, String) {
+    let script = "echo PID1=$(cat /proc/1/comm); \
+                  grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' /proc/self/status; \
+                  echo ENV; env; echo ENDENV; \
+                  for f in environ mem; do \
+                    if head -c1 /proc/1/$f >/dev/null 2>&1; then echo PID1$f=readable; else echo PID1$f=denied; fi; \
+                  done";
+    let o = sh_with_token(img, token, &[], script);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let out = stdout(&o);
+    assert!(out.contains("PID1=bottle-init"), "{all}");
+    assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{all}");
+    assert!(out.contains("Gid:\t1000\t1000\t1000\t1000"), "{all}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{all}");
+    caps_zero(&out);
+    assert!(out.contains("PID1environ=denied"), "{all}");
+    assert!(out.contains("PID1mem=denied"), "{all}");
+    assert!(
+        out.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:"),
+        "{all}"
+    );
+    (all, out)
 }
 
 pub fn caps_zero(status: &str) {
@@ -323,25 +370,6 @@ pub fn trust_bundle(image: &str) -> String {
     ]))
 }
 
-/// `git log -1 --format='%h %cs'` of the repository (the build context): what
-/// `bottle-init --version` names.
-pub fn git_head() -> Option<String> {
-    let o = Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "log",
-            "-1",
-            "--format=%h %cs",
-        ])
-        .output()
-        .ok()?;
-    o.status.success().then(|| stdout(&o))
-}
-
-/// Asserts that `image`'s trust store is exactly Debian's: nothing under
-/// /usr/local/share/ca-certificates, a bundle that `update-ca-certificates --fresh` rebuilds
-/// byte for byte from Debian's own certificates, and none of the machine's CAs in it.
 pub fn assert_debian_trust_store(image: &str) {
     let o = sh(
         image,

@@ -1,15 +1,17 @@
-//! A mock of the Anthropic Messages API for the end-to-end tests: HTTPS with a per-mock CA
-//! (or plain HTTP, to validate the mock against the real client without bottle-init), HTTP/1.1
-//! keep-alive, SSE in the real wire format (chunked, one event per chunk), optional pacing
-//! between events, an optional gate that holds a stream open until the test releases it, and a
-//! record of every request (head and body bytes exactly as received).
+//! A mock of the Anthropic Messages API for the end-to-end tests, as a handler of the one mock
+//! upstream (tests/support/upstream.rs): HTTPS with a per-mock CA (or plain HTTP, to validate
+//! the mock against the real client without bottle-init), SSE in the real wire format
+//! (chunked, one event per chunk), optional pacing between events, and an optional gate that
+//! holds a stream open until the test releases it. The server records every request.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::support::upstream::{Handler, MockUpstream};
+pub use crate::support::upstream::{Recorded, find};
 
 /// Which credential the mock accepts; anything else gets the API's 401.
 #[derive(Clone, Debug)]
@@ -47,55 +49,23 @@ impl MockConfig {
     }
 }
 
-/// One request as the mock received it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    pub method: String,
-    pub target: String,
-    /// Header names as sent (case preserved), values as bytes, in wire order.
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-    pub at: Instant,
-    /// The connection number it arrived on (to see keep-alive reuse).
-    pub conn: usize,
-}
-
-impl Recorded {
-    /// All values of a header (case-insensitive name), as lossy strings.
-    pub fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .collect()
-    }
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.header_all(name).into_iter().next()
-    }
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-}
-
 #[derive(Default)]
 struct GateState {
     reached: bool,
     released: bool,
 }
 
+/// What the handler shares with the test: its configuration and the gate.
 struct Shared {
     cfg: MockConfig,
-    requests: Mutex<Vec<Recorded>>,
     gate: Mutex<GateState>,
     gate_cv: Condvar,
-    stop: AtomicBool,
-    conns: AtomicUsize,
-    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// A running mock. Dropping it stops accepting; open connections end with the test process.
+/// A running mock. Dropping it stops accepting and releases the gate; open connections end
+/// with the test process.
 pub struct Mock {
-    addr: SocketAddr,
+    server: MockUpstream,
     ca_pem: Option<PathBuf>,
     shared: Arc<Shared>,
     _dir: tempfile::TempDir,
@@ -135,28 +105,18 @@ impl Mock {
             }
             _ => (None, None),
         };
-        let addr = listeners
-            .first()
-            .ok_or_else(|| io::Error::other("no listener"))?
-            .local_addr()?;
         let shared = Arc::new(Shared {
             cfg,
-            requests: Mutex::new(Vec::new()),
             gate: Mutex::new(GateState::default()),
             gate_cv: Condvar::new(),
-            stop: AtomicBool::new(false),
-            conns: AtomicUsize::new(0),
-            tls,
         });
-        for listener in listeners {
-            listener.set_nonblocking(true)?;
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name("mock-accept".into())
-                .spawn(move || accept_loop(listener, s))?;
-        }
+        let s = shared.clone();
+        let handler: Handler = Arc::new(move |req: &Recorded, w: &mut dyn Write| {
+            respond(w, req, &s)?;
+            Ok(true)
+        });
         Ok(Mock {
-            addr,
+            server: MockUpstream::serve(listeners, tls, handler)?,
             ca_pem,
             shared,
             _dir: dir,
@@ -164,16 +124,12 @@ impl Mock {
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port
     }
 
     /// `https://localhost:PORT` (the name on the mock's certificate) or `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        if self.shared.cfg.tls {
-            format!("https://localhost:{}", self.addr.port())
-        } else {
-            format!("http://127.0.0.1:{}", self.addr.port())
-        }
+        self.server.upstream_url()
     }
 
     /// The PEM file of the CA that signed the mock's certificate (TLS mode).
@@ -182,11 +138,7 @@ impl Mock {
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.shared
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.server.requests()
     }
 
     /// Requests to `POST /v1/messages` (any query).
@@ -218,7 +170,6 @@ impl Mock {
 
 impl Drop for Mock {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
         self.release();
     }
 }
@@ -240,199 +191,9 @@ impl MockIdentity {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((sock, _)) => {
-                let n = shared.conns.fetch_add(1, Ordering::SeqCst);
-                let s = shared.clone();
-                let _ = std::thread::Builder::new()
-                    .name(format!("mock-conn-{n}"))
-                    .spawn(move || {
-                        if let Err(err) = serve(sock, n, &s) {
-                            eprintln!("mock: connection {n}: {err}");
-                        }
-                    });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => {
-                eprintln!("mock: accept: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-trait Io: Read + Write + Send {}
-impl<T: Read + Write + Send> Io for T {}
-
-fn serve(sock: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
-    sock.set_nonblocking(false)?;
-    sock.set_nodelay(true)?;
-    // Long enough for any test; short enough that a forgotten connection does not live forever.
-    sock.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let mut io: Box<dyn Io> = match &shared.tls {
-        Some(cfg) => {
-            let tls = rustls::ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
-            Box::new(rustls::StreamOwned::new(tls, sock))
-        }
-        None => Box::new(sock),
-    };
-    let mut buf = Vec::new();
-    loop {
-        let Some(req) = read_request(&mut io, &mut buf, conn)? else {
-            return Ok(());
-        };
-        shared
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(req.clone());
-        respond(&mut io, &req, shared)?;
-    }
-}
-
-/// Reads one request (head + body) from `io`; `buf` carries bytes read past its end.
-fn read_request(
-    io: &mut Box<dyn Io>,
-    buf: &mut Vec<u8>,
-    conn: usize,
-) -> io::Result<Option<Recorded>> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill(io, buf)? {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(io::Error::other("EOF inside a request head"))
-            };
-        }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let status = parsed
-        .parse(&buf[..head_end])
-        .map_err(|e| io::Error::other(format!("bad head: {e}")))?;
-    if status.is_partial() {
-        return Err(io::Error::other("partial head after CRLFCRLF"));
-    }
-    let method = parsed.method.unwrap_or("").to_string();
-    let target = parsed.path.unwrap_or("").to_string();
-    let headers: Vec<(String, Vec<u8>)> = parsed
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect();
-    buf.drain(..head_end);
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
-    };
-    let body = if get("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        read_chunked(io, buf)?
-    } else {
-        let len: usize = match get("content-length") {
-            Some(v) => v
-                .parse()
-                .map_err(|_| io::Error::other(format!("bad content-length {v:?}")))?,
-            None => 0,
-        };
-        while buf.len() < len {
-            if !fill(io, buf)? {
-                return Err(io::Error::other("EOF inside a body"));
-            }
-        }
-        buf.drain(..len).collect()
-    };
-    Ok(Some(Recorded {
-        method,
-        target,
-        headers,
-        body,
-        at: Instant::now(),
-        conn,
-    }))
-}
-
-fn read_chunked(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(i) = find(buf, b"\r\n") {
-                break i;
-            }
-            if !fill(io, buf)? {
-                return Err(io::Error::other("EOF inside a chunk size"));
-            }
-        };
-        let size_txt = String::from_utf8_lossy(&buf[..line_end]).to_string();
-        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| io::Error::other(format!("bad chunk size {size_txt:?}")))?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers (none expected) end with an empty line.
-            loop {
-                if let Some(i) = find(buf, b"\r\n") {
-                    let empty = i == 0;
-                    buf.drain(..i + 2);
-                    if empty {
-                        return Ok(body);
-                    }
-                } else if !fill(io, buf)? {
-                    return Err(io::Error::other("EOF inside trailers"));
-                }
-            }
-        }
-        while buf.len() < size + 2 {
-            if !fill(io, buf)? {
-                return Err(io::Error::other("EOF inside a chunk"));
-            }
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
-fn fill(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut tmp = [0u8; 16384];
-    loop {
-        match io.read(&mut tmp) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                buf.extend_from_slice(&tmp[..n]);
-                return Ok(true);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // A peer that closes without close_notify is an EOF for our purposes.
-            Err(e)
-                if e.kind() == io::ErrorKind::UnexpectedEof
-                    || e.kind() == io::ErrorKind::ConnectionReset =>
-            {
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Position of `needle` in `hay` (small inputs: request heads and chunk lines).
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn respond(io: &mut Box<dyn Io>, req: &Recorded, shared: &Shared) -> io::Result<()> {
+fn respond(io: &mut dyn Write, req: &Recorded, shared: &Shared) -> io::Result<()> {
     let cfg = &shared.cfg;
-    let n = shared
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .len();
+    let n = req.seq;
     if req.method == "HEAD" && req.path() == "/" {
         return write_plain(io, "200 OK", "text/plain", b"", n);
     }
@@ -500,7 +261,7 @@ fn authorized(req: &Recorded, expect: &Expect) -> bool {
 }
 
 fn write_plain(
-    io: &mut Box<dyn Io>,
+    io: &mut dyn Write,
     status: &str,
     ctype: &str,
     body: &[u8],
@@ -555,7 +316,7 @@ pub fn sse_events(model: &str, reply: &str, n: usize) -> Vec<String> {
     out
 }
 
-fn stream_reply(io: &mut Box<dyn Io>, model: &str, n: usize, shared: &Shared) -> io::Result<()> {
+fn stream_reply(io: &mut dyn Write, model: &str, n: usize, shared: &Shared) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\
          request-id: req_mock_{n}\r\ntransfer-encoding: chunked\r\n\r\n"

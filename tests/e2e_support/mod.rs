@@ -14,6 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use crate::support::Finished;
+
 /// Serialises the heavy tests of one binary: claude is a 250 MB binary and the timing tests
 /// (pacing, docker stop) must not share 2 cores with three other claude runs.
 pub static HEAVY: Mutex<()> = Mutex::new(());
@@ -153,34 +155,8 @@ impl Drop for Guard {
     }
 }
 
-/// Output of a run plus its timing, printed in full when a test fails.
-pub struct Run {
-    pub status: std::process::ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub took: Duration,
-}
-
-impl Run {
-    pub fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-    pub fn describe(&self) -> String {
-        format!(
-            "status {} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status,
-            self.took,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-}
-
 /// Waits for `child` (stdout/stderr piped) with a time limit; kills it on timeout.
-pub fn wait_timeout(child: Child, limit: Duration) -> Run {
+pub fn wait_timeout(child: Child, limit: Duration) -> Finished {
     let start = Instant::now();
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel::<io::Result<Output>>();
@@ -188,11 +164,12 @@ pub fn wait_timeout(child: Child, limit: Duration) -> Run {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(Ok(o)) => Run {
+        Ok(Ok(o)) => Finished {
             status: o.status,
             stdout: o.stdout,
             stderr: o.stderr,
-            took: start.elapsed(),
+            elapsed: start.elapsed(),
+            cmdline: String::new(),
         },
         Ok(Err(e)) => panic!("waiting for pid {pid}: {e}"),
         Err(_) => {

@@ -145,20 +145,7 @@ pub fn connect_probe(proxy: &RawAddr, request: &[u8], payload: &[u8]) -> i32 {
 }
 
 fn connect_probe_fd(fd: i32, proxy: &RawAddr, request: &[u8], payload: &[u8]) -> i32 {
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a live timeval of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    crate::support::set_fd_timeout(fd, libc::SO_RCVTIMEO, Duration::from_secs(5));
     // SAFETY: the address is live and its length right.
     if unsafe { libc::connect(fd, proxy.ptr(), proxy.len) } != 0 {
         return errno();

@@ -609,21 +609,8 @@ fn close(fd: i32) {
 }
 
 fn set_timeouts(fd: i32) {
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 500_000,
-    };
     for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: setsockopt with a pointer to a live timeval and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&raw const tv).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
+        crate::support::set_fd_timeout(fd, opt, Duration::from_millis(1500));
     }
 }
 

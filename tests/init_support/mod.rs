@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::support::Finished;
+
 #[allow(unused_imports)] // not every test binary uses both
 pub use crate::support::{bin, which};
 
@@ -151,60 +153,12 @@ pub fn command(world: &World, opts: &Opts) -> Command {
     c
 }
 
-pub struct Outcome {
-    pub status: ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub elapsed: Duration,
-    pub cmdline: String,
-}
-
-impl Outcome {
-    pub fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("killed by a signal: {}", self.describe()))
-    }
-    pub fn out(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    pub fn err(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-    pub fn describe(&self) -> String {
-        format!(
-            "command: {}\nstatus: {:?}\nelapsed: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.cmdline,
-            self.status,
-            self.elapsed,
-            self.out(),
-            self.err()
-        )
-    }
-    /// Fails the test if `secret` appears in stdout or stderr.
-    pub fn assert_no_secret(&self, secret: &str) {
-        assert!(
-            !contains(&self.stdout, secret.as_bytes()),
-            "secret in stdout\n{}",
-            self.describe()
-        );
-        assert!(
-            !contains(&self.stderr, secret.as_bytes()),
-            "secret in stderr\n{}",
-            self.describe()
-        );
-    }
-    pub fn assert_code(&self, code: i32) {
-        assert_eq!(self.status.code(), Some(code), "\n{}", self.describe());
-    }
-}
-
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Runs to completion (killing it after the timeout) and collects the output.
-pub fn run(world: &World, opts: Opts) -> Outcome {
+pub fn run(world: &World, opts: Opts) -> Finished {
     let mut c = command(world, &opts);
     let cmdline = format!("{c:?}");
     c.stdin(if opts.stdin.is_some() {
@@ -228,7 +182,7 @@ pub fn run(world: &World, opts: Opts) -> Outcome {
     if let Some(t) = stdin_thread {
         let _ = t.join();
     }
-    let o = Outcome {
+    let o = Finished {
         status,
         stdout: out_thread.join().unwrap(),
         stderr: err_thread.join().unwrap(),

@@ -1,12 +1,11 @@
-//! Test harness for the proxy: a generated CA, a TLS mock of the upstream API on loopback
-//! (blocking, one thread per connection, counting accepts, handshakes and decrypted bytes),
-//! a plain HTTP/1.1 test client, and a logger that captures every log line so tests can check
+//! Test harness for the proxy: the one mock upstream (tests/support/upstream.rs, counting
+//! accepts, handshakes and decrypted bytes) with its default handler, a plain HTTP/1.1 test
+//! client, and a logger that captures every log line so tests can check
 //! that no secret is ever logged.
 #![allow(dead_code)]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -81,224 +80,14 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub use crate::support::tls::TestCa;
 
 // ---------------------------------------------------------------------------------------
-// The mock upstream
+// The mock upstream: the one in tests/support, with handlers written here and in the tests
 
-#[derive(Clone, Debug)]
-pub struct MockRequest {
-    pub head: Vec<u8>,
-    pub method: String,
-    pub target: String,
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The body exactly as received (chunk framing included).
-    pub body_raw: Vec<u8>,
-}
-
-impl MockRequest {
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-
-    pub fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
-    }
-}
-
-/// Writes one response to the stream; returns whether to keep the connection open.
-pub type Handler = Arc<dyn Fn(&MockRequest, &mut dyn Write) -> io::Result<bool> + Send + Sync>;
-
-#[derive(Default)]
-pub struct MockState {
-    pub accepts: AtomicUsize,
-    pub handshakes: AtomicUsize,
-    pub handshake_failures: AtomicUsize,
-    /// Handshakes that resumed an earlier TLS session.
-    pub resumed: AtomicUsize,
-    /// Decrypted bytes received, over all connections.
-    pub plain_bytes_in: AtomicU64,
-    /// The decrypted bytes themselves, in arrival order (all connections).
-    pub raw_in: Mutex<Vec<u8>>,
-    /// Connections that ended (the proxy closed them or the handler did).
-    pub closed: AtomicUsize,
-    pub requests: Mutex<Vec<MockRequest>>,
-}
-
-pub struct Mock {
-    pub port: u16,
-    pub state: Arc<MockState>,
-}
-
-impl Mock {
-    pub fn start(ca: &TestCa, handler: Handler) -> Mock {
-        let cfg = ca.server_config();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(MockState::default());
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                st.accepts.fetch_add(1, Ordering::SeqCst);
-                let (cfg, st, handler) = (cfg.clone(), st.clone(), handler.clone());
-                std::thread::spawn(move || serve(conn, cfg, &st, &handler));
-            }
-        });
-        Mock { port, state }
-    }
-
-    pub fn requests(&self) -> Vec<MockRequest> {
-        self.state.requests.lock().unwrap().clone()
-    }
-
-    /// Everything the upstream received so far, decrypted.
-    pub fn raw_in(&self) -> Vec<u8> {
-        self.state.raw_in.lock().unwrap().clone()
-    }
-
-    pub fn upstream_url(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-}
-
-struct Counting<'a, R> {
-    inner: R,
-    count: &'a AtomicU64,
-    raw: &'a Mutex<Vec<u8>>,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::SeqCst);
-        self.raw.lock().unwrap().extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<R: Write> Write for Counting<'_, R> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn serve(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>, st: &MockState, handler: &Handler) {
-    // Handlers write in pieces; Nagle plus delayed ACKs would add 40 ms per response.
-    sock.set_nodelay(true).unwrap();
-    let mut tls = rustls::ServerConnection::new(cfg).unwrap();
-    while tls.is_handshaking() {
-        if tls.complete_io(&mut sock).is_err() {
-            st.handshake_failures.fetch_add(1, Ordering::SeqCst);
-            st.closed.fetch_add(1, Ordering::SeqCst);
-            return;
-        }
-    }
-    st.handshakes.fetch_add(1, Ordering::SeqCst);
-    if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-        st.resumed.fetch_add(1, Ordering::SeqCst);
-    }
-    let stream = rustls::StreamOwned::new(tls, sock);
-    let mut reader = BufReader::new(Counting {
-        inner: stream,
-        count: &st.plain_bytes_in,
-        raw: &st.raw_in,
-    });
-    while let Ok(Some(req)) = read_request(&mut reader) {
-        st.requests.lock().unwrap().push(req.clone());
-        let keep = handler(&req, reader.get_mut());
-        let _ = reader.get_mut().flush();
-        if !matches!(keep, Ok(true)) {
-            break;
-        }
-    }
-    st.closed.fetch_add(1, Ordering::SeqCst);
-}
-
-/// Reads one request; `Ok(None)` at a clean end of stream.
-pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<MockRequest>> {
-    let mut head = Vec::new();
-    loop {
-        let n = r.read_until(b'\n', &mut head)?;
-        if n == 0 {
-            return if head.is_empty() {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        if head.ends_with(b"\r\n\r\n") {
-            break;
-        }
-    }
-    let mut slots = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut slots);
-    req.parse(&head)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let headers: Vec<(String, Vec<u8>)> = req
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect();
-    let mut out = MockRequest {
-        method: req.method.unwrap().to_string(),
-        target: req.path.unwrap().to_string(),
-        head: head.clone(),
-        headers,
-        body_raw: Vec::new(),
-    };
-    if let Some(cl) = out.header("content-length") {
-        let n: usize = cl.trim().parse().unwrap();
-        out.body_raw.resize(n, 0);
-        r.read_exact(&mut out.body_raw)?;
-    } else if out.header("transfer-encoding").is_some() {
-        read_chunked_raw(r, &mut out.body_raw)?;
-    }
-    Ok(Some(out))
-}
-
-/// Reads a chunked body, keeping its bytes exactly; returns the decoded data.
-pub fn read_chunked_raw(r: &mut impl BufRead, raw: &mut Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        raw.extend_from_slice(&line);
-        let text = String::from_utf8_lossy(&line);
-        let size_txt = text.trim_end().split(';').next().unwrap_or("");
-        let size =
-            usize::from_str_radix(size_txt, 16).map_err(|e| io::Error::other(e.to_string()))?;
-        if size == 0 {
-            loop {
-                let mut t = Vec::new();
-                if r.read_until(b'\n', &mut t)? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                raw.extend_from_slice(&t);
-                if t == b"\r\n" {
-                    return Ok(data);
-                }
-            }
-        }
-        let mut chunk = vec![0u8; size + 2];
-        r.read_exact(&mut chunk)?;
-        raw.extend_from_slice(&chunk);
-        data.extend_from_slice(&chunk[..size]);
-    }
-}
+pub use crate::support::upstream::{Handler, MockUpstream as Mock, Recorded, read_chunked_raw};
 
 /// A handler answering every request with `200` and a small JSON body, keeping the
 /// connection open, with the headers claude needs relayed unchanged.
 pub fn ok_handler() -> Handler {
-    Arc::new(|req: &MockRequest, w: &mut dyn Write| {
+    Arc::new(|req: &Recorded, w: &mut dyn Write| {
         let body = format!("{{\"ok\":true,\"path\":\"{}\"}}", req.target);
         write!(
             w,

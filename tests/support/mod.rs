@@ -1,13 +1,15 @@
 //! What every test binary shares: the binary under test ([`bin`]), the one gate for a missing
 //! prerequisite ([`require`]: under CI it fails, otherwise the test skips and [`skipped`]
 //! records it, so `scripts/test` can end with the number and names of the tests that did not
-//! run instead of a bare "all tests passed"). The per-area helpers in tests/*_support build on
-//! it. Every test binary declares `mod support;` (a folder, because a file directly under
+//! run instead of a bare "all tests passed"), the one test CA ([`tls`]), the one mock upstream
+//! ([`upstream`]), and the helpers more than one test binary needs. The per-area helpers in
+//! tests/*_support build on it. Every test binary declares `mod support;` (a folder, because a file directly under
 //! tests/ would become a test binary of its own).
 
 #![allow(dead_code)]
 
 pub mod tls;
+pub mod upstream;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -104,4 +106,113 @@ pub fn skipped(reason: &str) {
         // Not recording a skip would hide it: fail the test instead.
         panic!("cannot record the skip in {}: {e}", path.to_string_lossy());
     }
+}
+
+/// A command that ended: what it printed and how long it took, described in full when a test
+/// fails.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: std::time::Duration,
+    /// The command as run (empty when the caller only had the child).
+    pub cmdline: String,
+}
+
+impl Finished {
+    /// The exit code; a death by signal fails the test.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {}", self.describe()))
+    }
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nstatus: {:?}\nelapsed: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmdline,
+            self.status,
+            self.elapsed,
+            self.out(),
+            self.err()
+        )
+    }
+    /// Fails the test if `secret` appears in stdout or stderr.
+    pub fn assert_no_secret(&self, secret: &str) {
+        for (name, bytes) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            assert!(
+                secret.is_empty() || !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret in {name}\n{}",
+                self.describe()
+            );
+        }
+    }
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.status.code(), Some(code), "\n{}", self.describe());
+    }
+}
+
+/// `git log -1 --format='%h %cs'` of the repository (the build context): what
+/// `bottle-init --version` names. None outside a git clone.
+pub fn git_head() -> Option<String> {
+    let o = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "log",
+            "-1",
+            "--format=%h %cs",
+        ])
+        .output()
+        .ok()?;
+    let s = String::from_utf8(o.stdout).ok()?.trim().to_string();
+    (o.status.success() && !s.is_empty()).then_some(s)
+}
+
+/// Sets a socket timeout (`opt`: SO_RCVTIMEO or SO_SNDTIMEO) on a raw descriptor.
+pub fn set_fd_timeout(fd: i32, opt: libc::c_int, d: std::time::Duration) {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a pointer to a live timeval and its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Writes `passwd` and `group` into `dir`: the host's, with uid/gid 1000 replaced by a `claude`
+/// user whose home is `home` (the host may have its own uid 1000). Tests bind-mount them over
+/// /etc in a private mount namespace.
+pub fn write_identity_files(dir: &Path, home: &Path) {
+    let keep = |file: &str, id_field: usize| -> String {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                f.first() != Some(&"claude") && f.get(id_field) != Some(&"1000")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let passwd = keep("/etc/passwd", 2)
+        + &format!(
+            "claude:x:1000:1000:bottle test:{}:/bin/sh\n",
+            home.display()
+        );
+    let group = keep("/etc/group", 2) + "claude:x:1000:\n";
+    std::fs::write(dir.join("passwd"), passwd).unwrap();
+    std::fs::write(dir.join("group"), group).unwrap();
 }

@@ -1,6 +1,6 @@
-//! The one test CA: every TLS mock upstream (tests/proxy_support, tests/e2e_support/mock.rs)
-//! gets its certificate here, a `localhost` / `127.0.0.1` leaf signed by a fresh CA that only
-//! the test's client trusts.
+//! The one test CA: the one mock upstream (tests/support/upstream.rs, and so the Messages-API
+//! mock built on it) gets its certificate here, a `localhost` / `127.0.0.1` leaf signed by a fresh
+//! CA that only the test's client trusts.
 
 use std::sync::Arc;
 
