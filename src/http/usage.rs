@@ -11,7 +11,8 @@
 //!   path), keeping only the few scalars we want; the model name is capped at [`MODEL_CAP`];
 //! - total: any bytes, split anywhere, give the same result as fed whole, and never panic.
 //!   Malformed JSON stops the scan of that SSE event (it is not counted) or of that JSON
-//!   document (what came before counts); [`Tokens::outcome`] says which happened.
+//!   document (what came before counts); [`Tokens::outcome`] says which happened (for SSE only
+//!   of events whose data is lexed: see below).
 //!
 //! What counts (the policy):
 //! - `text/event-stream`: events framed as the WHATWG spec says (CRLF, LF or CR line ends;
@@ -20,7 +21,10 @@
 //!   `event:` name: `message_start` gives `message.model` and `message.usage.*`,
 //!   `message_delta` gives `usage.*`, anything else is ignored. An event whose `event:` name is
 //!   present and names another type than its data is ignored (a confused stream is not
-//!   counted). A count carried by a `message_delta` wins over `message_start`'s, whatever the
+//!   counted), and so is an event with more than one `event:` line. Since an event named for a
+//!   type that carries no usage (`content_block_delta`, `ping`, ...: the bulk of a stream) can
+//!   never count, its data is not lexed at all once the name is known: the scan of a real
+//!   stream costs little more than finding its line ends. A count carried by a `message_delta` wins over `message_start`'s, whatever the
 //!   order, and the last `message_delta` that carries it wins (they are cumulative; newer API
 //!   versions also repeat the input and cache counts there, as the SDKs expect).
 //! - `application/json`: the document's top-level `model` and `usage.*`.
@@ -195,8 +199,8 @@ pub enum Outcome {
     /// The body (so far) ends inside a document or an event: the figures are what came before.
     Truncated,
     /// JSON: the document is malformed (or nested deeper than [`MAX_DEPTH`]); the figures are
-    /// those before the fault. SSE: at least one event's data was not one JSON value; such
-    /// events are not counted.
+    /// those before the fault. SSE: at least one event whose data was lexed (not one ignored by
+    /// its name) had data that was not one JSON value; such events are not counted.
     Malformed,
 }
 
@@ -329,6 +333,17 @@ impl<const N: usize> Word<N> {
         }
     }
 
+    /// `push` of each byte of `bytes`, at once.
+    fn extend(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if !self.bad && end <= N && bytes.is_ascii() {
+            self.buf[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else if !bytes.is_empty() {
+            self.bad = true;
+        }
+    }
+
     fn get(&self) -> Option<&[u8]> {
         (!self.bad).then_some(&self.buf[..self.len])
     }
@@ -369,6 +384,69 @@ impl EventType {
             _ => EventType::Other,
         }
     }
+
+    /// The type an `event:` line's value names (empty and `message` are the default type).
+    fn of_name(word: Option<&[u8]>) -> EventType {
+        match word {
+            Some(b"" | b"message") => EventType::Default,
+            other => EventType::of(other),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skipping: most of a body is bytes nobody wants (string content, the data of events without
+// usage), so the scanner skips to the next byte that matters eight bytes at a time.
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` that equals `b`. A set bit is exact for the lowest match
+/// (borrows only run upwards, past a true match), which is all [`find`] uses.
+fn bytes_equal(w: u64, b: u8) -> u64 {
+    let x = w ^ (ONES * u64::from(b));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The high bit of each byte of `w` below 0x20 (exact for the lowest, as above).
+fn bytes_below_space(w: u64) -> u64 {
+    w.wrapping_sub(ONES * 0x20) & !w & HIGHS
+}
+
+fn is_line_end(b: u8) -> bool {
+    b == b'\r' || b == b'\n'
+}
+
+fn line_end(w: u64) -> u64 {
+    bytes_equal(w, b'\r') | bytes_equal(w, b'\n')
+}
+
+/// Where a JSON string's plain run stops: its quote, an escape, or a control byte (an error).
+fn is_string_stop(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+fn string_stop(w: u64) -> u64 {
+    bytes_equal(w, b'"') | bytes_equal(w, b'\\') | bytes_below_space(w)
+}
+
+/// The first byte of `s` for which `one` holds; `eight` is the same test on eight bytes read
+/// little-endian (any byte order of the machine), giving the high bit of each byte that holds.
+fn find(s: &[u8], eight: fn(u64) -> u64, one: fn(u8) -> bool) -> Option<usize> {
+    let mut words = s.chunks_exact(8);
+    for (i, w) in words.by_ref().enumerate() {
+        let w = u64::from_le_bytes(w.try_into().expect("chunks of eight"));
+        let hits = eight(w);
+        if hits != 0 {
+            return Some(i * 8 + hits.trailing_zeros() as usize / 8);
+        }
+    }
+    let done = s.len() - words.remainder().len();
+    words
+        .remainder()
+        .iter()
+        .position(|&b| one(b))
+        .map(|p| done + p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,6 +614,9 @@ struct JsonScan {
     capture: Capture,
     word: Word<32>,
     found: Found,
+    /// Bytes fed so far (tests check what is not lexed).
+    #[cfg(test)]
+    lexed: usize,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -560,6 +641,8 @@ impl JsonScan {
                 ty: EventType::Default,
                 counts: [[None; 4]; 2],
             },
+            #[cfg(test)]
+            lexed: 0,
         }
     }
 
@@ -602,17 +685,27 @@ impl JsonScan {
     }
 
     fn feed(&mut self, input: &[u8]) {
+        #[cfg(test)]
+        {
+            self.lexed += input.len();
+        }
         let mut i = 0;
         while i < input.len() {
             match self.state {
                 Lex::Failed => return,
-                // The bulk of a body is string content nobody wants: skip to what matters.
-                Lex::Str if self.capture == Capture::Skip => {
+                // String content runs to its quote, an escape or a control byte: take the run
+                // at once (the bulk of a body is string content nobody wants: skipped).
+                Lex::Str => {
                     let rest = &input[i..];
-                    i += rest
-                        .iter()
-                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-                        .unwrap_or(rest.len());
+                    let n = find(rest, string_stop, is_string_stop).unwrap_or(rest.len());
+                    match self.capture {
+                        Capture::Skip => {}
+                        Capture::Word => self.word.extend(&rest[..n]),
+                        Capture::Model => {
+                            rest[..n].iter().for_each(|&b| self.found.model.push_raw(b))
+                        }
+                    }
+                    i += n;
                     if i == input.len() {
                         return;
                     }
@@ -931,6 +1024,11 @@ struct Sse {
     name: Word<5>,
     event: Word<16>,
     has_data: bool,
+    /// `event:` lines seen in this event.
+    names: u8,
+    /// This event cannot count (named for a type without usage, or named twice): its data is
+    /// not lexed.
+    ignored: bool,
     /// The last line ended in CR: an LF now completes that line end.
     after_cr: bool,
     /// How much of a leading BOM has been seen; `BOM.len()` once past the stream start.
@@ -948,6 +1046,8 @@ impl Sse {
             name: Word::EMPTY,
             event: Word::EMPTY,
             has_data: false,
+            names: 0,
+            ignored: false,
             after_cr: false,
             bom: 0,
             malformed: false,
@@ -1012,9 +1112,27 @@ impl Sse {
                 continue;
             }
             match self.line {
+                // Nothing in the rest of an ignored event matters but the blank line ending it.
+                Line::Start if self.ignored => {
+                    self.field = Field::Ignore;
+                    self.line = Line::Value;
+                    continue; // `b` is the first byte of the line skipped
+                }
                 Line::Start if b == b':' => {
                     self.field = Field::Ignore;
                     self.line = Line::Value;
+                }
+                // The usual field names, whole in this piece: what the per-byte steps below do.
+                Line::Start
+                    if input[i..].starts_with(b"data:") || input[i..].starts_with(b"event:") =>
+                {
+                    let n = if b == b'd' { 4 } else { 5 };
+                    self.name = Word::EMPTY;
+                    self.name.extend(&input[i..i + n]);
+                    self.begin_field();
+                    self.line = Line::ValueStart;
+                    i += n + 1;
+                    continue;
                 }
                 Line::Start => {
                     self.name = Word::EMPTY;
@@ -1034,13 +1152,11 @@ impl Sse {
                 }
                 Line::Value => {
                     let rest = &input[i..];
-                    let n = rest
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(rest.len());
+                    let n = find(rest, line_end, is_line_end).unwrap_or(rest.len());
                     match self.field {
+                        Field::Data if self.ignored => {}
                         Field::Data => self.json.feed(&rest[..n]),
-                        Field::Event => rest[..n].iter().for_each(|&c| self.event.push(c)),
+                        Field::Event => self.event.extend(&rest[..n]),
                         Field::Ignore => {}
                     }
                     i += n;
@@ -1056,7 +1172,7 @@ impl Sse {
         self.field = match self.name.get() {
             Some(b"data") => {
                 // Data lines of one event are joined by LF; in JSON it is whitespace.
-                if self.has_data {
+                if self.has_data && !self.ignored {
                     self.json.feed(b"\n");
                 }
                 self.has_data = true;
@@ -1077,11 +1193,23 @@ impl Sse {
             Line::Name => self.begin_field(),
             Line::ValueStart | Line::Value => {}
         }
+        if self.line != Line::Start && self.field == Field::Event {
+            self.name_ended();
+        }
         self.line = Line::Start;
     }
 
+    /// An `event:` line ended: decide whether this event can still count.
+    fn name_ended(&mut self) {
+        self.names = self.names.saturating_add(1);
+        let named = EventType::of_name(self.event.get());
+        if self.names > 1 || named == EventType::Other {
+            self.ignored = true;
+        }
+    }
+
     fn dispatch(&mut self) {
-        if self.has_data {
+        if self.has_data && !self.ignored {
             if self.json.complete() {
                 self.commit();
             } else {
@@ -1089,16 +1217,15 @@ impl Sse {
             }
         }
         self.has_data = false;
+        self.names = 0;
+        self.ignored = false;
         self.event = Word::EMPTY;
         self.json.reset();
     }
 
     fn commit(&mut self) {
         let found = &self.json.found;
-        let name = match self.event.get() {
-            Some(b"" | b"message") => EventType::Default,
-            other => EventType::of(other),
-        };
+        let name = EventType::of_name(self.event.get());
         if name != EventType::Default && name != found.ty {
             return;
         }
@@ -1520,6 +1647,135 @@ data: {"type": "message_stop"}
                 );
             }
         }
+    }
+
+    /// The eight-at-a-time search finds what a byte-by-byte search finds, at every offset and
+    /// length, for every byte value around every interesting one.
+    #[test]
+    fn find_agrees_with_a_byte_by_byte_search() {
+        type Search = (fn(u64) -> u64, fn(u8) -> bool);
+        let tests: [Search; 2] = [(line_end, is_line_end), (string_stop, is_string_stop)];
+        let mut buf = [b'a'; 40];
+        for (eight, one) in tests {
+            for at in 0..buf.len() {
+                for b in 0..=255u8 {
+                    // A second candidate later on: the first must win.
+                    buf[at] = b;
+                    let later = (at + 5).min(buf.len() - 1);
+                    if later != at {
+                        buf[later] = if one(b'\n') { b'\n' } else { b'"' };
+                    }
+                    for start in 0..3.min(buf.len()) {
+                        for end in [buf.len(), buf.len() - 3, at + 1].map(|e| e.max(start)) {
+                            let s = &buf[start..end];
+                            let want = s.iter().position(|&c| one(c));
+                            assert_eq!(
+                                find(s, eight, one),
+                                want,
+                                "{b:#x} at {at} in {start}..{end}"
+                            );
+                        }
+                    }
+                    buf[at] = b'a';
+                    buf[later] = b'a';
+                }
+            }
+            // Bytes just above and below the control range, high bytes, all in one word.
+            let w = [0x1f, 0x20, 0x21, 0x7f, 0x80, 0xff, 0x0a, 0x0d];
+            assert_eq!(find(&w, eight, one), w.iter().position(|&c| one(c)));
+        }
+    }
+
+    /// Bytes of `body` the JSON lexer saw, fed whole.
+    fn lexed(body: &[u8]) -> usize {
+        let mut s = UsageScanner::new(ScanMode::Sse);
+        s.feed(body);
+        match &s.inner {
+            Inner::Sse(sse) => sse.json.lexed,
+            _ => unreachable!("an SSE scanner"),
+        }
+    }
+
+    /// The data of events named for a type without usage is never lexed: what the lexer sees
+    /// of the docs' stream is exactly the data of its `message_start` and `message_delta`
+    /// (counted here from the fixture's lines, independently of the scanner).
+    #[test]
+    fn events_named_without_usage_are_not_lexed() {
+        let mut want = 0;
+        for block in DOCS_SSE.split("\n\n") {
+            let named = |n: &str| block.lines().any(|l| l == format!("event: {n}"));
+            if named("message_start") || named("message_delta") {
+                want += block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .map(str::len)
+                    .sum::<usize>();
+            }
+        }
+        assert!(
+            want > 0 && want < DOCS_SSE.len() / 2,
+            "fixture: {want} of {}",
+            DOCS_SSE.len()
+        );
+        assert_eq!(lexed(DOCS_SSE.as_bytes()), want);
+        // The same stream without `event:` lines is lexed whole (the names are what save it).
+        let unnamed: String = DOCS_SSE
+            .lines()
+            .filter(|l| !l.starts_with("event:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(lexed(unnamed.as_bytes()) > want);
+        let t = scan_all_ways(ScanMode::Sse, DOCS_SSE.as_bytes());
+        assert_eq!(t.outcome, Outcome::Complete);
+    }
+
+    /// An ignored event's data is not read, so its malformation does not mark the stream; the
+    /// same data unnamed (so lexed) does.
+    #[test]
+    fn ignored_events_need_no_valid_data() {
+        let good = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n\n";
+        for name in ["ping", "content_block_delta", "message_start_and_more"] {
+            let body = format!(
+                "event: {name}\ndata: {{not json, \"usage\":{{\"output_tokens\":9\n\n{good}"
+            );
+            let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+            assert_eq!(
+                (t.output, t.outcome),
+                (Some(4), Outcome::Complete),
+                "{name}"
+            );
+        }
+        let body = format!("data: {{not json\n\n{good}");
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!((t.output, t.outcome), (Some(4), Outcome::Malformed));
+    }
+
+    /// An event with two `event:` lines is confused, whatever they say; data before a name
+    /// that rules the event out does not count either.
+    #[test]
+    fn events_named_twice_or_late_are_handled() {
+        let data = "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n";
+        let count = |body: String| scan_all_ways(ScanMode::Sse, body.as_bytes()).output;
+        assert_eq!(count(format!("event: message_delta\n{data}\n")), Some(5));
+        assert_eq!(count(format!("{data}event: message_delta\n\n")), Some(5));
+        assert_eq!(
+            count(format!(
+                "event: message_delta\nevent: message_delta\n{data}\n"
+            )),
+            None
+        );
+        assert_eq!(
+            count(format!("event: ping\nevent: message_delta\n{data}\n")),
+            None
+        );
+        assert_eq!(
+            count(format!("event: message_delta\n{data}event: ping\n\n")),
+            None
+        );
+        assert_eq!(count(format!("{data}event: ping\n\n")), None);
+        // Empty and `message` names are the default type: the data decides.
+        assert_eq!(count(format!("event:\n{data}\n")), Some(5));
+        assert_eq!(count(format!("event: message\n{data}\n")), Some(5));
     }
 
     #[test]
@@ -2070,6 +2326,7 @@ mod props {
             3 => Just(None),
             1 => prop::sample::select(vec![
                 "", "message", "message_start", "message_delta", "ping", "message_start_and_more",
+                "content_block_delta",
             ])
             .prop_map(|n| Some(n.to_string())),
         ];
