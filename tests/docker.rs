@@ -9,7 +9,6 @@
 //! (Debian's 20.10 client, for BuildKit). The one difference from the README's command is
 //! `--network host` (the private dockerd has no bridge for RUN steps).
 
-mod e2e_support;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -18,9 +17,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use e2e_support::docker::*;
-use e2e_support::mock::{Expect, Mock, MockConfig, MockIdentity};
-use e2e_support::*;
+use support::e2e::docker::*;
+use support::e2e::mock::{Expect, Mock, MockConfig, MockIdentity};
+use support::e2e::*;
 use support::git_head;
 
 /// The tag the README's Quick start builds.
@@ -600,7 +599,7 @@ impl MockSidecar {
     }
 
     /// The request whose body carries `prompt`.
-    fn request_with(&self, prompt: &str) -> e2e_support::mock::Recorded {
+    fn request_with(&self, prompt: &str) -> support::e2e::mock::Recorded {
         self.mock
             .messages()
             .into_iter()

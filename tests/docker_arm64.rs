@@ -5,14 +5,13 @@
 //! binfmt_misc handler for qemu-aarch64-static, flag F). Default capabilities and seccomp
 //! profile, `--network none`. Inputs as tests/docker.rs.
 
-mod e2e_support;
 mod support;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use e2e_support::docker::*;
-use e2e_support::*;
+use support::e2e::docker::*;
+use support::e2e::*;
 use support::git_head;
 
 /// dockerd 20.10 keeps one platform per tag, so the arm64 build gets its own.

@@ -6,15 +6,14 @@
 //! `docker run -d` + `docker exec -it C /bottle-init exec claude` on a pty. Inputs as
 //! tests/docker.rs.
 
-mod e2e_support;
 mod support;
 
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use e2e_support::docker::*;
-use e2e_support::*;
+use support::e2e::docker::*;
+use support::e2e::*;
 
 /// `docker build --target bottle-init -t bottle-init .`, the README's command.
 fn dropin() -> Option<&'static str> {

@@ -10,7 +10,6 @@
 //! Needs root, util-linux (unshare, nsenter), iproute2, strace and tmux. Under CI=true missing
 //! prerequisites fail; otherwise the tests skip with a loud message.
 
-mod e2e_support;
 mod support;
 
 use std::io::BufRead;
@@ -19,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_support::mock::{Expect, Mock, MockConfig};
-use e2e_support::*;
+use support::e2e::mock::{Expect, Mock, MockConfig};
+use support::e2e::*;
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const RUN_LIMIT: Duration = Duration::from_secs(120);

@@ -1,18 +1,17 @@
 //! Egress lockdown (issue 5), tested as an attacker would try, in network namespaces these
-//! tests create (see `egress_support`). Needs root; fails instead of skipping under CI=true.
+//! tests create (see `support::egress`). Needs root; fails instead of skipping under CI=true.
 //!
 //! Every "blocked" assertion has a control in the same lab showing the same probe succeeds
 //! without the mechanism, so a broken lab cannot pass for a working lockdown.
 
-mod egress_support;
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bottle_init::egress::nft::{self, Nft, NftError, Ruleset};
 use bottle_init::egress::seccomp;
-use egress_support::*;
 use nix::sys::signal::Signal;
+use support::egress::*;
 
 const EACCES: i32 = libc::EACCES;
 const EPERM: i32 = libc::EPERM;
@@ -939,7 +938,7 @@ fn api_socket_is_root_owned_and_checks_the_peer_uid() {
 #[test]
 fn allowlist_connect_tunnels_only_what_the_list_allows() {
     use bottle_init::egress::AllowList;
-    use egress_support::connect::{ConnectProxy, connect_probe};
+    use support::egress::connect::{ConnectProxy, connect_probe};
 
     if !root_or_fail("allowlist_connect_tunnels_only_what_the_list_allows") {
         return;

@@ -1,5 +1,5 @@
 //! BOTTLE_EGRESS end to end: the real bottle-init binary as PID 1 (`unshare --pid`) inside the
-//! egress lab's client namespace (tests/egress_support: a veth pair to an "outside host" with
+//! egress lab's client namespace (tests/support/egress: a veth pair to an "outside host" with
 //! TCP/UDP echo and DNS, TEST-NET addresses only, in namespaces the test owns), its upstream a
 //! TLS mock of the Messages API listening on the client namespace's loopback.
 //!
@@ -15,8 +15,6 @@
 //!
 //! Needs root, iproute2, util-linux (unshare, setpriv), nftables. Fails under CI=true otherwise.
 
-mod e2e_support;
-mod egress_support;
 mod support;
 
 use std::collections::HashMap;
@@ -28,8 +26,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use e2e_support::mock::{Expect, Mock, MockConfig};
-use egress_support::{
+use support::e2e::mock::{Expect, Mock, MockConfig};
+use support::egress::{
     DNS_PORT, ECHO_PORT, INTERNAL_NAME, Lab, METADATA_NAME, OUTSIDE_V4, OUTSIDE_V6, QUERY_NAME,
     dns_query_for, root_or_fail,
 };
@@ -406,7 +404,7 @@ fn probes(which: &str) {
     // The known bypasses of a socket() filter: io_uring (IORING_OP_SOCKET) and the i386 ABI.
     say(
         "io_uring",
-        match egress_support::try_io_uring() {
+        match support::egress::try_io_uring() {
             0 => "ok".to_string(),
             e => format!("errno{e}"),
         },
@@ -414,7 +412,7 @@ fn probes(which: &str) {
     #[cfg(target_arch = "x86_64")]
     say(
         "i386_socket",
-        in_subprocess(|| egress_support::i386_socket() >= 0),
+        in_subprocess(|| support::egress::i386_socket() >= 0),
     );
     // Direct traffic to the outside host, IPv4 and IPv6.
     say("tcp4", tcp(o4(ECHO_PORT)));
@@ -510,7 +508,7 @@ fn setup() -> Option<Env> {
         format!("nameserver {OUTSIDE_V4}\n"),
     )
     .expect("write resolv.conf");
-    let token = e2e_support::fake_secret("sk-ant-oat01-egress-");
+    let token = support::e2e::fake_secret("sk-ant-oat01-egress-");
     let listeners = lab.client.run_in(|| {
         let v4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
         let port = v4.local_addr().unwrap().port();
@@ -1369,14 +1367,14 @@ fn claude_run(env: &Env, claude: &std::path::Path, mode: &str, extra: &[(&str, &
 #[test]
 fn real_claude_works_in_both_locked_modes() {
     let Some(env) = setup() else { return };
-    let claude = match e2e_support::claude_binary() {
+    let claude = match support::e2e::claude_binary() {
         Ok(p) => p,
         Err(why) => {
-            e2e_support::require(false, &why);
+            support::e2e::require(false, &why);
             return;
         }
     };
-    let _g = e2e_support::heavy();
+    let _g = support::e2e::heavy();
     let allow = format!("{QUERY_NAME}:{ECHO_PORT}/private");
     for (mode, extra) in [
         ("api-only", vec![]),
@@ -1413,8 +1411,8 @@ fn real_claude_works_in_both_locked_modes() {
 #[test]
 fn api_only_filter_is_the_last_step_before_execve() {
     let Some(env) = setup() else { return };
-    if !e2e_support::require(
-        e2e_support::have_tool("strace"),
+    if !support::e2e::require(
+        support::e2e::have_tool("strace"),
         "strace (apt-get install strace)",
     ) {
         return;
@@ -1877,7 +1875,7 @@ fn check_without_a_running_bottle_init_exits_69_and_a_bad_probe_64() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = e2e_support::fake_secret("sk-ant-oat01-check-");
+    let token = support::e2e::fake_secret("sk-ant-oat01-check-");
     let check = |args: &[&str], run_dir: &std::path::Path| {
         let out = Command::new(support::bin())
             .arg("check")

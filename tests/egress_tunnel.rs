@@ -3,7 +3,6 @@
 //! reader, refusals answered 403 and logged, and CONNECT still refused when no allowlist is set.
 //! The kernel side (nftables, the child's uid) is in tests/egress.rs and tests/egress_e2e.rs.
 
-mod proxy_support;
 mod support;
 
 use std::io::{Read, Write};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use bottle_init::egress::AllowList;
 use bottle_init::proxy::{Proxy, ProxyConfig, Upstream};
 use bottle_init::secret::{Credential, CredentialKind, Secret};
-use proxy_support::{REAL_TOKEN, SESSION, assert_no_leak, init_logs, logs};
+use support::proxy::{REAL_TOKEN, SESSION, assert_no_leak, init_logs, logs};
 
 fn proxy(allow: Option<&str>) -> (SocketAddr, std::sync::Arc<bottle_init::proxy::Stats>) {
     init_logs();
@@ -115,7 +114,7 @@ fn tunnel_relays_every_byte_and_half_close_both_ways() {
     assert_eq!(back.len(), want.len());
     assert!(back == want, "tunnel changed the bytes");
     assert!(
-        !proxy_support::contains(&back, REAL_TOKEN.as_bytes()),
+        !support::proxy::contains(&back, REAL_TOKEN.as_bytes()),
         "the real credential was injected into a tunnel"
     );
     let allowed = format!(

@@ -3,13 +3,12 @@
 //! as root in a private mount namespace whose /home is a fresh directory of the test's; the
 //! attacks are what another uid could have left there. Under CI=true missing root fails.
 
-mod init_support;
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use init_support::*;
+use support::init::*;
 
 /// No passwd entry for this uid in the test world (only 0, 1000 and 1001 exist).
 const UID: u32 = 4242;

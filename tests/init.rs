@@ -2,7 +2,6 @@
 //! `unshare --pid --fork --mount-proc --net` or as a subreaper, run as root.
 //! Under CI=true a missing requirement (root, unshare, strace...) fails instead of skipping.
 
-mod init_support;
 mod support;
 
 use std::io::Write;
@@ -10,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use init_support::*;
+use support::init::*;
 
 /// The child reports who it is, its environment, what it can read of bottle-init and which
 /// sockets are listening; then becomes `cat /proc/self/status` (same credentials, signal

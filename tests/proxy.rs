@@ -3,7 +3,6 @@
 //! that neither the real token nor the session secret appears in what the client got back or
 //! in any log line.
 
-mod proxy_support;
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bottle_init::proxy::{Limits, Proxy, ProxyError};
 use bottle_init::secret::CredentialKind;
-use proxy_support::*;
+use support::proxy::*;
 
 #[test]
 fn real_credential_arrives_and_the_placeholder_never_does() {

@@ -6,9 +6,8 @@
 //! right after the flood closes. The child gets back the soft limit it would have had.
 //!
 //! Runs as root (bottle-init must), in a loopback-only network namespace of its own with the
-//! TLS mock upstream of `e2e_support`. Fails instead of skipping under CI=true.
+//! TLS mock upstream of `support::e2e`. Fails instead of skipping under CI=true.
 
-mod e2e_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -19,8 +18,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_support::mock::{Expect, Mock, MockConfig};
-use e2e_support::{NetNs, fake_secret, have_tool, is_root, require};
+use support::e2e::mock::{Expect, Mock, MockConfig};
+use support::e2e::{NetNs, fake_secret, have_tool, is_root, require};
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const FLOOD: usize = 1100;
@@ -184,7 +183,7 @@ fn request(session: &str) -> Vec<u8> {
 fn outcome_of(buf: &[u8], err: Option<std::io::Error>, eof: bool) -> String {
     if buf.starts_with(b"HTTP/1.1 ") && buf.len() >= 12 {
         let status = String::from_utf8_lossy(&buf[9..12]).into_owned();
-        if status == "503" && e2e_support::mock::find(buf, b"overloaded_error").is_none() {
+        if status == "503" && support::e2e::mock::find(buf, b"overloaded_error").is_none() {
             return "503-without-overloaded_error".into();
         }
         return status;
@@ -214,7 +213,7 @@ fn poll_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 // A complete answer (ours close the connection) or nothing yet.
-                if e2e_support::mock::find(buf, b"\"}}").is_some() {
+                if support::e2e::mock::find(buf, b"\"}}").is_some() {
                     return Some(outcome_of(buf, None, false));
                 }
                 return None;
@@ -243,7 +242,7 @@ fn try_once(ns: &NetNs, addr: SocketAddr, session: &str, limit: Duration) -> (St
             Ok(0) => return (outcome_of(&buf, None, true), start.elapsed()),
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                let body_end = e2e_support::mock::find(&buf, b"\r\n\r\n");
+                let body_end = support::e2e::mock::find(&buf, b"\r\n\r\n");
                 // The mock's and the proxy's answers both carry a Content-Length.
                 if let Some(h) = body_end {
                     let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
@@ -283,7 +282,7 @@ fn fd_exhaustion_never_wedges_the_proxy_and_every_overflow_connection_gets_503()
     if !prerequisites("fd_exhaustion_never_wedges_the_proxy") {
         return;
     }
-    let _g = e2e_support::heavy();
+    let _g = support::e2e::heavy();
     raise_own_nofile();
     let run = Running::start(1024, 1024);
     let (addr, session, _) = run.child_env();

@@ -6,14 +6,13 @@
 //!   reproduces scripts/claude-code.env byte for byte (so its integrities are npm's), an unknown
 //!   release is refused without touching the file, and no argument pins the registry's latest.
 
-mod e2e_support;
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use e2e_support::docker::*;
-use e2e_support::*;
+use support::e2e::docker::*;
+use support::e2e::*;
 use support::git_head;
 
 #[test]

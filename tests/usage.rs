@@ -2,7 +2,6 @@
 //! changes no byte of it, and logs the figures the mock upstream sent. Every test checks that
 //! neither the real token nor the session secret appears in a response or a log line.
 
-mod proxy_support;
 mod support;
 
 use std::collections::hash_map::RandomState;
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 use bottle_init::proxy::{Limits, UsageLimits};
 use bottle_init::secret::CredentialKind;
-use proxy_support::*;
+use support::proxy::*;
 
 /// A number no test could have hard-coded (a fresh hash per call).
 fn random(below: u64) -> u64 {

@@ -1346,7 +1346,7 @@ data: {"type": "message_stop"}
 
 "#;
 
-    /// What tests/e2e_support/mock.rs sends (serde_json's compact form, no spaces).
+    /// What tests/support/e2e/mock.rs sends (serde_json's compact form, no spaces).
     const MOCK_SSE: &str = concat!(
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_mock_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n",
         "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",

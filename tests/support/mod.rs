@@ -2,12 +2,19 @@
 //! prerequisite ([`require`]: under CI it fails, otherwise the test skips and [`skipped`]
 //! records it, so `scripts/test` can end with the number and names of the tests that did not
 //! run instead of a bare "all tests passed"), the one test CA ([`tls`]), the one mock upstream
-//! ([`upstream`]), and the helpers more than one test binary needs. The per-area helpers in
-//! tests/*_support build on it. Every test binary declares `mod support;` (a folder, because a file directly under
-//! tests/ would become a test binary of its own).
+//! ([`upstream`]), and the helpers more than one test binary needs. The per-area helpers build
+//! on it as submodules: [`e2e`] (the real client, containers: [`e2e::mock`], [`e2e::docker`]),
+//! [`egress`] (the namespace lab, [`egress::connect`]), [`init`] (bottle-init in namespaces) and
+//! [`proxy`] (the proxy in-process). Every test binary declares only `mod support;` (a folder,
+//! because a file directly under tests/ would become a test binary of its own) and so compiles
+//! every submodule, hence the dead-code allowance: each binary uses a different subset.
 
 #![allow(dead_code)]
 
+pub mod e2e;
+pub mod egress;
+pub mod init;
+pub mod proxy;
 pub mod tls;
 pub mod upstream;
 

@@ -3,7 +3,7 @@
 //! TLS from [`super::tls`] or plain HTTP, one thread per connection, HTTP/1.1 keep-alive, and a
 //! record of every request (head and body bytes exactly as received, plus the decoded body).
 //! What it answers is the caller's [`Handler`]: the proxy tests write theirs inline, the
-//! Messages-API mock (tests/e2e_support/mock.rs) is one such handler.
+//! Messages-API mock (tests/support/e2e/mock.rs) is one such handler.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -24,6 +24,7 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+#[allow(unused_imports)] // every test binary compiles this module, not every one uses both
 pub use crate::support::{is_root, require};
 
 pub fn have_tool(name: &str) -> bool {
