@@ -232,6 +232,12 @@ impl UsageScanner {
         UsageScanner { inner }
     }
 
+    /// Starts over for another response, in place (a proxy connection keeps one scanner for
+    /// all its requests).
+    pub fn restart(&mut self, mode: ScanMode) {
+        *self = UsageScanner::new(mode);
+    }
+
     /// Reads the next piece of the payload.
     pub fn feed(&mut self, bytes: &[u8]) {
         match &mut self.inner {
@@ -1117,26 +1123,24 @@ impl Sse {
                     i = self.skip_ignored(input, i);
                     continue;
                 }
-                Line::Start if b == b':' => {
-                    self.field = Field::Ignore;
-                    self.line = Line::Value;
-                }
-                // The usual field names, whole in this piece: what the per-byte steps below do.
-                Line::Start
-                    if input[i..].starts_with(b"data:") || input[i..].starts_with(b"event:") =>
-                {
-                    let n = if b == b'd' { 4 } else { 5 };
-                    self.name = Word::EMPTY;
-                    self.name.extend(&input[i..i + n]);
-                    self.begin_field();
-                    self.line = Line::ValueStart;
-                    i += n + 1;
-                    continue;
-                }
+                // A whole line in this piece (the usual case) is taken at once; the loop then
+                // reads its line end.
                 Line::Start => {
-                    self.name = Word::EMPTY;
-                    self.name.push(b);
-                    self.line = Line::Name;
+                    let rest = &input[i..];
+                    if let Some(n) = line_end(rest) {
+                        self.whole_line(&rest[..n]);
+                        i += n;
+                        continue;
+                    }
+                    // Cut by the end of the piece: byte by byte.
+                    if b == b':' {
+                        self.field = Field::Ignore;
+                        self.line = Line::Value;
+                    } else {
+                        self.name = Word::EMPTY;
+                        self.name.push(b);
+                        self.line = Line::Name;
+                    }
                 }
                 Line::Name if b == b':' => {
                     self.begin_field();
@@ -1163,6 +1167,35 @@ impl Sse {
                 }
             }
             i += 1;
+        }
+    }
+
+    /// One whole line of an event that may count, without its line end and not blank: what
+    /// the per-byte steps do with it, at once.
+    fn whole_line(&mut self, line: &[u8]) {
+        let colon = if line.starts_with(b"data:") {
+            Some(4)
+        } else if line.starts_with(b"event:") {
+            Some(5)
+        } else {
+            memchr::memchr(b':', line)
+        };
+        let (name, value) = match colon {
+            Some(c) => {
+                let value = &line[c + 1..];
+                (&line[..c], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        self.name = Word::EMPTY;
+        self.name.extend(name);
+        // A comment (`:` first) has an empty name: ignored like any unknown field.
+        self.begin_field();
+        self.line = Line::Value;
+        match self.field {
+            Field::Data if !self.ignored => self.json.feed(value),
+            Field::Event => self.event.extend(value),
+            Field::Data | Field::Ignore => {}
         }
     }
 
@@ -1969,6 +2002,38 @@ data: {"type": "message_stop"}
 
         #[global_allocator]
         static GLOBAL: Counting = Counting;
+    }
+
+    /// A restarted scanner (one per proxy connection, reused request after request) reports
+    /// only what the new body says, whatever the last one left half done.
+    #[test]
+    fn a_restarted_scanner_forgets_the_last_body() {
+        let fresh = scan(ScanMode::Sse, MOCK_SSE.as_bytes());
+        let json = br#"{"model":"m","usage":{"input_tokens":7,"output_tokens":8}}"#;
+        for (mode, before) in [
+            (ScanMode::Sse, NEWER_SSE.as_bytes()),
+            (ScanMode::Sse, &NEWER_SSE.as_bytes()[..NEWER_SSE.len() / 2]),
+            (ScanMode::Sse, &DOCS_SSE.as_bytes()[..200]),
+            (ScanMode::Json, &json[..30]),
+            (ScanMode::Unscanned(UnscannedReason::Encoded), &json[..]),
+        ] {
+            let mut s = UsageScanner::new(mode);
+            s.feed(before);
+            assert_ne!(s.usage(), Usage::Scanned(fresh), "fixture {mode:?}");
+            s.restart(ScanMode::Sse);
+            s.feed(MOCK_SSE.as_bytes());
+            assert_eq!(s.usage(), Usage::Scanned(fresh), "after {mode:?}");
+            s.restart(ScanMode::Json);
+            s.feed(json);
+            assert_eq!(s.usage(), Usage::Scanned(scan(ScanMode::Json, json)));
+            s.restart(ScanMode::Unscanned(UnscannedReason::ContentType));
+            assert_eq!(
+                s.usage(),
+                Usage::Unscanned {
+                    reason: UnscannedReason::ContentType
+                }
+            );
+        }
     }
 
     #[test]

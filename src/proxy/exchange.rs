@@ -88,9 +88,8 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
         ctx.refuse(c, Some(&head), r);
         return;
     }
-    let used = ctx
-        .stats
-        .with_tally(|t| t.tokens.input.saturating_add(t.tokens.output));
+    let stats = &ctx.stats;
+    let used = || stats.with_tally(|t| t.tokens.input.saturating_add(t.tokens.output));
     if let Err(limited) = ctx.quota.admit(now, used) {
         ctx.refuse_limited(c, &head, limited);
         return;
@@ -106,6 +105,11 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
         ctx.refuse(c, Some(&head), Rejection::new(503, "overloaded_error", msg));
         return;
     };
+    let mut usage = c
+        .spare_scanner
+        .take()
+        .unwrap_or_else(|| Box::new(UsageScanner::new(ScanMode::Sse)));
+    usage.restart(ScanMode::Unscanned(UnscannedReason::ContentType));
     let mut ex = Box::new(Exchange {
         method: head.method.clone(),
         path: log_path(head.path()).to_string(),
@@ -122,7 +126,7 @@ fn start_request(ctx: &mut Ctx, id: u64, c: &mut Client, head: RequestHead) {
         response_started: false,
         client_close: head.wants_close(),
         up_close: false,
-        usage: UsageScanner::new(ScanMode::Unscanned(UnscannedReason::ContentType)),
+        usage,
     });
     if let Some(up) = ctx.take_pooled() {
         ex.reused = true;
@@ -297,7 +301,9 @@ fn finish(ctx: &mut Ctx, c: &mut Client) {
             ctx.drop_upstream(up);
         }
     }
-    if ex.client_close || !request_done {
+    let close = ex.client_close || !request_done;
+    c.spare_scanner = Some(ex.usage);
+    if close {
         c.close(true);
     } else {
         c.await_next_request(ctx.limits.idle_timeout);
@@ -425,7 +431,7 @@ fn classify(ex: &mut Exchange, outbuf: &mut Buf) -> Result<(), Fault> {
                     continue;
                 }
                 ex.status = Some(head.status);
-                ex.usage = UsageScanner::new(head.scan);
+                ex.usage.restart(head.scan);
                 ex.up_close |= head.close;
                 // The relayed head may say `Connection: close` to the client: honour it.
                 ex.client_close |= head.close;

@@ -39,10 +39,16 @@ impl Quota {
         }
     }
 
-    /// May a request be forwarded now, with `tokens_used` (input + output) counted so far?
-    /// When it may, it is counted in the window.
-    pub(crate) fn admit(&mut self, now: Instant, tokens_used: u64) -> Result<(), Limited> {
+    /// May a request be forwarded now, with `tokens_used()` (input + output) counted so far?
+    /// When it may, it is counted in the window. `tokens_used` is asked only under a token
+    /// limit (it takes the tally's lock).
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        tokens_used: impl FnOnce() -> u64,
+    ) -> Result<(), Limited> {
         if let Some(max) = self.limits.tokens
+            && let tokens_used = tokens_used()
             && tokens_used >= max
         {
             return Err(Limited {
@@ -94,8 +100,10 @@ mod tests {
         let mut q = quota(None, None);
         let t = Instant::now();
         for i in 0..10_000 {
-            assert_eq!(q.admit(t, i * 1_000_000), Ok(()));
+            assert_eq!(q.admit(t, || i * 1_000_000), Ok(()));
         }
+        // Without a token limit the count is never asked for (it takes a lock).
+        assert_eq!(q.admit(t, || unreachable!("asked")), Ok(()));
         assert!(q.recent.is_empty(), "nothing kept when off");
     }
 
@@ -104,10 +112,10 @@ mod tests {
         let mut q = quota(Some(3), None);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(q.admit(at(0), 0), Ok(()));
-        assert_eq!(q.admit(at(10), 0), Ok(()));
-        assert_eq!(q.admit(at(20), 0), Ok(()));
-        let e = q.admit(at(30), 0).unwrap_err();
+        assert_eq!(q.admit(at(0), || 0), Ok(()));
+        assert_eq!(q.admit(at(10), || 0), Ok(()));
+        assert_eq!(q.admit(at(20), || 0), Ok(()));
+        let e = q.admit(at(30), || 0).unwrap_err();
         assert_eq!(e.retry_after, Some(30));
         assert!(
             e.message
@@ -116,9 +124,9 @@ mod tests {
             e.message
         );
         // Refusals do not count: at 60 s the first request has left the window.
-        assert!(q.admit(at(59), 0).is_err());
-        assert_eq!(q.admit(at(60), 0), Ok(()));
-        assert_eq!(q.admit(at(61), 0).unwrap_err().retry_after, Some(9));
+        assert!(q.admit(at(59), || 0).is_err());
+        assert_eq!(q.admit(at(60), || 0), Ok(()));
+        assert_eq!(q.admit(at(61), || 0).unwrap_err().retry_after, Some(9));
         assert_eq!(q.recent.len(), 3);
     }
 
@@ -126,9 +134,9 @@ mod tests {
     fn the_token_limit_holds_for_the_run() {
         let mut q = quota(Some(1000), Some(100));
         let t = Instant::now();
-        assert_eq!(q.admit(t, 0), Ok(()));
-        assert_eq!(q.admit(t, 99), Ok(()));
-        let e = q.admit(t, 100).unwrap_err();
+        assert_eq!(q.admit(t, || 0), Ok(()));
+        assert_eq!(q.admit(t, || 99), Ok(()));
+        let e = q.admit(t, || 100).unwrap_err();
         assert_eq!(e.retry_after, None);
         assert!(
             e.message
@@ -136,6 +144,6 @@ mod tests {
             "{}",
             e.message
         );
-        assert!(q.admit(t + Duration::from_secs(3600), 250).is_err());
+        assert!(q.admit(t + Duration::from_secs(3600), || 250).is_err());
     }
 }

@@ -83,12 +83,18 @@ impl Tally {
         k.cache_read = k.cache_read.saturating_add(t.cache_read.unwrap_or(0));
         k.cache_write = k.cache_write.saturating_add(t.cache_write.unwrap_or(0));
         let model = t.model().unwrap_or("-");
-        let key = if self.by_model.contains_key(model) || self.by_model.len() < MAX_MODELS {
-            model
-        } else {
-            OTHER_MODELS
+        // A model seen before (nearly every request) is counted without allocating its key.
+        let m = match self.by_model.get_mut(model) {
+            Some(m) => m,
+            None => {
+                let key = if self.by_model.len() < MAX_MODELS {
+                    model
+                } else {
+                    OTHER_MODELS
+                };
+                self.by_model.entry(key.to_string()).or_default()
+            }
         };
-        let m = self.by_model.entry(key.to_string()).or_default();
         m.0 = m.0.saturating_add(input);
         m.1 = m.1.saturating_add(output);
     }
@@ -106,5 +112,49 @@ impl Stats {
     pub fn with_tally<R>(&self, f: impl FnOnce(&mut Tally) -> R) -> R {
         let mut guard = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{ScanMode, Usage, UsageScanner};
+
+    /// The figures a non-streaming reply with these values reports.
+    fn reply(model: &str, input: u64, output: u64) -> Tokens {
+        let mut s = UsageScanner::new(ScanMode::Json);
+        s.feed(
+            format!(
+                "{{\"model\":\"{model}\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":{output}}}}}"
+            )
+            .as_bytes(),
+        );
+        match s.usage() {
+            Usage::Scanned(t) => t,
+            other => panic!("not scanned: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_are_counted_by_model_up_to_the_cap() {
+        let mut t = Tally::default();
+        t.add(Some(200), Some(&reply("claude-a", 3, 4)));
+        t.add(Some(200), Some(&reply("claude-a", 10, 20)));
+        t.add(Some(429), None);
+        assert_eq!(t.by_model.get("claude-a"), Some(&(13, 24)));
+        assert_eq!(t.by_status, BTreeMap::from([(200, 2), (429, 1)]));
+        assert_eq!((t.tokens.input, t.tokens.output), (13, 24));
+        for i in 1..MAX_MODELS + 5 {
+            t.add(Some(200), Some(&reply(&format!("m{i}"), 1, 2)));
+        }
+        assert_eq!(t.by_model.len(), MAX_MODELS + 1, "{:?}", t.by_model.keys());
+        // claude-a and m1..m63 have their own line; m64..m68 count as one.
+        assert_eq!(t.by_model.get(OTHER_MODELS), Some(&(5, 10)));
+        assert_eq!(t.by_model.get("m63"), Some(&(1, 2)));
+        assert_eq!(t.by_model.get("m64"), None);
+        // A name counted before the cap was reached keeps its own line.
+        t.add(Some(200), Some(&reply("claude-a", 1, 1)));
+        assert_eq!(t.by_model.get("claude-a"), Some(&(14, 25)));
+        assert_eq!(t.tokens.input, 13 + 1 + (MAX_MODELS as u64 + 4));
     }
 }
