@@ -1028,10 +1028,16 @@ struct Sse {
     line: Line,
     field: Field,
     name: Word<5>,
+    /// The value of an `event:` line being read byte by byte (a line whole in its piece is
+    /// read in place).
     event: Word<16>,
+    /// The type this event's `event:` line names (`Default` when it has none).
+    named: EventType,
     has_data: bool,
     /// `event:` lines seen in this event.
     names: u8,
+    /// The lexer has been fed since the last event ended (else it needs no reset).
+    json_fed: bool,
     /// This event cannot count (named for a type without usage, or named twice): its data is
     /// not lexed.
     ignored: bool,
@@ -1051,8 +1057,10 @@ impl Sse {
             field: Field::Ignore,
             name: Word::EMPTY,
             event: Word::EMPTY,
+            named: EventType::Default,
             has_data: false,
             names: 0,
+            json_fed: false,
             ignored: false,
             after_cr: false,
             bom: 0,
@@ -1143,7 +1151,8 @@ impl Sse {
                     }
                 }
                 Line::Name if b == b':' => {
-                    self.begin_field();
+                    let name = self.name;
+                    self.begin_field(name.get());
                     self.line = Line::ValueStart;
                 }
                 Line::Name => self.name.push(b),
@@ -1158,7 +1167,7 @@ impl Sse {
                     let n = line_end(rest).unwrap_or(rest.len());
                     match self.field {
                         Field::Data if self.ignored => {}
-                        Field::Data => self.json.feed(&rest[..n]),
+                        Field::Data => self.lex(&rest[..n]),
                         Field::Event => self.event.extend(&rest[..n]),
                         Field::Ignore => {}
                     }
@@ -1187,16 +1196,24 @@ impl Sse {
             }
             None => (line, &b""[..]),
         };
-        self.name = Word::EMPTY;
-        self.name.extend(name);
-        // A comment (`:` first) has an empty name: ignored like any unknown field.
-        self.begin_field();
-        self.line = Line::Value;
-        match self.field {
-            Field::Data if !self.ignored => self.json.feed(value),
-            Field::Event => self.event.extend(value),
-            Field::Data | Field::Ignore => {}
+        if name == b"event" {
+            // The line is whole: its name ends here (and not again at its line end).
+            self.field = Field::Ignore;
+            self.name_ended(EventType::of_name(Some(value)));
+        } else {
+            // A comment (`:` first) has an empty name: ignored like any unknown field.
+            self.begin_field(Some(name));
+            if self.field == Field::Data && !self.ignored {
+                self.lex(value);
+            }
         }
+        self.line = Line::Value;
+    }
+
+    /// Data for the event's JSON.
+    fn lex(&mut self, bytes: &[u8]) {
+        self.json_fed = true;
+        self.json.feed(bytes);
     }
 
     /// At the start of a line of an ignored event (`input[i]` is not a line end): skips whole
@@ -1229,13 +1246,14 @@ impl Sse {
         }
     }
 
-    /// A field name ended (at its colon, or at the line end for a line without one).
-    fn begin_field(&mut self) {
-        self.field = match self.name.get() {
+    /// A field name ended (at its colon, or at the line end for a line without one); `None`
+    /// is a name no field has.
+    fn begin_field(&mut self, name: Option<&[u8]>) {
+        self.field = match name {
             Some(b"data") => {
                 // Data lines of one event are joined by LF; in JSON it is whitespace.
                 if self.has_data && !self.ignored {
-                    self.json.feed(b"\n");
+                    self.lex(b"\n");
                 }
                 self.has_data = true;
                 Field::Data
@@ -1252,19 +1270,22 @@ impl Sse {
         match self.line {
             Line::Start => self.dispatch(),
             // The whole line is the field name; its value is empty.
-            Line::Name => self.begin_field(),
+            Line::Name => {
+                let name = self.name;
+                self.begin_field(name.get());
+            }
             Line::ValueStart | Line::Value => {}
         }
         if self.line != Line::Start && self.field == Field::Event {
-            self.name_ended();
+            self.name_ended(EventType::of_name(self.event.get()));
         }
         self.line = Line::Start;
     }
 
-    /// An `event:` line ended: decide whether this event can still count.
-    fn name_ended(&mut self) {
+    /// An `event:` line naming `named` ended: decide whether this event can still count.
+    fn name_ended(&mut self, named: EventType) {
         self.names = self.names.saturating_add(1);
-        let named = EventType::of_name(self.event.get());
+        self.named = named;
         if self.names > 1 || named == EventType::Other {
             self.ignored = true;
         }
@@ -1280,14 +1301,17 @@ impl Sse {
         }
         self.has_data = false;
         self.names = 0;
+        self.named = EventType::Default;
         self.ignored = false;
-        self.event = Word::EMPTY;
-        self.json.reset();
+        if self.json_fed {
+            self.json_fed = false;
+            self.json.reset();
+        }
     }
 
     fn commit(&mut self) {
         let found = &self.json.found;
-        let name = EventType::of_name(self.event.get());
+        let name = self.named;
         if name != EventType::Default && name != found.ty {
             return;
         }
