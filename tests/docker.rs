@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use support::e2e::docker::*;
-use support::e2e::mock::{Expect, Mock, MockConfig, MockIdentity};
+use support::e2e::mock::{Mock, MockIdentity};
 use support::e2e::*;
 use support::git_head;
 
@@ -475,15 +475,7 @@ fn egress_modes_in_the_container() {
         args.extend_from_slice(&[img, "sleep", "300"]);
         let c = Container::run(&args);
         c.wait_for("sleep");
-        let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
-        let ns = NetNs::of_pid(pid).expect("the container's network namespace");
-        let listeners = ns.listen_localhost(PORT).expect("listen in the container");
-        let mock = Mock::start_with(
-            listeners,
-            MockConfig::new(Expect::Bearer(token.clone()), reply),
-            Some(identity),
-        )
-        .expect("start the mock");
+        let mock = mock_in_netns_of(&c, PORT, &token, reply, identity);
 
         let o = c.exec(&[
             "/bottle-init",
@@ -498,9 +490,7 @@ fn egress_modes_in_the_container() {
         assert!(stdout(&o).contains(reply), "{mode}: {all}");
         assert_absent(&all, &token, "exec'd claude's output");
         let req = mock
-            .messages()
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains("locked prompt"))
+            .message_containing("locked prompt")
             .unwrap_or_else(|| panic!("{mode}: the prompt never reached the mock"));
         assert_eq!(req.header_all("authorization"), [format!("Bearer {token}")]);
 
@@ -575,17 +565,7 @@ impl MockSidecar {
         // Only holds the namespace: no bottle-init, no credential.
         let holder = Container::run(&["--network", "none", "--entrypoint", "sleep", img, "600"]);
         holder.wait_for_process("sleep", Duration::from_secs(30));
-        let pid: u32 = holder.inspect("{{.State.Pid}}").parse().expect("pid");
-        let ns = NetNs::of_pid(pid).expect("the holder's network namespace");
-        let listeners = ns
-            .listen_localhost(Self::PORT)
-            .expect("listen in the holder");
-        let mock = Mock::start_with(
-            listeners,
-            MockConfig::new(Expect::Bearer(token.to_string()), reply),
-            Some(identity),
-        )
-        .expect("start the mock");
+        let mock = mock_in_netns_of(&holder, Self::PORT, token, reply, identity);
         MockSidecar {
             holder,
             mock,
@@ -601,9 +581,7 @@ impl MockSidecar {
     /// The request whose body carries `prompt`.
     fn request_with(&self, prompt: &str) -> support::e2e::mock::Recorded {
         self.mock
-            .messages()
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains(prompt))
+            .message_containing(prompt)
             .unwrap_or_else(|| panic!("{prompt:?} never reached the mock"))
     }
 }

@@ -921,10 +921,7 @@ fn interactive_exec_on_a_pty_works_through_the_relay() {
     });
     eprintln!("interactive exec screen:\n{screen}");
     assert!(
-        sb.mock
-            .messages()
-            .iter()
-            .any(|r| String::from_utf8_lossy(&r.body).contains(prompt)),
+        sb.mock.message_containing(prompt).is_some(),
         "the typed prompt never reached the mock"
     );
     sb.assert_home_clean();
@@ -1390,9 +1387,8 @@ fn interactive_as_a_uid_without_passwd_entry_gets_a_home_and_works() {
     assert!(hits.is_empty(), "the real token was written to {hits:?}");
     assert!(
         sb.mock
-            .messages()
-            .iter()
-            .any(|r| String::from_utf8_lossy(&r.body).contains("please reply to uid 4242")),
+            .message_containing("please reply to uid 4242")
+            .is_some(),
         "the typed prompt never reached the mock"
     );
 }

@@ -283,14 +283,7 @@ fn connect(label: &str, target: &str) {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-        match s.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
-    }
+    let head = support::read_head(&mut s, 8192);
     let status = status_of(&head);
     say(&format!("connect_{label}"), &status);
     if status != "200" {

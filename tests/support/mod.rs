@@ -181,6 +181,20 @@ pub fn git_head() -> Option<String> {
     (o.status.success() && !s.is_empty()).then_some(s)
 }
 
+/// Reads an HTTP head a byte at a time (so nothing after it is consumed): up to and with the
+/// blank line, at most `max` bytes, or what came before an error or EOF.
+pub fn read_head(r: &mut impl std::io::Read, max: usize) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < max {
+        match r.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    head
+}
+
 /// Sets a socket timeout (`opt`: SO_RCVTIMEO or SO_SNDTIMEO) on a raw descriptor.
 pub fn set_fd_timeout(fd: i32, opt: libc::c_int, d: std::time::Duration) {
     let tv = libc::timeval {

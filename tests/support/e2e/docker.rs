@@ -9,6 +9,28 @@ use std::time::{Duration, Instant};
 use super::mock::{Expect, Mock, MockConfig, MockIdentity};
 use super::{NetNs, fake_secret, is_root};
 
+/// A mock with the certificate `identity` (whose CA the container already mounts) on
+/// localhost:`port` of the running container `c`'s network namespace, expecting `token`.
+pub fn mock_in_netns_of(
+    c: &Container,
+    port: u16,
+    token: &str,
+    reply: &str,
+    identity: MockIdentity,
+) -> Mock {
+    let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
+    let ns = NetNs::of_pid(pid).expect("the container's network namespace");
+    let listeners = ns
+        .listen_localhost(port)
+        .expect("listen inside the container's namespace");
+    Mock::start_with(
+        listeners,
+        MockConfig::new(Expect::Bearer(token.to_string()), reply),
+        Some(identity),
+    )
+    .expect("start the mock")
+}
+
 /// The repository: the build context of the README's `docker build ... .`.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -268,17 +290,7 @@ impl Mocked {
         run.extend_from_slice(&[image, "sleep", "600"]);
         let c = Container::run(&run);
         c.wait_for_process("sleep", Duration::from_secs(60));
-        let pid: u32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
-        let ns = NetNs::of_pid(pid).expect("the container's network namespace");
-        let listeners = ns
-            .listen_localhost(MOCK_PORT)
-            .expect("listen inside the container's namespace");
-        let mock = Mock::start_with(
-            listeners,
-            MockConfig::new(Expect::Bearer(token.to_string()), reply),
-            Some(identity),
-        )
-        .expect("start the mock");
+        let mock = mock_in_netns_of(&c, MOCK_PORT, token, reply, identity);
         Mocked {
             c,
             mock,
@@ -304,9 +316,7 @@ impl Mocked {
     pub fn assert_prompt_arrived(&self, prompt: &str, token: &str) {
         let req = self
             .mock
-            .messages()
-            .into_iter()
-            .find(|r| String::from_utf8_lossy(&r.body).contains(prompt))
+            .message_containing(prompt)
             .unwrap_or_else(|| {
                 panic!(
                     "{prompt:?} never reached the mock: {:?}",

@@ -149,6 +149,13 @@ impl Mock {
             .collect()
     }
 
+    /// The first `POST /v1/messages` whose body contains `text` (a prompt).
+    pub fn message_containing(&self, text: &str) -> Option<Recorded> {
+        self.messages()
+            .into_iter()
+            .find(|r| String::from_utf8_lossy(&r.body).contains(text))
+    }
+
     /// Waits until a gated stream is being held. False on timeout.
     pub fn wait_gate(&self, timeout: Duration) -> bool {
         let g = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,7 +4,7 @@
 //! relay bytes both ways. It logs every decision. It is a stand-in for the real proxy's CONNECT
 //! support, not a copy of it: blocking, one thread per direction.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,13 +66,9 @@ impl ConnectProxy {
 fn serve(mut c: TcpStream, allow: &AllowList, log: &Mutex<Vec<String>>) {
     let _ = c.set_nonblocking(false);
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-        match c.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
+    let head = crate::support::read_head(&mut c, 4096);
+    if !head.ends_with(b"\r\n\r\n") {
+        return;
     }
     let text = String::from_utf8_lossy(&head).into_owned();
     let mut words = text.split_whitespace();
