@@ -479,6 +479,7 @@ impl Node {
         matches!(self, Node::Root | Node::Message | Node::Usage(_))
     }
 
+    #[inline]
     fn child(self, schema: Schema, key: &[u8]) -> Node {
         match (schema, self, key) {
             (Schema::Document, Node::Root, b"model") => Node::Model,
@@ -521,7 +522,16 @@ impl Found {
         self.counts = [[None; 4]; 2];
     }
 
+    /// Forgets what a value starting at `node` will set.
+    #[inline]
     fn clear(&mut self, node: Node) {
+        // Most values are at no node of ours: no call for them.
+        if node != Node::Other {
+            self.clear_node(node);
+        }
+    }
+
+    fn clear_node(&mut self, node: Node) {
         match node {
             Node::Model => self.has_model = false,
             Node::Type => self.ty = EventType::Default,
@@ -566,6 +576,8 @@ impl NumState {
     }
 }
 
+// A plain tag (no niche in a field): each test of the state is one compare.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lex {
     /// A value must come: at the root, after `:`, after `,` in an array.
