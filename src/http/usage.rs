@@ -422,6 +422,31 @@ fn bytes_below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
+/// How the API's event lines start.
+const EVENT_PREFIX: &[u8] = b"event: ";
+
+/// The names the Messages API streams, most frequent first.
+const KNOWN_EVENTS: [&[u8]; 7] = [
+    b"content_block_delta",
+    b"ping",
+    b"content_block_start",
+    b"content_block_stop",
+    b"message_start",
+    b"message_delta",
+    b"message_stop",
+];
+
+/// When `s` starts with an `event: ` line naming one of [`KNOWN_EVENTS`] whose line end is in
+/// `s`: the length of that line (without its line end). One compare per name instead of a
+/// search for the line end (each event of a stream usually comes in a piece of its own).
+fn known_event_line(s: &[u8]) -> Option<usize> {
+    let name = s.strip_prefix(EVENT_PREFIX)?;
+    KNOWN_EVENTS.iter().find_map(|k| {
+        (name.starts_with(k) && matches!(name.get(k.len()), Some(b'\r' | b'\n')))
+            .then_some(EVENT_PREFIX.len() + k.len())
+    })
+}
+
 /// The first CR or LF of `s`. Most of an SSE body is lines nobody reads to their end (the
 /// data of events without usage): memchr's vector search (SSE2/AVX2, NEON) skips them 16 or 32
 /// bytes at a step.
@@ -1344,6 +1369,14 @@ impl Sse {
                 // reads its line end.
                 Line::Start => {
                     let rest = &input[i..];
+                    if let Some(n) = known_event_line(rest) {
+                        // What `whole_line` does with it, without searching for its end.
+                        self.field = Field::Ignore;
+                        self.name_ended(EventType::of_name(Some(&rest[EVENT_PREFIX.len()..n])));
+                        self.line = Line::Value;
+                        i += n;
+                        continue;
+                    }
                     if let Some(n) = line_end(rest) {
                         self.whole_line(&rest[..n]);
                         i += n;
@@ -2359,6 +2392,36 @@ data: {"type": "message_stop"}
 
         #[global_allocator]
         static GLOBAL: Counting = Counting;
+    }
+
+    /// The known-name shortcut takes exactly the lines it names, whole, and nothing longer,
+    /// shorter or cut; the stream gives what the general steps give (byte by byte).
+    #[test]
+    fn known_event_lines_are_taken_exactly() {
+        for k in KNOWN_EVENTS {
+            let name = std::str::from_utf8(k).unwrap();
+            for end in ["\n", "\r", "\r\n"] {
+                let line = format!("event: {name}{end}data: x");
+                assert_eq!(known_event_line(line.as_bytes()), Some(7 + k.len()), "{line:?}");
+            }
+            for other in [
+                format!("event: {name}x\n"),
+                format!("event: {name}"),
+                format!("event:{name}\n"),
+                format!("event:  {name}\n"),
+                format!("event: {}\n", &name[..name.len() - 1]),
+            ] {
+                assert_eq!(known_event_line(other.as_bytes()), None, "{other:?}");
+            }
+        }
+        let t = scan_all_ways(ScanMode::Sse, MOCK_SSE.as_bytes());
+        assert_eq!(
+            figures(&t),
+            (Some("claude-sonnet-4-5"), [Some(12), Some(7), Some(0), Some(0)])
+        );
+        // An event named message_delta whose data says otherwise does not count.
+        let body = "event: message_delta\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n";
+        assert_eq!(scan_all_ways(ScanMode::Sse, body.as_bytes()).input, None);
     }
 
     /// A restarted scanner (one per proxy connection, reused request after request) reports
