@@ -761,6 +761,11 @@ impl JsonScan {
     /// end (the state is `Str`), or at the end of `input`.
     fn whole_tokens(&mut self, input: &[u8], mut i: usize) -> usize {
         let (mut state, mut depth, mut next) = (self.state, self.depth, self.next);
+        // The innermost container in locals, changed only at its open and close: its node, is
+        // it an object, the state after a value in it.
+        let mut cont = self.container_at(depth);
+        let mut obj = depth > 0 && self.object_at(depth);
+        let mut after = Self::after_value(depth);
         let value = |state| matches!(state, Lex::Value | Lex::ValueOrClose);
         // On the byte first (a jump table), then on the state: only the structural states
         // are ever in `state` here.
@@ -779,7 +784,7 @@ impl JsonScan {
                     }
                     // What `end_string` finds: a word too long or not ASCII is no key of ours
                     // either.
-                    next = match self.container_at(depth) {
+                    next = match cont {
                         Node::Other => Node::Other,
                         c => c.child(self.schema, &rest[..n]),
                     };
@@ -803,12 +808,12 @@ impl JsonScan {
                         return i + 1 + n;
                     }
                     self.string_value(next, &rest[..n]);
-                    state = Self::after_value(depth);
+                    state = after;
                     i += n + 1;
                 }
                 b':' if state == Lex::Colon => state = Lex::Value,
                 b',' if state == Lex::After => {
-                    if self.object_at(depth) {
+                    if obj {
                         state = Lex::Key;
                     } else {
                         next = Node::Other;
@@ -820,11 +825,14 @@ impl JsonScan {
                         || (b == b'}' && state == Lex::KeyOrClose)
                         || (b == b']' && state == Lex::ValueOrClose) =>
                 {
-                    if (b == b'}') != self.object_at(depth) {
+                    if (b == b'}') != obj {
                         break; // `byte` fails it
                     }
                     depth -= 1;
-                    state = Self::after_value(depth);
+                    cont = self.container_at(depth);
+                    obj = depth > 0 && self.object_at(depth);
+                    after = Self::after_value(depth);
+                    state = after;
                 }
                 b'{' | b'[' if value(state) && depth < MAX_DEPTH => {
                     self.found.clear(next);
@@ -835,15 +843,20 @@ impl JsonScan {
                     } else {
                         self.objects[depth / 64] &= !bit;
                     }
+                    // An array, or an object where a scalar belongs, holds nothing we count.
+                    cont = if object && next.is_container() {
+                        next
+                    } else {
+                        Node::Other
+                    };
                     if depth < PATH {
-                        // An array, or an object where a scalar belongs, holds nothing we count.
-                        self.nodes[depth] = if object && next.is_container() {
-                            next
-                        } else {
-                            Node::Other
-                        };
+                        self.nodes[depth] = cont;
+                    } else {
+                        cont = Node::Other;
                     }
                     depth += 1;
+                    obj = object;
+                    after = Lex::After;
                     next = Node::Other;
                     state = if object {
                         Lex::KeyOrClose
@@ -855,7 +868,7 @@ impl JsonScan {
                     let Some(n) = self.whole_count(next, &input[i..]) else {
                         break;
                     };
-                    state = Self::after_value(depth);
+                    state = after;
                     i += n - 1;
                 }
                 b't' | b'f' | b'n' if value(state) => {
@@ -869,7 +882,7 @@ impl JsonScan {
                         break;
                     };
                     self.found.clear(next);
-                    state = Self::after_value(depth);
+                    state = after;
                     i += n - 1;
                 }
                 _ => break,
