@@ -504,6 +504,38 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The key our child `self` (a container we track) expects at the start of `rest` (just
+    /// after the key's quote) when it is whole there, closing quote included: that child and
+    /// the key's length. One constant compare on the first byte's guess, no search for the
+    /// quote. `None`: no key of ours is whole there (the key may still be one of ours with an
+    /// escape, or cut by the piece's end: `child` decides those).
+    fn known_key(self, schema: Schema, rest: &[u8]) -> Option<(Node, usize)> {
+        let hit =
+            |word: &'static [u8], node| rest.starts_with(word).then_some((node, word.len() - 1));
+        match (schema, self, rest.first()?) {
+            (_, Node::Usage(set), b'i') => hit(b"input_tokens\"", Node::Count(set, INPUT)),
+            (_, Node::Usage(set), b'o') => hit(b"output_tokens\"", Node::Count(set, OUTPUT)),
+            (_, Node::Usage(set), b'c') => {
+                hit(b"cache_read_input_tokens\"", Node::Count(set, CACHE_READ)).or_else(|| {
+                    hit(
+                        b"cache_creation_input_tokens\"",
+                        Node::Count(set, CACHE_WRITE),
+                    )
+                })
+            }
+            (Schema::Document, Node::Root, b'm') => hit(b"model\"", Node::Model),
+            (Schema::Document, Node::Root, b'u') => hit(b"usage\"", Node::Usage(0)),
+            (Schema::Event, Node::Root, b't') => hit(b"type\"", Node::Type),
+            (Schema::Event, Node::Root, b'm') => hit(b"message\"", Node::Message),
+            (Schema::Event, Node::Root, b'u') => hit(b"usage\"", Node::Usage(1)),
+            (Schema::Event, Node::Message, b'm') => hit(b"model\"", Node::Model),
+            (Schema::Event, Node::Message, b'u') => hit(b"usage\"", Node::Usage(0)),
+            _ => None,
+        }
+    }
+}
+
 /// Containers whose node is tracked: the root object, `message`, `message.usage`. Deeper ones
 /// are `Other` by construction.
 const PATH: usize = 3;
@@ -774,19 +806,25 @@ impl JsonScan {
                 b' ' | b'\t' | b'\n' | b'\r' => {}
                 b'"' if matches!(state, Lex::KeyOrClose | Lex::Key) => {
                     let rest = &input[i + 1..];
-                    let n = find(rest, string_stop, is_string_stop).unwrap_or(rest.len());
-                    if rest.get(n) != Some(&b'"') {
-                        // Not whole: the key's start and its run, the rest for `byte`.
-                        (self.state, self.depth, self.next) = (state, depth, next);
-                        self.begin_key();
-                        self.take_run(&rest[..n]);
-                        return i + 1 + n;
-                    }
-                    // What `end_string` finds: a word too long or not ASCII is no key of ours
-                    // either.
-                    next = match cont {
-                        Node::Other => Node::Other,
-                        c => c.child(self.schema, &rest[..n]),
+                    let known = match cont {
+                        Node::Other => None,
+                        c => c.known_key(self.schema, rest),
+                    };
+                    let n = if let Some((node, n)) = known {
+                        next = node;
+                        n
+                    } else {
+                        let n = find(rest, string_stop, is_string_stop).unwrap_or(rest.len());
+                        if rest.get(n) != Some(&b'"') {
+                            // Not whole: the key's start and its run, the rest for `byte`.
+                            (self.state, self.depth, self.next) = (state, depth, next);
+                            self.begin_key();
+                            self.take_run(&rest[..n]);
+                            return i + 1 + n;
+                        }
+                        // Whole and not one `known_key` expects: no key of ours.
+                        next = Node::Other;
+                        n
                     };
                     i += n + 1;
                     // The colon, most often right after the key.
@@ -1598,6 +1636,50 @@ pub fn fuzz_harness(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `known_key` (the fast path's keys, whole in the piece) says what `child` says, for our
+    /// keys and near misses, in every container we track.
+    #[test]
+    fn known_keys_are_the_children() {
+        let keys: &[&[u8]] = &[
+            b"type",
+            b"message",
+            b"usage",
+            b"model",
+            b"input_tokens",
+            b"output_tokens",
+            b"cache_read_input_tokens",
+            b"cache_creation_input_tokens",
+            b"typ",
+            b"types",
+            b"models",
+            b"mode",
+            b"usages",
+            b"id",
+            b"",
+            b"cache_read",
+            b"input_token",
+            b"messagE",
+            b"output_tokens_",
+            b"cache_creation_input_token",
+        ];
+        let containers = [Node::Root, Node::Message, Node::Usage(0), Node::Usage(1)];
+        for schema in [Schema::Document, Schema::Event] {
+            for c in containers {
+                for &key in keys {
+                    let mut rest = key.to_vec();
+                    rest.extend_from_slice(b"\":1");
+                    let want = match c.child(schema, key) {
+                        Node::Other => None,
+                        node => Some((node, key.len())),
+                    };
+                    assert_eq!(c.known_key(schema, &rest), want, "{schema:?} {c:?} {key:?}");
+                    // Cut before its quote it is never whole.
+                    assert_eq!(c.known_key(schema, key), None, "{schema:?} {c:?} {key:?}");
+                }
+            }
+        }
+    }
 
     fn scan(mode: ScanMode, body: &[u8]) -> Tokens {
         let mut s = UsageScanner::new(mode);
