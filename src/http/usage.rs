@@ -529,6 +529,38 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The key our child `self` (a container we track) expects at the start of `rest` (just
+    /// after the key's quote) when it is whole there, closing quote included: that child and
+    /// the key's length. One constant compare on the first byte's guess, no search for the
+    /// quote. `None`: no key of ours is whole there (the key may still be one of ours with an
+    /// escape, or cut by the piece's end: `child` decides those).
+    fn known_key(self, schema: Schema, rest: &[u8]) -> Option<(Node, usize)> {
+        let hit =
+            |word: &'static [u8], node| rest.starts_with(word).then_some((node, word.len() - 1));
+        match (schema, self, rest.first()?) {
+            (_, Node::Usage(set), b'i') => hit(b"input_tokens\"", Node::Count(set, INPUT)),
+            (_, Node::Usage(set), b'o') => hit(b"output_tokens\"", Node::Count(set, OUTPUT)),
+            (_, Node::Usage(set), b'c') => {
+                hit(b"cache_read_input_tokens\"", Node::Count(set, CACHE_READ)).or_else(|| {
+                    hit(
+                        b"cache_creation_input_tokens\"",
+                        Node::Count(set, CACHE_WRITE),
+                    )
+                })
+            }
+            (Schema::Document, Node::Root, b'm') => hit(b"model\"", Node::Model),
+            (Schema::Document, Node::Root, b'u') => hit(b"usage\"", Node::Usage(0)),
+            (Schema::Event, Node::Root, b't') => hit(b"type\"", Node::Type),
+            (Schema::Event, Node::Root, b'm') => hit(b"message\"", Node::Message),
+            (Schema::Event, Node::Root, b'u') => hit(b"usage\"", Node::Usage(1)),
+            (Schema::Event, Node::Message, b'm') => hit(b"model\"", Node::Model),
+            (Schema::Event, Node::Message, b'u') => hit(b"usage\"", Node::Usage(0)),
+            _ => None,
+        }
+    }
+}
+
 /// Containers whose node is tracked: the root object, `message`, `message.usage`. Deeper ones
 /// are `Other` by construction.
 const PATH: usize = 3;
@@ -786,6 +818,11 @@ impl JsonScan {
     /// end (the state is `Str`), or at the end of `input`.
     fn whole_tokens(&mut self, input: &[u8], mut i: usize) -> usize {
         let (mut state, mut depth, mut next) = (self.state, self.depth, self.next);
+        // The innermost container in locals, changed only at its open and close: its node, is
+        // it an object, the state after a value in it.
+        let mut cont = self.container_at(depth);
+        let mut obj = depth > 0 && self.object_at(depth);
+        let mut after = Self::after_value(depth);
         let value = |state| matches!(state, Lex::Value | Lex::ValueOrClose);
         // On the byte first (a jump table), then on the state: only the structural states
         // are ever in `state` here.
@@ -794,19 +831,25 @@ impl JsonScan {
                 b' ' | b'\t' | b'\n' | b'\r' => {}
                 b'"' if matches!(state, Lex::KeyOrClose | Lex::Key) => {
                     let rest = &input[i + 1..];
-                    let n = find(rest, string_stop, is_string_stop).unwrap_or(rest.len());
-                    if rest.get(n) != Some(&b'"') {
-                        // Not whole: the key's start and its run, the rest for `byte`.
-                        (self.state, self.depth, self.next) = (state, depth, next);
-                        self.begin_key();
-                        self.take_run(&rest[..n]);
-                        return i + 1 + n;
-                    }
-                    // What `end_string` finds: a word too long or not ASCII is no key of ours
-                    // either.
-                    next = match self.container_at(depth) {
-                        Node::Other => Node::Other,
-                        c => c.child(self.schema, &rest[..n]),
+                    let known = match cont {
+                        Node::Other => None,
+                        c => c.known_key(self.schema, rest),
+                    };
+                    let n = if let Some((node, n)) = known {
+                        next = node;
+                        n
+                    } else {
+                        let n = find(rest, string_stop, is_string_stop).unwrap_or(rest.len());
+                        if rest.get(n) != Some(&b'"') {
+                            // Not whole: the key's start and its run, the rest for `byte`.
+                            (self.state, self.depth, self.next) = (state, depth, next);
+                            self.begin_key();
+                            self.take_run(&rest[..n]);
+                            return i + 1 + n;
+                        }
+                        // Whole and not one `known_key` expects: no key of ours.
+                        next = Node::Other;
+                        n
                     };
                     i += n + 1;
                     // The colon, most often right after the key.
@@ -828,12 +871,12 @@ impl JsonScan {
                         return i + 1 + n;
                     }
                     self.string_value(next, &rest[..n]);
-                    state = Self::after_value(depth);
+                    state = after;
                     i += n + 1;
                 }
                 b':' if state == Lex::Colon => state = Lex::Value,
                 b',' if state == Lex::After => {
-                    if self.object_at(depth) {
+                    if obj {
                         state = Lex::Key;
                     } else {
                         next = Node::Other;
@@ -845,11 +888,14 @@ impl JsonScan {
                         || (b == b'}' && state == Lex::KeyOrClose)
                         || (b == b']' && state == Lex::ValueOrClose) =>
                 {
-                    if (b == b'}') != self.object_at(depth) {
+                    if (b == b'}') != obj {
                         break; // `byte` fails it
                     }
                     depth -= 1;
-                    state = Self::after_value(depth);
+                    cont = self.container_at(depth);
+                    obj = depth > 0 && self.object_at(depth);
+                    after = Self::after_value(depth);
+                    state = after;
                 }
                 b'{' | b'[' if value(state) && depth < MAX_DEPTH => {
                     self.found.clear(next);
@@ -860,15 +906,20 @@ impl JsonScan {
                     } else {
                         self.objects[depth / 64] &= !bit;
                     }
+                    // An array, or an object where a scalar belongs, holds nothing we count.
+                    cont = if object && next.is_container() {
+                        next
+                    } else {
+                        Node::Other
+                    };
                     if depth < PATH {
-                        // An array, or an object where a scalar belongs, holds nothing we count.
-                        self.nodes[depth] = if object && next.is_container() {
-                            next
-                        } else {
-                            Node::Other
-                        };
+                        self.nodes[depth] = cont;
+                    } else {
+                        cont = Node::Other;
                     }
                     depth += 1;
+                    obj = object;
+                    after = Lex::After;
                     next = Node::Other;
                     state = if object {
                         Lex::KeyOrClose
@@ -880,7 +931,7 @@ impl JsonScan {
                     let Some(n) = self.whole_count(next, &input[i..]) else {
                         break;
                     };
-                    state = Self::after_value(depth);
+                    state = after;
                     i += n - 1;
                 }
                 b't' | b'f' | b'n' if value(state) => {
@@ -894,7 +945,7 @@ impl JsonScan {
                         break;
                     };
                     self.found.clear(next);
-                    state = Self::after_value(depth);
+                    state = after;
                     i += n - 1;
                 }
                 _ => break,
@@ -1618,6 +1669,50 @@ pub fn fuzz_harness(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `known_key` (the fast path's keys, whole in the piece) says what `child` says, for our
+    /// keys and near misses, in every container we track.
+    #[test]
+    fn known_keys_are_the_children() {
+        let keys: &[&[u8]] = &[
+            b"type",
+            b"message",
+            b"usage",
+            b"model",
+            b"input_tokens",
+            b"output_tokens",
+            b"cache_read_input_tokens",
+            b"cache_creation_input_tokens",
+            b"typ",
+            b"types",
+            b"models",
+            b"mode",
+            b"usages",
+            b"id",
+            b"",
+            b"cache_read",
+            b"input_token",
+            b"messagE",
+            b"output_tokens_",
+            b"cache_creation_input_token",
+        ];
+        let containers = [Node::Root, Node::Message, Node::Usage(0), Node::Usage(1)];
+        for schema in [Schema::Document, Schema::Event] {
+            for c in containers {
+                for &key in keys {
+                    let mut rest = key.to_vec();
+                    rest.extend_from_slice(b"\":1");
+                    let want = match c.child(schema, key) {
+                        Node::Other => None,
+                        node => Some((node, key.len())),
+                    };
+                    assert_eq!(c.known_key(schema, &rest), want, "{schema:?} {c:?} {key:?}");
+                    // Cut before its quote it is never whole.
+                    assert_eq!(c.known_key(schema, key), None, "{schema:?} {c:?} {key:?}");
+                }
+            }
+        }
+    }
 
     fn scan(mode: ScanMode, body: &[u8]) -> Tokens {
         let mut s = UsageScanner::new(mode);
