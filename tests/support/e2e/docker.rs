@@ -314,15 +314,12 @@ impl Mocked {
     /// The request carrying `prompt` reached the mock with the real token (the proxy swapped
     /// the placeholder) and the OAuth beta.
     pub fn assert_prompt_arrived(&self, prompt: &str, token: &str) {
-        let req = self
-            .mock
-            .message_containing(prompt)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{prompt:?} never reached the mock: {:?}",
-                    self.mock.requests()
-                )
-            });
+        let req = self.mock.message_containing(prompt).unwrap_or_else(|| {
+            panic!(
+                "{prompt:?} never reached the mock: {:?}",
+                self.mock.requests()
+            )
+        });
         assert_eq!(req.header_all("authorization"), [format!("Bearer {token}")]);
         let beta = req.header_all("anthropic-beta").join(",");
         assert!(beta.contains("oauth-2025-04-20"), "{beta}");
