@@ -362,18 +362,6 @@ const CACHE_READ: usize = 2;
 const CACHE_WRITE: usize = 3;
 type Counts = [Option<u64>; 4];
 
-fn count_index(key: &[u8]) -> Option<usize> {
-    // The length first, then one compare of known length (a few word loads, where a slice
-    // pattern compares a byte at a time).
-    match key.len() {
-        12 if key == b"input_tokens" => Some(INPUT),
-        13 if key == b"output_tokens" => Some(OUTPUT),
-        23 if key == b"cache_read_input_tokens" => Some(CACHE_READ),
-        27 if key == b"cache_creation_input_tokens" => Some(CACHE_WRITE),
-        _ => None,
-    }
-}
-
 /// The `type` of an SSE event (or its `event:` name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventType {
@@ -512,53 +500,80 @@ impl Node {
         matches!(self, Node::Root | Node::Message | Node::Usage(_))
     }
 
-    fn child(self, schema: Schema, key: &[u8]) -> Node {
-        // As in `count_index`: the length, then a compare of known length.
-        let is = |word: &[u8]| key.len() == word.len() && key == word;
+    /// The keys a container we track expects, each with its closing quote, and the node each
+    /// names: the one table both key paths read (`child`, `known_key`).
+    fn keys(self, schema: Schema) -> &'static [(&'static [u8], Node)] {
+        const fn usage(set: usize) -> [(&'static [u8], Node); 4] {
+            [
+                (b"input_tokens\"", Node::Count(set, INPUT)),
+                (b"output_tokens\"", Node::Count(set, OUTPUT)),
+                (b"cache_read_input_tokens\"", Node::Count(set, CACHE_READ)),
+                (
+                    b"cache_creation_input_tokens\"",
+                    Node::Count(set, CACHE_WRITE),
+                ),
+            ]
+        }
+        const USAGE: [[(&[u8], Node); 4]; 2] = [usage(0), usage(1)];
         match (schema, self) {
-            (_, Node::Usage(set)) => count_index(key).map_or(Node::Other, |i| Node::Count(set, i)),
-            (Schema::Document, Node::Root) if is(b"model") => Node::Model,
-            (Schema::Document, Node::Root) if is(b"usage") => Node::Usage(0),
-            (Schema::Event, Node::Root) if is(b"type") => Node::Type,
-            (Schema::Event, Node::Root) if is(b"message") => Node::Message,
-            (Schema::Event, Node::Root) if is(b"usage") => Node::Usage(1),
-            (Schema::Event, Node::Message) if is(b"model") => Node::Model,
-            (Schema::Event, Node::Message) if is(b"usage") => Node::Usage(0),
-            _ => Node::Other,
+            (_, Node::Usage(set)) => &USAGE[set],
+            (Schema::Document, Node::Root) => {
+                &[(b"model\"", Node::Model), (b"usage\"", Node::Usage(0))]
+            }
+            (Schema::Event, Node::Root) => &[
+                (b"type\"", Node::Type),
+                (b"message\"", Node::Message),
+                (b"usage\"", Node::Usage(1)),
+            ],
+            (Schema::Event, Node::Message) => {
+                &[(b"model\"", Node::Model), (b"usage\"", Node::Usage(0))]
+            }
+            _ => &[],
         }
     }
-}
 
-impl Node {
+    /// The child at a whole key (its content, read byte by byte: escapes undone).
+    fn child(self, schema: Schema, key: &[u8]) -> Node {
+        self.keys(schema)
+            .iter()
+            .find(|(k, _)| k.len() == key.len() + 1 && k.starts_with(key))
+            .map_or(Node::Other, |&(_, node)| node)
+    }
+
     /// The key our child `self` (a container we track) expects at the start of `rest` (just
     /// after the key's quote) when it is whole there, closing quote included: that child and
-    /// the key's length. One constant compare on the first byte's guess, no search for the
+    /// the key's length. A compare of the first byte, then of the key, no search for the
     /// quote. `None`: no key of ours is whole there (the key may still be one of ours with an
     /// escape, or cut by the piece's end: `child` decides those).
     fn known_key(self, schema: Schema, rest: &[u8]) -> Option<(Node, usize)> {
-        let hit =
-            |word: &'static [u8], node| rest.starts_with(word).then_some((node, word.len() - 1));
-        match (schema, self, rest.first()?) {
-            (_, Node::Usage(set), b'i') => hit(b"input_tokens\"", Node::Count(set, INPUT)),
-            (_, Node::Usage(set), b'o') => hit(b"output_tokens\"", Node::Count(set, OUTPUT)),
-            (_, Node::Usage(set), b'c') => {
-                hit(b"cache_read_input_tokens\"", Node::Count(set, CACHE_READ)).or_else(|| {
-                    hit(
-                        b"cache_creation_input_tokens\"",
-                        Node::Count(set, CACHE_WRITE),
-                    )
-                })
-            }
-            (Schema::Document, Node::Root, b'm') => hit(b"model\"", Node::Model),
-            (Schema::Document, Node::Root, b'u') => hit(b"usage\"", Node::Usage(0)),
-            (Schema::Event, Node::Root, b't') => hit(b"type\"", Node::Type),
-            (Schema::Event, Node::Root, b'm') => hit(b"message\"", Node::Message),
-            (Schema::Event, Node::Root, b'u') => hit(b"usage\"", Node::Usage(1)),
-            (Schema::Event, Node::Message, b'm') => hit(b"model\"", Node::Model),
-            (Schema::Event, Node::Message, b'u') => hit(b"usage\"", Node::Usage(0)),
-            _ => None,
-        }
+        let first = *rest.first()?;
+        self.keys(schema)
+            .iter()
+            .find(|(k, _)| k[0] == first && starts_with_key(rest, k))
+            .map(|&(k, node)| (node, k.len() - 1))
     }
+}
+
+/// `rest` starts with `key` (at least four bytes long): a few word compares, the last one
+/// overlapping, inline (a call to `memcmp` costs more than the compare for keys this short).
+fn starts_with_key(rest: &[u8], key: &[u8]) -> bool {
+    let n = key.len();
+    let Some(r) = rest.get(..n) else {
+        return false;
+    };
+    let w4 = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    if n < 8 {
+        return w4(r, 0) == w4(key, 0) && w4(r, n - 4) == w4(key, n - 4);
+    }
+    let mut i = 0;
+    while i + 8 < n {
+        if w8(r, i) != w8(key, i) {
+            return false;
+        }
+        i += 8;
+    }
+    w8(r, n - 8) == w8(key, n - 8)
 }
 
 /// Containers whose node is tracked: the root object, `message`, `message.usage`. Deeper ones
@@ -723,6 +738,11 @@ impl JsonScan {
     }
 
     /// Starts over for the next event, reusing the memory.
+    /// Nothing but whitespace has been fed since the last reset: a reset would change nothing.
+    fn is_fresh(&self) -> bool {
+        self.state == Lex::Value && self.depth == 0
+    }
+
     fn reset(&mut self) {
         self.state = Lex::Value;
         self.depth = 0;
@@ -900,32 +920,12 @@ impl JsonScan {
                 b'{' | b'[' if value(state) && depth < MAX_DEPTH => {
                     self.found.clear(next);
                     let object = b == b'{';
-                    let bit = 1u64 << (depth % 64);
-                    if object {
-                        self.objects[depth / 64] |= bit;
-                    } else {
-                        self.objects[depth / 64] &= !bit;
-                    }
-                    // An array, or an object where a scalar belongs, holds nothing we count.
-                    cont = if object && next.is_container() {
-                        next
-                    } else {
-                        Node::Other
-                    };
-                    if depth < PATH {
-                        self.nodes[depth] = cont;
-                    } else {
-                        cont = Node::Other;
-                    }
+                    cont = self.enter(depth, object, next);
                     depth += 1;
                     obj = object;
                     after = Lex::After;
                     next = Node::Other;
-                    state = if object {
-                        Lex::KeyOrClose
-                    } else {
-                        Lex::ValueOrClose
-                    };
+                    state = Self::first_in(object);
                 }
                 b'0'..=b'9' if value(state) => {
                     let Some(n) = self.whole_count(next, &input[i..]) else {
@@ -1115,31 +1115,44 @@ impl JsonScan {
     }
 
     fn open(&mut self, object: bool, node: Node) {
-        let d = self.depth;
-        if d == MAX_DEPTH {
+        if self.depth == MAX_DEPTH {
             return self.fail();
         }
-        let bit = 1u64 << (d % 64);
-        if object {
-            self.objects[d / 64] |= bit;
-        } else {
-            self.objects[d / 64] &= !bit;
-        }
-        if d < PATH {
-            // An array, or an object where a scalar belongs, holds nothing we count.
-            self.nodes[d] = if object && node.is_container() {
-                node
-            } else {
-                Node::Other
-            };
-        }
+        self.enter(self.depth, object, node);
         self.depth += 1;
         self.next = Node::Other;
-        self.state = if object {
+        self.state = Self::first_in(object);
+    }
+
+    /// Records a container opening at `depth` (< `MAX_DEPTH`) at `node`: whether it is an
+    /// object, and its node where tracked. Returns its node (`Other` when not tracked).
+    fn enter(&mut self, depth: usize, object: bool, node: Node) -> Node {
+        let bit = 1u64 << (depth % 64);
+        if object {
+            self.objects[depth / 64] |= bit;
+        } else {
+            self.objects[depth / 64] &= !bit;
+        }
+        if depth >= PATH {
+            return Node::Other;
+        }
+        // An array, or an object where a scalar belongs, holds nothing we count.
+        let cont = if object && node.is_container() {
+            node
+        } else {
+            Node::Other
+        };
+        self.nodes[depth] = cont;
+        cont
+    }
+
+    /// The state just inside a container that opened.
+    fn first_in(object: bool) -> Lex {
+        if object {
             Lex::KeyOrClose
         } else {
             Lex::ValueOrClose
-        };
+        }
     }
 
     fn close(&mut self, b: u8) {
@@ -1321,8 +1334,6 @@ struct Sse {
     has_data: bool,
     /// `event:` lines seen in this event.
     names: u8,
-    /// The lexer has been fed since the last event ended (else it needs no reset).
-    json_fed: bool,
     /// This event cannot count (named for a type without usage, or named twice): its data is
     /// not lexed.
     ignored: bool,
@@ -1345,7 +1356,6 @@ impl Sse {
             named: EventType::Default,
             has_data: false,
             names: 0,
-            json_fed: false,
             ignored: false,
             after_cr: false,
             bom: 0,
@@ -1419,17 +1429,7 @@ impl Sse {
                 // A whole line in this piece (the usual case) is taken at once; the loop then
                 // reads its line end.
                 Line::Start => {
-                    let rest = &input[i..];
-                    if let Some(n) = known_event_line(rest) {
-                        // What `whole_line` does with it, without searching for its end.
-                        self.field = Field::Ignore;
-                        self.name_ended(EventType::of_name(Some(&rest[EVENT_PREFIX.len()..n])));
-                        self.line = Line::Value;
-                        i += n;
-                        continue;
-                    }
-                    if let Some(n) = line_end(rest) {
-                        self.whole_line(&rest[..n]);
+                    if let Some(n) = self.whole_line(&input[i..]) {
                         i += n;
                         continue;
                     }
@@ -1472,22 +1472,34 @@ impl Sse {
         }
     }
 
-    /// One whole line of an event that may count, without its line end and not blank: what
-    /// the per-byte steps do with it, at once.
-    fn whole_line(&mut self, line: &[u8]) {
-        let colon = if line.starts_with(b"data:") {
-            Some(4)
-        } else if line.starts_with(b"event:") {
-            Some(5)
+    /// At a line's start in an event that may count (`rest[0]` is no line end): when the line
+    /// is whole in `rest` (the usual case), does what the per-byte steps do with it, at once,
+    /// and returns its length without its line end. `None`: cut by the piece's end, nothing
+    /// done.
+    fn whole_line(&mut self, rest: &[u8]) -> Option<usize> {
+        let (n, name, value) = if let Some(n) = known_event_line(rest) {
+            // One of the API's own names: one compare each, no search for the line end.
+            (n, &b"event"[..], &rest[EVENT_PREFIX.len()..n])
         } else {
-            memchr::memchr(b':', line)
-        };
-        let (name, value) = match colon {
-            Some(c) => {
-                let value = &line[c + 1..];
-                (&line[..c], value.strip_prefix(b" ").unwrap_or(value))
+            let line = &rest[..line_end(rest)?];
+            let colon = if line.starts_with(b"data:") {
+                Some(4)
+            } else if line.starts_with(b"event:") {
+                Some(5)
+            } else {
+                memchr::memchr(b':', line)
+            };
+            match colon {
+                Some(c) => {
+                    let value = &line[c + 1..];
+                    (
+                        line.len(),
+                        &line[..c],
+                        value.strip_prefix(b" ").unwrap_or(value),
+                    )
+                }
+                None => (line.len(), line, &b""[..]),
             }
-            None => (line, &b""[..]),
         };
         if name == b"event" {
             // The line is whole: its name ends here (and not again at its line end).
@@ -1501,11 +1513,11 @@ impl Sse {
             }
         }
         self.line = Line::Value;
+        Some(n)
     }
 
     /// Data for the event's JSON.
     fn lex(&mut self, bytes: &[u8]) {
-        self.json_fed = true;
         self.json.feed(bytes);
     }
 
@@ -1596,8 +1608,8 @@ impl Sse {
         self.names = 0;
         self.named = EventType::Default;
         self.ignored = false;
-        if self.json_fed {
-            self.json_fed = false;
+        // Most events are ignored, their data never lexed: no reset for them.
+        if !self.json.is_fresh() {
             self.json.reset();
         }
     }
@@ -1670,19 +1682,11 @@ pub fn fuzz_harness(data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// `known_key` (the fast path's keys, whole in the piece) says what `child` says, for our
-    /// keys and near misses, in every container we track.
+    /// Both key lookups find each key of the table and nothing else: not near misses, not a
+    /// key cut before its quote (`known_key`), in every container we track.
     #[test]
-    fn known_keys_are_the_children() {
-        let keys: &[&[u8]] = &[
-            b"type",
-            b"message",
-            b"usage",
-            b"model",
-            b"input_tokens",
-            b"output_tokens",
-            b"cache_read_input_tokens",
-            b"cache_creation_input_tokens",
+    fn key_lookups_find_the_table_and_nothing_else() {
+        let misses: &[&[u8]] = &[
             b"typ",
             b"types",
             b"models",
@@ -1697,21 +1701,44 @@ mod tests {
             b"cache_creation_input_token",
         ];
         let containers = [Node::Root, Node::Message, Node::Usage(0), Node::Usage(1)];
+        let mut found = 0;
         for schema in [Schema::Document, Schema::Event] {
             for c in containers {
-                for &key in keys {
+                let table = c.keys(schema);
+                for &(quoted, node) in table {
+                    let key = quoted
+                        .strip_suffix(b"\"")
+                        .expect("each key ends in its quote");
+                    assert_eq!(c.child(schema, key), node, "{schema:?} {c:?} {key:?}");
+                    let mut rest = quoted.to_vec();
+                    rest.extend_from_slice(b":1");
+                    let want = Some((node, key.len()));
+                    assert_eq!(c.known_key(schema, &rest), want, "{schema:?} {c:?} {key:?}");
+                    assert_eq!(c.known_key(schema, key), None, "{schema:?} {c:?} {key:?}");
+                    found += 1;
+                }
+                // A key of one container is no key of another.
+                let others: Vec<&[u8]> = (containers.iter().flat_map(|o| o.keys(schema)))
+                    .map(|(k, _)| &k[..k.len() - 1])
+                    .collect();
+                for &key in misses.iter().chain(&others) {
+                    if table.iter().any(|(k, _)| &k[..k.len() - 1] == key) {
+                        continue;
+                    }
                     let mut rest = key.to_vec();
                     rest.extend_from_slice(b"\":1");
-                    let want = match c.child(schema, key) {
-                        Node::Other => None,
-                        node => Some((node, key.len())),
-                    };
-                    assert_eq!(c.known_key(schema, &rest), want, "{schema:?} {c:?} {key:?}");
-                    // Cut before its quote it is never whole.
-                    assert_eq!(c.known_key(schema, key), None, "{schema:?} {c:?} {key:?}");
+                    assert_eq!(
+                        c.child(schema, key),
+                        Node::Other,
+                        "{schema:?} {c:?} {key:?}"
+                    );
+                    assert_eq!(c.known_key(schema, &rest), None, "{schema:?} {c:?} {key:?}");
                 }
             }
         }
+        // Document: model, usage; event: type, message, usage and model, usage; in both, the
+        // four counts of each usage set.
+        assert_eq!(found, (2 + 8) + (3 + 2 + 8));
     }
 
     fn scan(mode: ScanMode, body: &[u8]) -> Tokens {
@@ -2497,7 +2524,11 @@ data: {"type": "message_stop"}
             let name = std::str::from_utf8(k).unwrap();
             for end in ["\n", "\r", "\r\n"] {
                 let line = format!("event: {name}{end}data: x");
-                assert_eq!(known_event_line(line.as_bytes()), Some(7 + k.len()), "{line:?}");
+                assert_eq!(
+                    known_event_line(line.as_bytes()),
+                    Some(7 + k.len()),
+                    "{line:?}"
+                );
             }
             for other in [
                 format!("event: {name}x\n"),
@@ -2512,7 +2543,10 @@ data: {"type": "message_stop"}
         let t = scan_all_ways(ScanMode::Sse, MOCK_SSE.as_bytes());
         assert_eq!(
             figures(&t),
-            (Some("claude-sonnet-4-5"), [Some(12), Some(7), Some(0), Some(0)])
+            (
+                Some("claude-sonnet-4-5"),
+                [Some(12), Some(7), Some(0), Some(0)]
+            )
         );
         // An event named message_delta whose data says otherwise does not count.
         let body = "event: message_delta\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n";
