@@ -413,26 +413,50 @@ fn bytes_below(w: u64, n: u8) -> u64 {
 /// How the API's event lines start.
 const EVENT_PREFIX: &[u8] = b"event: ";
 
-/// The names the Messages API streams, most frequent first.
-const KNOWN_EVENTS: [&[u8]; 7] = [
-    b"content_block_delta",
-    b"ping",
-    b"content_block_start",
-    b"content_block_stop",
-    b"message_start",
-    b"message_delta",
-    b"message_stop",
+/// The names the Messages API streams, most frequent first, and the type each names.
+const KNOWN_EVENTS: [(&[u8], EventType); 7] = [
+    (b"content_block_delta", EventType::Other),
+    (b"ping", EventType::Other),
+    (b"content_block_start", EventType::Other),
+    (b"content_block_stop", EventType::Other),
+    (b"message_start", EventType::Start),
+    (b"message_delta", EventType::Delta),
+    (b"message_stop", EventType::Other),
 ];
 
 /// When `s` starts with an `event: ` line naming one of [`KNOWN_EVENTS`] whose line end is in
-/// `s`: the length of that line (without its line end). One compare per name instead of a
-/// search for the line end (each event of a stream usually comes in a piece of its own).
-fn known_event_line(s: &[u8]) -> Option<usize> {
+/// `s`: the length of that line (without its line end) and the type it names. One compare
+/// per name instead of a search for the line end (each event of a stream usually comes in a
+/// piece of its own).
+fn known_event_line(s: &[u8]) -> Option<(usize, EventType)> {
     let name = s.strip_prefix(EVENT_PREFIX)?;
-    KNOWN_EVENTS.iter().find_map(|k| {
-        (name.starts_with(k) && matches!(name.get(k.len()), Some(b'\r' | b'\n')))
-            .then_some(EVENT_PREFIX.len() + k.len())
+    KNOWN_EVENTS.iter().find_map(|&(k, named)| {
+        (starts_with_key(name, k) && matches!(name.get(k.len()), Some(b'\r' | b'\n')))
+            .then_some((EVENT_PREFIX.len() + k.len(), named))
     })
+}
+
+/// When `s` starts with a whole event that one of [`KNOWN_EVENTS`] names for a type without
+/// usage (its first line), with every line ended by LF and the blank line that ends it in
+/// `s`: its length, that blank line included. Nothing of such an event is read but its line
+/// ends (a vector search per line), so it is passed in one step: most events of a stream.
+/// `None` (a CR, a cut): the general steps take it.
+fn whole_ignored_event(s: &[u8]) -> Option<usize> {
+    let (mut i, named) = known_event_line(s)?;
+    if named != EventType::Other {
+        return None;
+    }
+    // `s[i]` is a line end.
+    loop {
+        if s[i] != b'\n' {
+            return None;
+        }
+        match *s.get(i + 1)? {
+            b'\n' => return Some(i + 2),
+            b'\r' => return None,
+            _ => i += 1 + line_end(&s[i + 1..])?,
+        }
+    }
 }
 
 /// The first CR or LF of `s`. Most of an SSE body is lines nobody reads to their end (the
@@ -1429,6 +1453,15 @@ impl Sse {
                 // A whole line in this piece (the usual case) is taken at once; the loop then
                 // reads its line end.
                 Line::Start => {
+                    // At an event's start, one the API names for a type without usage (most
+                    // of them) is passed whole; what it leaves is what its dispatch would.
+                    if self.names == 0
+                        && !self.has_data
+                        && let Some(n) = whole_ignored_event(&input[i..])
+                    {
+                        i += n;
+                        continue;
+                    }
                     if let Some(n) = self.whole_line(&input[i..]) {
                         i += n;
                         continue;
@@ -1477,43 +1510,45 @@ impl Sse {
     /// and returns its length without its line end. `None`: cut by the piece's end, nothing
     /// done.
     fn whole_line(&mut self, rest: &[u8]) -> Option<usize> {
-        let (n, name, value) = if let Some(n) = known_event_line(rest) {
+        if let Some((n, named)) = known_event_line(rest) {
             // One of the API's own names: one compare each, no search for the line end.
-            (n, &b"event"[..], &rest[EVENT_PREFIX.len()..n])
+            self.event_line(named);
+            return Some(n);
+        }
+        let line = &rest[..line_end(rest)?];
+        let colon = if line.starts_with(b"data:") {
+            Some(4)
+        } else if line.starts_with(b"event:") {
+            Some(5)
         } else {
-            let line = &rest[..line_end(rest)?];
-            let colon = if line.starts_with(b"data:") {
-                Some(4)
-            } else if line.starts_with(b"event:") {
-                Some(5)
-            } else {
-                memchr::memchr(b':', line)
-            };
-            match colon {
-                Some(c) => {
-                    let value = &line[c + 1..];
-                    (
-                        line.len(),
-                        &line[..c],
-                        value.strip_prefix(b" ").unwrap_or(value),
-                    )
-                }
-                None => (line.len(), line, &b""[..]),
+            memchr::memchr(b':', line)
+        };
+        let (name, value) = match colon {
+            Some(c) => {
+                let value = &line[c + 1..];
+                (&line[..c], value.strip_prefix(b" ").unwrap_or(value))
             }
+            None => (line, &b""[..]),
         };
         if name == b"event" {
-            // The line is whole: its name ends here (and not again at its line end).
-            self.field = Field::Ignore;
-            self.name_ended(EventType::of_name(Some(value)));
+            self.event_line(EventType::of_name(Some(value)));
         } else {
             // A comment (`:` first) has an empty name: ignored like any unknown field.
             self.begin_field(Some(name));
             if self.field == Field::Data && !self.ignored {
                 self.lex(value);
             }
+            self.line = Line::Value;
         }
+        Some(line.len())
+    }
+
+    /// A whole `event:` line naming `named`, up to its line end: its name ends here (and not
+    /// again at its line end).
+    fn event_line(&mut self, named: EventType) {
+        self.field = Field::Ignore;
+        self.name_ended(named);
         self.line = Line::Value;
-        Some(n)
     }
 
     /// Data for the event's JSON.
@@ -2520,15 +2555,14 @@ data: {"type": "message_stop"}
     /// shorter or cut; the stream gives what the general steps give (byte by byte).
     #[test]
     fn known_event_lines_are_taken_exactly() {
-        for k in KNOWN_EVENTS {
+        for (k, named) in KNOWN_EVENTS {
             let name = std::str::from_utf8(k).unwrap();
+            // The type the table gives is the one the general steps read from the name.
+            assert_eq!(named, EventType::of_name(Some(k)), "{name}");
             for end in ["\n", "\r", "\r\n"] {
                 let line = format!("event: {name}{end}data: x");
-                assert_eq!(
-                    known_event_line(line.as_bytes()),
-                    Some(7 + k.len()),
-                    "{line:?}"
-                );
+                let want = Some((7 + k.len(), named));
+                assert_eq!(known_event_line(line.as_bytes()), want, "{line:?}");
             }
             for other in [
                 format!("event: {name}x\n"),
@@ -2551,6 +2585,43 @@ data: {"type": "message_stop"}
         // An event named message_delta whose data says otherwise does not count.
         let body = "event: message_delta\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n";
         assert_eq!(scan_all_ways(ScanMode::Sse, body.as_bytes()).input, None);
+    }
+
+    /// A whole event named for a type without usage is passed in one step exactly to the end
+    /// of its blank line; anything else (a type with usage, a CR, a cut, an unknown name) is
+    /// left to the general steps; and a stream gives what the general steps give.
+    #[test]
+    fn whole_ignored_events_are_passed_exactly() {
+        let ev = "event: content_block_delta\ndata: {\"type\":\"x\"}\nid: 7\n\n";
+        let mut s = ev.to_string();
+        s.push_str("event: ping\n");
+        assert_eq!(whole_ignored_event(s.as_bytes()), Some(ev.len()));
+        let ping = "event: ping\n\n";
+        assert_eq!(whole_ignored_event(ping.as_bytes()), Some(ping.len()));
+        for other in [
+            "event: message_start\ndata: {}\n\n",
+            "event: message_delta\ndata: {}\n\n",
+            "event: content_block_delta\r\ndata: {}\r\n\r\n",
+            "event: content_block_delta\ndata: {}\r\n\r\n",
+            "event: content_block_delta\ndata: {}\n\r\n",
+            "event: content_block_delta\ndata: {}\n",
+            "event: content_block_delta\ndata: {}",
+            "event: content_block_delta",
+            "event: content_block_deltas\ndata: {}\n\n",
+            "event:ping\n\n",
+            "data: {}\n\n",
+        ] {
+            assert_eq!(whole_ignored_event(other.as_bytes()), None, "{other:?}");
+        }
+        // Ignored events around one that counts, the counted one after an `id:` line and a
+        // ping that is not first in its event: the same figures whole, split and by bytes.
+        let body = format!(
+            "{ev}{ping}id: 1\nevent: message_start\ndata: {}\n\nid: 2\nevent: ping\n\n{ev}",
+            r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":5}}}"#
+        );
+        let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
+        assert_eq!(figures(&t), (Some("m"), [Some(5), None, None, None]));
+        assert_eq!(t.outcome, Outcome::Complete);
     }
 
     /// A restarted scanner (one per proxy connection, reused request after request) reports
