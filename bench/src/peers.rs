@@ -48,11 +48,31 @@ pub struct Running {
     pub client_auth: String,
 }
 
+/// A port free to listen on, below the kernel's ephemeral range: a port the kernel hands out
+/// (`bind` to port 0) can be taken by one of the benchmark's own outgoing connections between
+/// this call and the peer's bind ("Address already in use" in a full run); one below the range
+/// is never handed to an outgoing connection.
 pub fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(1024).min(16000);
+    if span == 0 {
+        return Err(format!("no ports below the ephemeral range (it starts at {low})"));
+    }
+    // A different start per process and call, so parallel runs rarely probe the same ports.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(NEXT.fetch_add(7919, std::sync::atomic::Ordering::Relaxed));
+    for k in 0..u32::from(span) {
+        let port = low - 1 - ((seed.wrapping_add(k) % u32::from(span)) as u16);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(format!("finding a free port: every port from {} to {} is in use", low - span, low - 1))
 }
 
 fn wait_listening(
