@@ -443,25 +443,63 @@ fn known_event_line(s: &[u8]) -> Option<(usize, EventType)> {
 }
 
 /// When `s` starts with a whole event that one of [`KNOWN_EVENTS`] names for a type without
-/// usage (its first line), with every line ended by LF and the blank line that ends it in
-/// `s`: its length, that blank line included. Nothing of such an event is read but its line
-/// ends (a vector search per line), so it is passed in one step: most events of a stream.
-/// `None` (a CR, a cut): the general steps take it.
+/// usage (its first line), with the blank line that ends it whole in `s`: its length, that
+/// blank line included. Nothing of such an event is read but its line ends (a vector search
+/// per line, [`to_blank_line`]), so it is passed in one step: most events of a stream. `None`
+/// (cut by the piece's end, or by a CR last in it that may be half a CR LF): the general
+/// steps take it.
 fn whole_ignored_event(s: &[u8]) -> Option<usize> {
-    let (mut i, named) = known_event_line(s)?;
+    let (i, named) = known_event_line(s)?;
     if named != EventType::Other {
         return None;
     }
-    // `s[i]` is a line end.
+    match to_blank_line(s, after_line_end(s, i)?) {
+        ToBlank::Blank(j) => after_line_end(s, j),
+        ToBlank::AtStart | ToBlank::AfterCr | ToBlank::InLine => None,
+    }
+}
+
+/// Where [`to_blank_line`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ToBlank {
+    /// At the line end of a blank line (the event's end), its index.
+    Blank(usize),
+    /// At the end of `s`, at a line's start.
+    AtStart,
+    /// At the end of `s`, just after a CR (an LF next completes that line end).
+    AfterCr,
+    /// At the end of `s`, inside a line.
+    InLine,
+}
+
+/// Skips whole lines from the line start `s[i]` to the first blank one: the one walk over the
+/// lines of an event nothing of which is read (`whole_ignored_event`, `Sse::skip_ignored`).
+fn to_blank_line(s: &[u8], mut i: usize) -> ToBlank {
     loop {
-        if s[i] != b'\n' {
-            return None;
+        match s.get(i) {
+            None => return ToBlank::AtStart,
+            Some(b'\r' | b'\n') => return ToBlank::Blank(i),
+            Some(_) => {}
         }
-        match *s.get(i + 1)? {
-            b'\n' => return Some(i + 2),
-            b'\r' => return None,
-            _ => i += 1 + line_end(&s[i + 1..])?,
-        }
+        let Some(n) = line_end(&s[i..]) else {
+            return ToBlank::InLine;
+        };
+        let Some(next) = after_line_end(s, i + n) else {
+            return ToBlank::AfterCr;
+        };
+        i = next;
+    }
+}
+
+/// Where the line after the line end at `s[i]` (CR, LF or CR LF) starts; `None` for a CR last
+/// in `s` (it may be the first half of a CR LF).
+fn after_line_end(s: &[u8], i: usize) -> Option<usize> {
+    if s[i] == b'\n' {
+        return Some(i + 1);
+    }
+    match *s.get(i + 1)? {
+        b'\n' => Some(i + 2),
+        _ => Some(i + 1),
     }
 }
 
@@ -588,6 +626,10 @@ impl Node {
 /// overlapping, inline (a call to `memcmp` costs more than the compare for keys this short).
 fn starts_with_key(rest: &[u8], key: &[u8]) -> bool {
     let n = key.len();
+    // Every key of `Node::keys` and name of `KNOWN_EVENTS` is (`ping` is the shortest): a
+    // shorter one has no four-byte word to compare, and says so here rather than as an index
+    // out of range.
+    debug_assert!(n >= 4, "a key shorter than 4 bytes: {key:?}");
     let Some(r) = rest.get(..n) else {
         return false;
     };
@@ -1563,33 +1605,19 @@ impl Sse {
     }
 
     /// At the start of a line of an ignored event (`input[i]` is not a line end): skips whole
-    /// lines, a vector search each, to the blank line that ends the event, and returns where
-    /// that blank line's line end is (the caller dispatches there), or the end of the input,
-    /// with the state the per-byte steps would have left.
-    fn skip_ignored(&mut self, input: &[u8], mut i: usize) -> usize {
+    /// lines to the blank line that ends the event, and returns where that blank line's line
+    /// end is (the caller dispatches there), or the end of the input, with the state the
+    /// per-byte steps would have left.
+    fn skip_ignored(&mut self, input: &[u8], i: usize) -> usize {
         self.field = Field::Ignore;
-        loop {
-            let Some(n) = line_end(&input[i..]) else {
-                self.line = Line::Value;
-                return input.len();
-            };
-            let mut next = i + n + 1;
-            self.line = Line::Start;
-            if input[i + n] == b'\r' {
-                match input.get(next) {
-                    None => {
-                        self.after_cr = true;
-                        return next;
-                    }
-                    Some(b'\n') => next += 1,
-                    Some(_) => {}
-                }
-            }
-            match input.get(next) {
-                Some(b'\r' | b'\n') | None => return next,
-                Some(_) => i = next,
-            }
+        self.line = Line::Start;
+        match to_blank_line(input, i) {
+            ToBlank::Blank(j) => return j,
+            ToBlank::AtStart => {}
+            ToBlank::AfterCr => self.after_cr = true,
+            ToBlank::InLine => self.line = Line::Value,
         }
+        input.len()
     }
 
     /// A field name ended (at its colon, or at the line end for a line without one); `None`
@@ -2604,12 +2632,31 @@ data: {"type": "message_stop"}
         assert_eq!(whole_ignored_event(s.as_bytes()), Some(ev.len()));
         let ping = "event: ping\n\n";
         assert_eq!(whole_ignored_event(ping.as_bytes()), Some(ping.len()));
+        // Any line ends, the blank line's whole: CR LF, a lone CR (then the next event's
+        // first byte), mixed.
+        for (whole, then) in [
+            (
+                "event: content_block_delta\r\ndata: {}\r\n\r\n",
+                "event: ping",
+            ),
+            ("event: content_block_delta\ndata: {}\r\n\r\n", ""),
+            ("event: content_block_delta\ndata: {}\n\r\n", "data"),
+            ("event: content_block_delta\rdata: {}\r\r", "event: ping"),
+            ("event: ping\r\n\n", "\n"),
+        ] {
+            let s = format!("{whole}{then}");
+            assert_eq!(
+                whole_ignored_event(s.as_bytes()),
+                Some(whole.len()),
+                "{s:?}"
+            );
+        }
         for other in [
             "event: message_start\ndata: {}\n\n",
             "event: message_delta\ndata: {}\n\n",
-            "event: content_block_delta\r\ndata: {}\r\n\r\n",
-            "event: content_block_delta\ndata: {}\r\n\r\n",
-            "event: content_block_delta\ndata: {}\n\r\n",
+            "event: content_block_delta\ndata: {}\r\n\r",
+            "event: content_block_delta\r",
+            "event: content_block_delta\ndata: {}\r",
             "event: content_block_delta\ndata: {}\n",
             "event: content_block_delta\ndata: {}",
             "event: content_block_delta",
@@ -2621,8 +2668,9 @@ data: {"type": "message_stop"}
         }
         // Ignored events around one that counts, the counted one after an `id:` line and a
         // ping that is not first in its event: the same figures whole, split and by bytes.
+        let crlf = ev.replace('\n', "\r\n");
         let body = format!(
-            "{ev}{ping}id: 1\nevent: message_start\ndata: {}\n\nid: 2\nevent: ping\n\n{ev}",
+            "{ev}{ping}id: 1\nevent: message_start\ndata: {}\n\nid: 2\nevent: ping\n\n{crlf}{ev}",
             r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":5}}}"#
         );
         let t = scan_all_ways(ScanMode::Sse, body.as_bytes());
