@@ -59,7 +59,9 @@ pub fn free_port() -> Result<u16, String> {
         .unwrap_or(32768);
     let span = low.saturating_sub(1024).min(16000);
     if span == 0 {
-        return Err(format!("no ports below the ephemeral range (it starts at {low})"));
+        return Err(format!(
+            "no ports below the ephemeral range (it starts at {low})"
+        ));
     }
     // A different start per process and call, so parallel runs rarely probe the same ports.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -72,7 +74,11 @@ pub fn free_port() -> Result<u16, String> {
             return Ok(port);
         }
     }
-    Err(format!("finding a free port: every port from {} to {} is in use", low - span, low - 1))
+    Err(format!(
+        "finding a free port: every port from {} to {} is in use",
+        low - span,
+        low - 1
+    ))
 }
 
 fn wait_listening(
