@@ -104,6 +104,13 @@ pub fn engine() -> Result<(), String> {
 /// `docker build [--platform P] -t TAG [EXTRA...] .` in the repository, the README's command.
 /// The one addition is `--network host`: the private dockerd has no bridge, and RUN steps
 /// reach the Debian mirror, crates.io, rustup and npm through the host's network.
+///
+/// A build silent for [`build_stall`] is killed and run once more (BuildKit cancels the
+/// build when its client goes; the finished layers are cached). Under qemu-user a guest
+/// that forks while another of its threads holds one of qemu's locks can hang for good: CI
+/// saw cargo's child, forked to exec rustc, wait on a futex for 38 minutes (2026-12-03). A build
+/// that hangs twice fails; a retry is logged to `BOTTLE_TEST_RETRY_LOG`, which scripts/test
+/// prints at the end, so it is never silent.
 pub fn build_readme(platform: Option<&str>, tag: &str, extra: &[&str]) -> Result<String, String> {
     engine()?;
     let mut args = vec!["build", "--network", "host"];
@@ -113,17 +120,104 @@ pub fn build_readme(platform: Option<&str>, tag: &str, extra: &[&str]) -> Result
     args.extend_from_slice(&["-t", tag]);
     args.extend_from_slice(extra);
     args.push(".");
-    let t0 = Instant::now();
-    let o = command()
-        .args(&args)
-        .current_dir(repo())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !o.status.success() {
-        return Err(format!("docker {} failed: {}", args.join(" "), text(&o)));
+    let line = format!("docker {}", args.join(" "));
+    let stall = build_stall();
+    for attempt in 1..=2 {
+        let t0 = Instant::now();
+        match build_watched(&args, stall)? {
+            Watched::Done(o) if o.status.success() => {
+                eprintln!("{line} took {:?}", t0.elapsed());
+                return Ok(tag.to_string());
+            }
+            Watched::Done(o) => return Err(format!("{line} failed: {}", text(&o))),
+            Watched::Stalled(o) => {
+                let what = format!(
+                    "{line}: no output for {stall:?} (attempt {attempt} of 2), killed; its last \
+                     output:\n{}",
+                    tail(&o.stderr, 2000)
+                );
+                if attempt == 2 {
+                    return Err(format!("{what}\nit hung twice"));
+                }
+                eprintln!("{what}\nrunning it once more");
+                if let Some(log) = std::env::var_os("BOTTLE_TEST_RETRY_LOG") {
+                    use std::io::Write;
+                    let _ = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)
+                        .and_then(|mut f| writeln!(f, "{line}: hung ({stall:?} silent), retried"));
+                }
+            }
+        }
     }
-    eprintln!("docker {} took {:?}", args.join(" "), t0.elapsed());
-    Ok(tag.to_string())
+    unreachable!("the loop returns")
+}
+
+/// How long a build may print nothing: 15 minutes (its longest quiet step, the final link of
+/// the arm64 build under qemu with the other tests running, takes a few), or
+/// `BOTTLE_TEST_BUILD_STALL_S` seconds.
+fn build_stall() -> Duration {
+    let secs = std::env::var("BOTTLE_TEST_BUILD_STALL_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15 * 60);
+    Duration::from_secs(secs)
+}
+
+enum Watched {
+    Done(Output),
+    /// Killed after `stall` without output: what it had printed.
+    Stalled(Output),
+}
+
+/// Runs the docker CLI with `args` in the repository, watching its output: killed (SIGKILL,
+/// its pid) when it prints nothing for `stall`.
+fn build_watched(args: &[&str], stall: Duration) -> Result<Watched, String> {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let mut child = command()
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("the docker CLI cannot run: {e}"))?;
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        let last = Arc::clone(&last);
+        std::thread::spawn(move || {
+            let (mut all, mut buf) = (Vec::new(), [0u8; 8192]);
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                all.extend_from_slice(&buf[..n]);
+                *last.lock().unwrap() = Instant::now();
+            }
+            all
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let (status, stalled) = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break (st, false);
+        }
+        if last.lock().unwrap().elapsed() > stall {
+            let _ = child.kill();
+            break (child.wait().map_err(|e| e.to_string())?, true);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let o = Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    Ok(if stalled { Watched::Stalled(o) } else { Watched::Done(o) })
+}
+
+/// The last `max` bytes of `bytes`, as text.
+fn tail(bytes: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(max)..]).into_owned()
 }
 
 /// Platform of an image, as `os/arch`.
