@@ -212,7 +212,11 @@ fn build_watched(args: &[&str], stall: Duration) -> Result<Watched, String> {
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
     };
-    Ok(if stalled { Watched::Stalled(o) } else { Watched::Done(o) })
+    Ok(if stalled {
+        Watched::Stalled(o)
+    } else {
+        Watched::Done(o)
+    })
 }
 
 /// The last `max` bytes of `bytes`, as text.
