@@ -102,17 +102,21 @@ pub fn skipped(reason: &str) {
     let Some(path) = std::env::var_os(SKIP_LOG_VAR).filter(|p| !p.is_empty()) else {
         return;
     };
-    // One write with O_APPEND: lines from tests running in parallel never interleave.
-    let line = format!("{binary}::{test}: {reason}\n");
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = written {
+    let line = format!("{binary}::{test}: {reason}");
+    if let Err(e) = append_line(&path, &line) {
         // Not recording a skip would hide it: fail the test instead.
         panic!("cannot record the skip in {}: {e}", path.to_string_lossy());
     }
+}
+
+/// Appends `line` and a newline to the log at `path` (scripts/test's skip and retry logs) in
+/// one write with O_APPEND: lines from tests running in parallel never interleave.
+pub fn append_line(path: &std::ffi::OsStr, line: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
 }
 
 /// A command that ended: what it printed and how long it took, described in full when a test

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::mock::{Expect, Mock, MockConfig, MockIdentity};
 use super::{NetNs, fake_secret, is_root};
+use crate::support::append_line;
 
 /// A mock with the certificate `identity` (whose CA the container already mounts) on
 /// localhost:`port` of the running container `c`'s network namespace, expecting `token`.
@@ -141,12 +142,10 @@ pub fn build_readme(platform: Option<&str>, tag: &str, extra: &[&str]) -> Result
                 }
                 eprintln!("{what}\nrunning it once more");
                 if let Some(log) = std::env::var_os("BOTTLE_TEST_RETRY_LOG") {
-                    use std::io::Write;
-                    let _ = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(log)
-                        .and_then(|mut f| writeln!(f, "{line}: hung ({stall:?} silent), retried"));
+                    // An unrecorded retry would be a silent one: fail instead.
+                    let retried = format!("{line}: hung ({stall:?} silent), retried");
+                    append_line(&log, &retried)
+                        .map_err(|e| format!("cannot record the retry in {log:?}: {e}"))?;
                 }
             }
         }
